@@ -1,0 +1,226 @@
+"""Load LTX-2.3 components from released files through ltx-core's own builders and SD ops.
+
+One component at a time: each builder reads only the tensors under its key prefix, so no more
+than one component's weights are in memory at once (the caller drops a module before asking for
+the next). LoRAs are fused by ltx-core's `apply_loras` inside the builder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps, SDOps, SingleGPUModelBuilder
+from ltx_core.model.audio_vae import (
+    AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
+    AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
+    VOCODER_COMFY_KEYS_FILTER,
+    AudioDecoderConfigurator,
+    AudioEncoderConfigurator,
+    VocoderConfigurator,
+)
+from ltx_core.model.transformer import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+from ltx_core.model.upsampler import LatentUpsamplerConfigurator
+from ltx_core.model.video_vae import (
+    VAE_DECODER_COMFY_KEYS_FILTER,
+    VAE_ENCODER_COMFY_KEYS_FILTER,
+    VideoDecoderConfigurator,
+    VideoEncoderConfigurator,
+)
+from ltx_core.text_encoders.gemma import (
+    EMBEDDINGS_PROCESSOR_KEY_OPS,
+    GEMMA_LLM_KEY_OPS,
+    GEMMA_MODEL_OPS,
+    module_ops_from_gemma_root,
+)
+
+from ltx_ascend.checkpoints.gemma import (
+    embeddings_processor_configurator,
+    read_gemma_config,
+    text_encoder_configurator,
+    validate_gemma_root,
+)
+from ltx_ascend.errors import UserError
+
+# Component names shared by every stage (export, compile, runtime, pipelines).
+CORE_COMPONENTS = (
+    "dit",
+    "text_connectors",
+    "video_encoder",
+    "video_decoder",
+    "audio_encoder",
+    "audio_decoder",
+    "vocoder",
+)
+ALL_COMPONENTS = (*CORE_COMPONENTS, "spatial_upsampler", "text_encoder")
+
+_CORE_SPECS: dict[str, tuple[Any, SDOps]] = {
+    "dit": (LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP),
+    "video_encoder": (VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER),
+    "video_decoder": (VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER),
+    "audio_encoder": (AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER),
+    "audio_decoder": (AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER),
+    "vocoder": (VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER),
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and the strength it is fused with."""
+
+    path: Path
+    strength: float
+
+    def to_ltx(self) -> LoraPathStrengthAndSDOps:
+        return LoraPathStrengthAndSDOps(str(self.path), self.strength, LTXV_LORA_COMFY_RENAMING_MAP)
+
+
+@dataclass(frozen=True)
+class CheckpointSet:
+    """The files one LTX-2.3 run reads: the core checkpoint, optional upsampler, Gemma root and LoRAs."""
+
+    checkpoint: Path
+    gemma_root: Path | None = None
+    spatial_upsampler: Path | None = None
+    loras: tuple[LoraSpec, ...] = field(default_factory=tuple)
+
+    def with_loras(self, loras: Iterable[LoraSpec]) -> CheckpointSet:
+        return CheckpointSet(self.checkpoint, self.gemma_root, self.spatial_upsampler, tuple(loras))
+
+
+def read_safetensors_metadata(path: str | Path, what: str = "checkpoint") -> dict[str, str]:
+    """The header metadata of a .safetensors file, with one-line errors for a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} (pass an existing .safetensors path, or run `ltx-tiny --out DIR`)")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise UserError(f"{what} {path} is not a readable .safetensors file ({exc})") from None
+
+
+def read_model_config(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The `config` metadata ltx-core builds every model from; refuse files without it."""
+    meta = read_safetensors_metadata(path, what)
+    if "config" not in meta:
+        raise UserError(
+            f"{what} {path} has no `config` metadata: ltx-core reads the model config from it; "
+            "use the released LTX-2.3 file (or one saved with its metadata)"
+        )
+    try:
+        return json.loads(meta["config"])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {path}: its `config` metadata is not valid JSON ({exc.msg})") from None
+
+
+def tensor_keys(path: str | Path) -> list[str]:
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def validate_lora(lora: LoraSpec, checkpoint: Path) -> int:
+    """Check a LoRA targets weights of the transformer; return how many it touches.
+
+    ltx-core silently skips LoRA pairs that match no weight, so a LoRA for another model would
+    fuse to nothing; we refuse it instead.
+    """
+    read_safetensors_metadata(lora.path, "LoRA")
+    model_keys = {
+        k for k in (LTXV_MODEL_COMFY_RENAMING_MAP.apply_to_key(key) for key in tensor_keys(checkpoint)) if k is not None
+    }
+    lora_keys = tensor_keys(lora.path)
+    targets = set()
+    for key in lora_keys:
+        mapped = LTXV_LORA_COMFY_RENAMING_MAP.apply_to_key(key)
+        if mapped and mapped.endswith(".lora_A.weight"):
+            targets.add(mapped.removesuffix(".lora_A.weight") + ".weight")
+    touched = targets & model_keys
+    if not touched:
+        example = lora_keys[0] if lora_keys else "(no tensors)"
+        raise UserError(
+            f"LoRA {lora.path} matches no transformer weight of {checkpoint} (first key: {example}); "
+            "pass a LoRA trained for LTX-2.3 (keys like diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight)"
+        )
+    return len(touched)
+
+
+def validate_set(ckset: CheckpointSet) -> None:
+    """Every input check that needs no weights: files exist, metadata present, LoRAs and Gemma sane."""
+    read_model_config(ckset.checkpoint)
+    if ckset.spatial_upsampler is not None:
+        read_model_config(ckset.spatial_upsampler, "spatial upsampler")
+    if ckset.gemma_root is not None:
+        validate_gemma_root(ckset.gemma_root)
+    for lora in ckset.loras:
+        validate_lora(lora, ckset.checkpoint)
+
+
+def builder_for(component: str, ckset: CheckpointSet) -> SingleGPUModelBuilder:
+    """The ltx-core builder of one component: configurator, key ops and (for the DiT) LoRAs."""
+    if component in _CORE_SPECS:
+        configurator, sd_ops = _CORE_SPECS[component]
+        loras = tuple(lora.to_ltx() for lora in ckset.loras) if component == "dit" else ()
+        return SingleGPUModelBuilder(
+            model_path=str(ckset.checkpoint),
+            model_class_configurator=configurator,
+            model_sd_ops=sd_ops,
+            loras=loras,
+        )
+    if component == "text_connectors":
+        return SingleGPUModelBuilder(
+            model_path=str(ckset.checkpoint),
+            model_class_configurator=embeddings_processor_configurator(read_gemma_config(ckset.gemma_root)),
+            model_sd_ops=EMBEDDINGS_PROCESSOR_KEY_OPS,
+        )
+    if component == "spatial_upsampler":
+        if ckset.spatial_upsampler is None:
+            raise UserError("the spatial upsampler is needed here: pass --spatial-upsampler-path")
+        return SingleGPUModelBuilder(
+            model_path=str(ckset.spatial_upsampler), model_class_configurator=LatentUpsamplerConfigurator
+        )
+    if component == "text_encoder":
+        if ckset.gemma_root is None:
+            raise UserError("the Gemma text encoder is needed here: pass --gemma-root")
+        root = validate_gemma_root(ckset.gemma_root)
+        weights = tuple(sorted(str(p) for p in root.rglob("model*.safetensors")))
+        return SingleGPUModelBuilder(
+            model_path=weights,
+            model_class_configurator=text_encoder_configurator(read_gemma_config(root)),
+            model_sd_ops=GEMMA_LLM_KEY_OPS,
+            module_ops=(GEMMA_MODEL_OPS, *module_ops_from_gemma_root(str(root))),
+        )
+    raise UserError(f"unknown component {component!r}: choose one of {', '.join(ALL_COMPONENTS)}")
+
+
+def component_config(component: str, ckset: CheckpointSet) -> dict[str, Any]:
+    """The config a component is built from (the checkpoint's, the upsampler's, or Gemma's)."""
+    if component == "spatial_upsampler":
+        if ckset.spatial_upsampler is None:
+            raise UserError("the spatial upsampler is needed here: pass --spatial-upsampler-path")
+        return read_model_config(ckset.spatial_upsampler, "spatial upsampler")
+    if component == "text_encoder":
+        return read_gemma_config(ckset.gemma_root)
+    return read_model_config(ckset.checkpoint)
+
+
+def load_component(
+    component: str, ckset: CheckpointSet, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """Build one component with its weights (LoRAs fused for the DiT), in eval mode on `device`."""
+    if component not in ALL_COMPONENTS:
+        raise UserError(f"unknown component {component!r}: choose one of {', '.join(ALL_COMPONENTS)}")
+    component_config(component, ckset)  # the one-line errors come before ltx-core's
+    model = builder_for(component, ckset).build(device=torch.device(device), dtype=dtype)
+    left_on_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if left_on_meta:
+        raise UserError(
+            f"{component}: {len(left_on_meta)} tensors missing from the checkpoint (first: {left_on_meta[0]}); "
+            "is this an LTX-2.3 file of the released layout?"
+        )
+    return model.eval()

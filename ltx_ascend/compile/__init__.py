@@ -1,0 +1,1 @@
+"""Compile: ATC lint, CANN ATC command lines and runs, ONNX Runtime optimisation, manifests."""

@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny checkpoint set per test session (built in about a second)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltx_ascend.checkpoints.tiny import TinySet, write_tiny_set
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinySet:
+    return write_tiny_set(tmp_path_factory.mktemp("tiny") / "set", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+def run_cli(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Call a console-script main in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+__all__ = ["Path", "run_cli"]
