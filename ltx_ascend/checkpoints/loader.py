@@ -223,4 +223,6 @@ def load_component(
             f"{component}: {len(left_on_meta)} tensors missing from the checkpoint (first: {left_on_meta[0]}); "
             "is this an LTX-2.3 file of the released layout?"
         )
-    return model.eval()
+    # ltx-core 1.0.0's LoRA fusion leaves weights no LoRA touches in the file's dtype (bfloat16)
+    # when another dtype is asked for; its no-LoRA path converts everything. Match that here.
+    return model.to(dtype=dtype).eval()
