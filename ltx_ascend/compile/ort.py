@@ -67,6 +67,7 @@ def optimize_for_ort(model: Path, out: Path, provider: str = "cpu", *, threads: 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(tmp)
+        options.log_severity_level = 3  # the "hardware specific optimisations" warning is the point here
         if threads is not None:
             if threads < 1:
                 raise UserError(f"threads must be at least 1, got {threads}")

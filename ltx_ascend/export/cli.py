@@ -1,0 +1,128 @@
+"""`ltx-export`: trace LTX-2.3 stage modules to NPU-safe ONNX at a static shape profile."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, validate_set
+from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.export.components import DTYPES, EXPORTABLE
+from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
+from ltx_ascend.shapes import TEXT_TOKENS, parse_shape, shape_profile
+
+DEFAULT_OUT = Path("artifacts")
+TINY_DISTILLED_LORA_STRENGTH = 0.8  # the strength Lightricks' two-stage examples use
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltx-export", description=__doc__)
+    parser.add_argument("--component", required=True, help=f"one of {', '.join(EXPORTABLE)}, or all")
+    parser.add_argument("--shape", required=True, help="output pixel shape FRAMESxHEIGHTxWIDTH, e.g. 41x1024x1536")
+    parser.add_argument("--stage", type=int, choices=(1, 2), help="stage of a two-stage pipeline (1: half size)")
+    parser.add_argument("--batch", type=int, default=1, help="rows per call (e.g. 4: all guidance passes at once)")
+    parser.add_argument("--conditioning-tokens", type=int, default=0, help="keyframe / IC-LoRA tokens appended")
+    parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS, help="prompt length (ltx-core pads to 1024)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="graph dtype (default float32)")
+    parser.add_argument("--npu-ops", action="store_true", help="emit npu::NPURmsNorm (ATC-only graph, not for ORT)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artifact store (default artifacts/)")
+    parser.add_argument("--force", action="store_true", help="re-export even when a matching artifact exists")
+    parser.add_argument("--verify", action="store_true", help="run each graph on ONNX Runtime and compare with eager")
+    add_checkpoint_args(parser, required=False)
+    return parser
+
+
+def resolve_checkpoint_set(args: argparse.Namespace, *, distilled: bool) -> CheckpointSet:
+    """The user's files, or the tiny set under artifacts/ (built on first use) when none are given."""
+    if args.checkpoint_path is None:
+        tiny = ensure_tiny_set(args.out / "tiny")
+        args.checkpoint_path = tiny.checkpoint
+        args.gemma_root = args.gemma_root or tiny.gemma_root
+        args.spatial_upsampler_path = args.spatial_upsampler_path or tiny.spatial_upsampler
+        if distilled and not args.distilled_lora:
+            args.distilled_lora = [LoraSpec(tiny.distilled_lora, TINY_DISTILLED_LORA_STRENGTH)]
+    ckset = checkpoint_set_from_args(args)
+    if distilled and args.distilled_lora:
+        ckset = ckset.with_loras([*ckset.loras, *args.distilled_lora])
+    validate_set(ckset)
+    return ckset
+
+
+def format_results(results: list[ExportResult]) -> str:
+    header = (
+        f"{'graph':<22} {'status':<8} {'time s':>7} {'size MB':>8}  {'lint':<6} "
+        f"{'cosine':>9} {'rel L2':>9} {'max abs':>9}  top ops"
+    )
+    lines = [header, "-" * len(header)]
+    for result in results:
+        for g in result.graphs:
+            top = ", ".join(f"{op} {n}" for op, n in list(g.ops.items())[:4] if op != "Constant")
+            worst = min(g.comparisons.values(), key=lambda c: c.cosine, default=None)
+            numbers = (
+                f"{worst.cosine:>9.6f} {max(c.rel_l2 for c in g.comparisons.values()):>9.2e} "
+                f"{max(c.max_abs for c in g.comparisons.values()):>9.2e}"
+                if worst
+                else f"{'-':>9} {'-':>9} {'-':>9}"
+            )
+            status = "cached" if result.cached else "exported"
+            lines.append(
+                f"{g.name:<22} {status:<8} {g.seconds:>7.1f} {g.bytes / 2**20:>8.2f}  {g.lint:<6} {numbers}  {top}"
+            )
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    components = EXPORTABLE if args.component == "all" else (args.component,)
+    for name in components:
+        if name not in EXPORTABLE:
+            raise UserError(f"--component {name}: choose one of {', '.join(EXPORTABLE)} or all")
+    frames, height, width = parse_shape(args.shape)
+    common = {"batch": 1, "text_tokens": args.text_tokens}
+    profile = shape_profile(
+        (frames, height, width),
+        stage=args.stage,
+        batch=args.batch,
+        text_tokens=args.text_tokens,
+        conditioning_tokens=args.conditioning_tokens,
+    )
+    dtype = DTYPES[args.dtype]
+    ckset = resolve_checkpoint_set(args, distilled=args.stage == 2)
+    results = []
+    start = time.perf_counter()
+    for name in components:
+        if name == "spatial_upsampler" and ckset.spatial_upsampler is None:
+            if args.component == "all":
+                continue
+            raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
+        # The DiT carries the batch (guidance passes) and conditioning tokens; the others run once per call.
+        if name == "dit":
+            component_profile = profile
+        elif name == "spatial_upsampler":  # reads the stage-1 latent of a two-stage pipeline
+            component_profile = shape_profile((frames, height, width), stage=1, **common)
+        else:
+            component_profile = shape_profile((frames, height, width), stage=args.stage, **common)
+        print(f"exporting {name} at {component_profile.key} ({args.dtype}) ...", flush=True)
+        result = export_component(
+            name,
+            ckset,
+            component_profile,
+            out=args.out,
+            dtype=dtype,
+            npu_ops=args.npu_ops,
+            force=args.force,
+            verify=args.verify,
+        )
+        print(f"  -> {result.folder}{' (cached)' if result.cached else ''}", flush=True)
+        results.append(result)
+    print(format_results(results))
+    print(f"total {time.perf_counter() - start:.1f} s")
+    failed = [g.name for r in results for g in r.graphs if g.comparisons and not passes_tolerance(g, args.dtype)]
+    if failed:
+        print(f"verification failed for: {', '.join(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,184 @@
+"""Export one component at one shape profile into a cached, manifest-described artifact folder.
+
+The folder name is derived from the request key, so the same request finds the same folder
+(cache hit) and a changed checkpoint, LoRA strength, dtype or shape lands in a new one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from ltx_ascend.checkpoints.loader import CheckpointSet
+from ltx_ascend.compile.lint import lint_onnx, op_histogram
+from ltx_ascend.compile.manifest import (
+    MANIFEST,
+    Manifest,
+    file_hashes,
+    fingerprint_file,
+    fingerprint_tree,
+    request_key,
+)
+from ltx_ascend.errors import UserError
+from ltx_ascend.export.components import ExportItem, build_items, dtype_name
+from ltx_ascend.export.onnx_writer import OPSET, export_onnx
+from ltx_ascend.metrics import TOLERANCES, Comparison, compare
+from ltx_ascend.shapes import ShapeProfile
+
+# Bump when a graph form changes (inputs, outputs, patches): old artifacts stop matching.
+GRAPH_FORM_VERSION = 1
+
+
+def source_fingerprint(component: str, ckset: CheckpointSet) -> dict[str, Any]:
+    """What the component's weights come from; LoRAs only matter to the DiT."""
+    if component == "spatial_upsampler":
+        if ckset.spatial_upsampler is None:
+            raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
+        return {"spatial_upsampler": fingerprint_file(ckset.spatial_upsampler)}
+    source: dict[str, Any] = {"checkpoint": fingerprint_file(ckset.checkpoint)}
+    if component == "dit":
+        source["loras"] = [{**fingerprint_file(lora.path), "strength": lora.strength} for lora in ckset.loras]
+    if component == "text_connectors" and ckset.gemma_root is not None:
+        source["gemma_config"] = fingerprint_tree(ckset.gemma_root, ("config.json",))
+    return source
+
+
+def export_request(
+    component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, npu_ops: bool
+) -> dict[str, Any]:
+    return {
+        "component": component,
+        "profile": profile.to_dict(),
+        "dtype": dtype_name(dtype),
+        "opset": OPSET,
+        "npu_ops": npu_ops,
+        "graph_form": GRAPH_FORM_VERSION,
+        "source": source_fingerprint(component, ckset),
+    }
+
+
+def artifact_dir(out: Path, component: str, profile: ShapeProfile, dtype: torch.dtype, request: dict) -> Path:
+    return Path(out) / component / f"{profile.key}-{dtype_name(dtype)}-{request_key(request)}"
+
+
+@dataclass
+class GraphReport:
+    """One exported graph, for the summary table."""
+
+    name: str
+    file: str
+    seconds: float
+    bytes: int
+    ops: dict[str, int]
+    lint: str
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    component: str
+    folder: Path
+    cached: bool
+    graphs: list[GraphReport]
+
+
+def _graph_bytes(folder: Path, file: str) -> int:
+    return sum(p.stat().st_size for p in folder.glob(file + "*"))
+
+
+def verify_item(item: ExportItem, path: Path, dtype: str) -> dict[str, Comparison]:
+    """Run the exported graph on ONNX Runtime (CPU) on the sample feeds; compare with eager."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {
+        n: item.sample[n].float().numpy() if dtype == "bfloat16" else item.sample[n].numpy() for n in item.input_names
+    }
+    outputs = session.run(list(item.output_names), feeds)
+    references = item.reference(item.sample)
+    return {
+        name: compare(ref, torch.from_numpy(out), peak=item.peak)
+        for name, ref, out in zip(item.output_names, references, outputs, strict=True)
+    }
+
+
+def export_component(
+    component: str,
+    ckset: CheckpointSet,
+    profile: ShapeProfile,
+    *,
+    out: Path,
+    dtype: torch.dtype = torch.float32,
+    npu_ops: bool = False,
+    force: bool = False,
+    verify: bool = False,
+) -> ExportResult:
+    """Export (or find cached) every graph of `component` at `profile`."""
+    request = export_request(component, ckset, profile, dtype, npu_ops)
+    folder = artifact_dir(out, component, profile, dtype, request)
+    if not force and (folder / MANIFEST).is_file():
+        manifest = Manifest.read(folder)
+        if manifest.key == request_key(request) and manifest.files_present(folder):
+            graphs = [
+                GraphReport(name, g["file"], 0.0, _graph_bytes(folder, g["file"]), g.get("ops", {}), "clean")
+                for name, g in manifest.io["graphs"].items()
+            ]
+            return ExportResult(component, folder, True, graphs)
+    if folder.exists():
+        shutil.rmtree(folder)
+    building = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+
+    items = build_items(component, ckset, profile, dtype)
+    graphs_io: dict[str, Any] = {}
+    reports = []
+    for item in items:
+        file = f"{item.name}.onnx"
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = item.module(*item.args())
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        path = export_onnx(
+            item.module, item.args(), item.input_names, item.output_names, building / file, npu_ops=npu_ops
+        )
+        seconds = time.perf_counter() - start
+        violations = lint_onnx(path)
+        if violations:
+            raise UserError(
+                f"{item.name}: the exported graph fails the ATC lint ({len(violations)} violations, first: "
+                f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
+                "exporter, please report it with `ltx-compile --lint` output"
+            )
+        ops = op_histogram(path)
+        report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops, "clean")
+        if verify and not npu_ops:
+            report.comparisons = verify_item(item, path, dtype_name(dtype))
+        reports.append(report)
+        graphs_io[item.name] = {
+            "file": file,
+            "variant": item.variant,
+            **item.io_spec(outputs),
+            "notes": item.notes,
+            "ops": ops,
+        }
+    names = [p.name for p in building.iterdir()]
+    manifest = Manifest(
+        kind="onnx",
+        component=component,
+        variant="",
+        request=request,
+        io={"graphs": graphs_io},
+        files=file_hashes(building, names),
+    )
+    manifest.write(building)
+    building.rename(folder)
+    return ExportResult(component, folder, False, reports)
+
+
+def passes_tolerance(report: GraphReport, dtype: str) -> bool:
+    return all(c.passes(TOLERANCES[dtype]) for c in report.comparisons.values())

@@ -1,0 +1,154 @@
+"""ltx-export / ltx-compile end to end on the tiny set: artifacts, manifests, cache, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.compile import cli as compile_cli
+from ltx_ascend.compile.manifest import MANIFEST, Manifest, check_matches
+from ltx_ascend.errors import UserError
+from ltx_ascend.export import cli as export_cli
+from ltx_ascend.export.exporter import export_request
+from ltx_ascend.shapes import shape_profile
+from tests.conftest import run_cli
+
+SHAPE = ["--shape", "9x128x192", "--stage", "1"]
+
+
+def _ckpt_args(tiny, *loras):
+    args = ["--checkpoint-path", str(tiny.checkpoint), "--gemma-root", str(tiny.gemma_root)]
+    for path, strength in loras:
+        args += ["--lora", str(path), str(strength)]
+    return args
+
+
+def _export(capsys, tiny, out, *extra, loras=()):
+    code, stdout, err = run_cli(
+        export_cli.main, ["--component", "dit", *SHAPE, "--out", str(out), *_ckpt_args(tiny, *loras), *extra], capsys
+    )
+    assert code == 0, err
+    (folder,) = [line.split("-> ")[1].split(" (cached)")[0] for line in stdout.splitlines() if "-> " in line]
+    return Path(folder), stdout
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory) -> Path:
+    """One exported DiT artifact shared by the tests that only read it (or copy it first)."""
+    out = tmp_path_factory.mktemp("exported")
+    code = export_cli.main(["--component", "dit", *SHAPE, "--out", str(out), *_ckpt_args(tiny)])
+    assert code == 0
+    (folder,) = (out / "dit").iterdir()
+    return folder
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / folder.name
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_export_writes_manifest_and_hits_cache(tiny, tmp_path, capsys):
+    folder, out = _export(capsys, tiny, tmp_path, "--verify")
+    assert "exported" in out and "clean" in out
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["kind"] == "onnx" and manifest["component"] == "dit"
+    assert manifest["request"]["profile"]["video_tokens"] == 12
+    assert manifest["request"]["source"]["checkpoint"]["sha256_sampled"]
+    assert "fingerprint_method" in manifest and manifest["tools"]["ltx-core"] == "1.0.0"
+    graph = manifest["io"]["graphs"]["dit"]
+    assert [i["name"] for i in graph["inputs"]][:2] == ["video_latent", "video_timesteps"]
+    assert all(i["dtype"] == "float32" for i in graph["inputs"])
+    assert set(manifest["files"]) == {"dit.onnx"}
+    mtime = (folder / "dit.onnx").stat().st_mtime_ns
+    again, out = _export(capsys, tiny, tmp_path)
+    assert again == folder and "cached" in out
+    assert (folder / "dit.onnx").stat().st_mtime_ns == mtime
+
+
+def test_changed_lora_strength_misses_cache_and_stale_artifact_is_refused(tiny, tmp_path, capsys):
+    a, _ = _export(capsys, tiny, tmp_path, loras=[(tiny.distilled_lora, 0.8)])
+    b, _ = _export(capsys, tiny, tmp_path, loras=[(tiny.distilled_lora, 0.6)])
+    assert a != b
+    ckset = tiny.checkpoint_set(LoraSpec(tiny.distilled_lora, 0.6))
+    import torch
+
+    request = export_request("dit", ckset, shape_profile("9x128x192", stage=1), torch.float32, False)
+    assert check_matches(b, request).component == "dit"
+    with pytest.raises(UserError, match=r"source\.loras\[0\]\.strength"):
+        check_matches(a, request)
+
+
+def test_manifest_round_trip_and_tamper_detection(exported, tmp_path):
+    folder = _copy(exported, tmp_path)
+    manifest = Manifest.read(folder)
+    assert manifest.key in folder.name
+    body = json.loads((folder / MANIFEST).read_text())
+    body["request"]["dtype"] = "float16"
+    (folder / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(UserError, match="does not match its request"):
+        Manifest.read(folder)
+
+
+def test_compile_ort_then_cache(exported, tmp_path, capsys):
+    folder = _copy(exported, tmp_path)
+    code, out, err = run_cli(compile_cli.main, ["--target", "ort", str(folder)], capsys)
+    assert code == 0, err
+    assert (folder / "ort-cpu" / "dit.onnx").is_file()
+    assert Manifest.read(folder / "ort-cpu").extra["execution_provider"] == "CPUExecutionProvider"
+    code, out, _ = run_cli(compile_cli.main, ["--target", "ort", str(folder)], capsys)
+    assert code == 0 and "cached" in out
+
+
+def test_om_dry_run_prints_the_atc_plan(exported, capsys):
+    folder = exported
+    code, out, err = run_cli(
+        compile_cli.main, ["--target", "om", "--dry-run", "--soc", "Ascend910B4", str(folder)], capsys
+    )
+    assert code == 0, err
+    (line,) = [x for x in out.splitlines() if "--framework=5" in x]
+    assert "--soc_version=Ascend910B4" in line and "--precision_mode_v2=origin" in line
+    assert "video_latent:1,12,128" in line
+    assert not (folder / "om-Ascend910B4-origin" / "dit.om").exists()
+
+
+def test_om_without_atc_is_a_one_line_error(exported, capsys, monkeypatch):
+    folder = exported
+    monkeypatch.setenv("PATH", os.defpath)
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    code, _, err = run_cli(compile_cli.main, ["--target", "om", "--soc", "Ascend910B4", str(folder)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "set_env.sh" in err
+
+
+def test_lint_flags_a_bad_graph_in_an_artifact(exported, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = _copy(exported, tmp_path)
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], name="bad_gelu")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(folder / "dit.onnx"))
+    code, out, _ = run_cli(compile_cli.main, ["--lint", str(folder)], capsys)
+    assert code == 2 and "bad_gelu" in out
+
+
+def test_bad_component_and_shape(tmp_path, capsys):
+    code, _, err = run_cli(
+        export_cli.main, ["--component", "unet", "--shape", "9x128x192", "--out", str(tmp_path)], capsys
+    )
+    assert code == 2 and "--component unet" in err
+    code, _, err = run_cli(
+        export_cli.main, ["--component", "dit", "--shape", "10x128x192", "--out", str(tmp_path)], capsys
+    )
+    assert code == 2 and "8k+1" in err
