@@ -6,6 +6,7 @@ import torch
 
 from ltx_ascend.checkpoints.loader import LoraSpec, load_component
 from ltx_ascend.export import dit
+from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.shapes import shape_profile
 from tests.parity import export_and_compare
 
@@ -32,7 +33,9 @@ def test_graph_form_equals_ltx_core_exactly(tiny):
 
 
 def test_dit_all_guidance_passes_on_ort_match_eager(tiny, tmp_path):
-    items = dit.build_items(tiny.checkpoint_set(), shape_profile("9x128x192", stage=1, batch=4), torch.float32)
+    items = dit.build_items(
+        tiny.checkpoint_set(), shape_profile("9x128x192", stage=1, batch=4), torch.float32, ExportOptions()
+    )
     (item,) = items
     assert item.notes["guidance_passes"] == 4
     assert item.sample["skip_video_self_attn"].sum() > 0 and item.sample["skip_a2v_cross_attn"].sum() > 0
@@ -41,5 +44,5 @@ def test_dit_all_guidance_passes_on_ort_match_eager(tiny, tmp_path):
 
 def test_stage2_dit_with_distilled_lora_fused(tiny, tmp_path):
     ckset = tiny.checkpoint_set(LoraSpec(tiny.distilled_lora, 0.8))
-    (item,) = dit.build_items(ckset, shape_profile("9x128x192", stage=2), torch.float32)
+    (item,) = dit.build_items(ckset, shape_profile("9x128x192", stage=2), torch.float32, ExportOptions())
     export_and_compare(item, tmp_path)

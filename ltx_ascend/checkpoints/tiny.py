@@ -86,7 +86,7 @@ def _seeded(seed: int, name: str) -> torch.Generator:
 
 
 @torch.no_grad()
-def _randomize_(module: torch.nn.Module, seed: int, scope: str) -> None:
+def randomize_(module: torch.nn.Module, seed: int, scope: str) -> None:
     """Overwrite parameters with seeded values whatever their __init__ did (some use torch.empty).
 
     Matrices and kernels get N(0, 1/fan_in) so activations stay O(1) through depth; biases small
@@ -151,7 +151,7 @@ def _build(configurator: Any, config: dict[str, Any], seed: int, scope: str) -> 
     """Build on CPU (buffers computed in __init__ must hold real values), then seed the weights."""
     with torch.device("cpu"):
         module = configurator.from_config(config)
-    _randomize_(module, seed, scope)
+    randomize_(module, seed, scope)
     return module
 
 
@@ -259,7 +259,7 @@ def _write_gemma_root(root: Path, seed: int) -> None:
     (root / "config.json").write_text(json.dumps(gemma_config, indent=2, sort_keys=True) + "\n")
     with torch.device("cpu"):
         model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(gemma_config))
-    _randomize_(model, seed, "gemma")
+    randomize_(model, seed, "gemma")
     # The released Gemma-3 layout ltx-core's GEMMA_LLM_KEY_OPS expects; lm_head is tied to embed_tokens.
     sd = _with_prefix(
         {k: v for k, v in model.state_dict().items() if not k.startswith("lm_head.")},

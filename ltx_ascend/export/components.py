@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -51,6 +52,8 @@ class ExportItem:
     variant: str = ""  # "" for the whole component; "tile", "block", ... for parts
     peak: float | None = None  # value range for PSNR (video/audio in [-1, 1] -> 2.0)
     notes: dict[str, Any] = field(default_factory=dict)
+    # Files beside the graph the runtime also needs (the DiT's per-block weights); returns their names.
+    write_extra: Callable[[Path], list[str]] | None = None
 
     @property
     def name(self) -> str:
@@ -74,6 +77,15 @@ class ExportItem:
         return [self.sample[n] for n in self.input_names]
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Choices only some components read (today: the DiT)."""
+
+    dit_layout: str = "auto"  # "whole", "blocks", or "auto" (blocks above WHOLE_DIT_MAX_BYTES of weights)
+    random_config: dict[str, Any] | None = None  # export with seeded random weights at this config's sizes
+    seed: int = 0
+
+
 class ItemBuilder(Protocol):
     def __call__(self, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype) -> list[ExportItem]: ...
 
@@ -85,8 +97,19 @@ def builder(component: str) -> ItemBuilder:
     return getattr(importlib.import_module(module_name), fn)
 
 
-def build_items(component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype) -> list[ExportItem]:
-    return builder(component)(ckset, profile, dtype)
+def build_items(
+    component: str,
+    ckset: CheckpointSet | None,
+    profile: ShapeProfile,
+    dtype: torch.dtype,
+    options: ExportOptions | None = None,
+) -> list[ExportItem]:
+    build = builder(component)
+    if component == "dit":
+        return build(ckset, profile, dtype, options or ExportOptions())
+    if ckset is None:
+        raise UserError(f"--random-weights exports only the DiT; {component} needs --checkpoint-path")
+    return build(ckset, profile, dtype)
 
 
 def seeded(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:

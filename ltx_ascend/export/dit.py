@@ -21,14 +21,16 @@ from ltx_core.guidance.perturbations import (
     PerturbationConfig,
     PerturbationType,
 )
+from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.modality import Modality
 from ltx_core.model.transformer.model import LTXModel
 from ltx_core.tools import AudioLatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, VideoLatentShape, VideoPixelShape
 from ltx_core.utils import to_denoised
 
-from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.checkpoints.loader import CheckpointSet, load_component, read_model_config
+from ltx_ascend.errors import UserError
+from ltx_ascend.export.components import ExportItem, ExportOptions
 from ltx_ascend.shapes import LATENT_CHANNELS, ShapeProfile
 
 # Graph input order for the per-modality tensors, then the perturbation masks.
@@ -275,8 +277,30 @@ def sample_passes(batch: int, num_layers: int) -> list[PerturbationConfig]:
     return [passes[i % len(passes)] for i in range(batch)]
 
 
-def build_items(ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype) -> list[ExportItem]:
-    """The whole DiT as one graph (tiny and mid-size models; the 22B goes block by block)."""
+# Above this many weight bytes (in the export dtype) the DiT is exported as blocks.
+WHOLE_DIT_MAX_BYTES = 1 << 30
+
+
+def dit_weight_bytes(config: dict, dtype: torch.dtype) -> int:
+    with torch.device("meta"):
+        model = LTXModelConfigurator.from_config(config)
+    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+
+
+def build_items(
+    ckset: CheckpointSet | None, profile: ShapeProfile, dtype: torch.dtype, options: ExportOptions
+) -> list[ExportItem]:
+    """The whole DiT as one graph, or as blocks (input / shared block / output) when it is big."""
+    config = options.random_config if ckset is None else read_model_config(ckset.checkpoint)
+    if config is None:
+        raise UserError("the DiT needs --checkpoint-path, or --random-weights with a config")
+    layout = options.dit_layout
+    if layout == "auto":
+        layout = "blocks" if dit_weight_bytes(config, dtype) > WHOLE_DIT_MAX_BYTES else "whole"
+    if layout == "blocks" or ckset is None:
+        from ltx_ascend.export.dit_blocks import build_block_items
+
+        return build_block_items(ckset, config, profile, dtype, options.seed)
     model = load_component("dit", ckset, dtype=dtype)
     passes = sample_passes(profile.batch, len(model.transformer_blocks))
     single = dataclasses.replace(profile, batch=1)

@@ -6,12 +6,15 @@ The folder name is derived from the request key, so the same request finds the s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -26,7 +29,7 @@ from ltx_ascend.compile.manifest import (
     request_key,
 )
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, build_items, dtype_name
+from ltx_ascend.export.components import ExportItem, ExportOptions, build_items, dtype_name
 from ltx_ascend.export.onnx_writer import OPSET, export_onnx
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.shapes import ShapeProfile
@@ -35,8 +38,11 @@ from ltx_ascend.shapes import ShapeProfile
 GRAPH_FORM_VERSION = 1
 
 
-def source_fingerprint(component: str, ckset: CheckpointSet) -> dict[str, Any]:
+def source_fingerprint(component: str, ckset: CheckpointSet | None, options: ExportOptions) -> dict[str, Any]:
     """What the component's weights come from; LoRAs only matter to the DiT."""
+    if ckset is None:
+        config = json.dumps(options.random_config, sort_keys=True).encode()
+        return {"random_weights": {"config_sha256": hashlib.sha256(config).hexdigest(), "seed": options.seed}}
     if component == "spatial_upsampler":
         if ckset.spatial_upsampler is None:
             raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
@@ -50,16 +56,23 @@ def source_fingerprint(component: str, ckset: CheckpointSet) -> dict[str, Any]:
 
 
 def export_request(
-    component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, npu_ops: bool
+    component: str,
+    ckset: CheckpointSet | None,
+    profile: ShapeProfile,
+    dtype: torch.dtype,
+    npu_ops: bool,
+    options: ExportOptions | None = None,
 ) -> dict[str, Any]:
+    options = options or ExportOptions()
     return {
         "component": component,
+        "dit_layout": options.dit_layout if component == "dit" else None,
         "profile": profile.to_dict(),
         "dtype": dtype_name(dtype),
         "opset": OPSET,
         "npu_ops": npu_ops,
         "graph_form": GRAPH_FORM_VERSION,
-        "source": source_fingerprint(component, ckset),
+        "source": source_fingerprint(component, ckset, options),
     }
 
 
@@ -92,6 +105,19 @@ def _graph_bytes(folder: Path, file: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(file + "*"))
 
 
+def graph_outputs(path: Path) -> list[dict[str, Any]]:
+    """Output names, static shapes and dtypes as the exported graph declares them."""
+    model = onnx.load(str(path), load_external_data=False)
+    return [
+        {
+            "name": o.name,
+            "shape": [d.dim_value for d in o.type.tensor_type.shape.dim],
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name,
+        }
+        for o in model.graph.output
+    ]
+
+
 def verify_item(item: ExportItem, path: Path, dtype: str) -> dict[str, Comparison]:
     """Run the exported graph on ONNX Runtime (CPU) on the sample feeds; compare with eager."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -108,9 +134,10 @@ def verify_item(item: ExportItem, path: Path, dtype: str) -> dict[str, Compariso
 
 def export_component(
     component: str,
-    ckset: CheckpointSet,
+    ckset: CheckpointSet | None,
     profile: ShapeProfile,
     *,
+    options: ExportOptions | None = None,
     out: Path,
     dtype: torch.dtype = torch.float32,
     npu_ops: bool = False,
@@ -118,7 +145,7 @@ def export_component(
     verify: bool = False,
 ) -> ExportResult:
     """Export (or find cached) every graph of `component` at `profile`."""
-    request = export_request(component, ckset, profile, dtype, npu_ops)
+    request = export_request(component, ckset, profile, dtype, npu_ops, options)
     folder = artifact_dir(out, component, profile, dtype, request)
     if not force and (folder / MANIFEST).is_file():
         manifest = Manifest.read(folder)
@@ -134,15 +161,12 @@ def export_component(
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
 
-    items = build_items(component, ckset, profile, dtype)
+    items = build_items(component, ckset, profile, dtype, options)
     graphs_io: dict[str, Any] = {}
     reports = []
     for item in items:
         file = f"{item.name}.onnx"
         start = time.perf_counter()
-        with torch.no_grad():
-            outputs = item.module(*item.args())
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         path = export_onnx(
             item.module, item.args(), item.input_names, item.output_names, building / file, npu_ops=npu_ops
         )
@@ -158,13 +182,16 @@ def export_component(
         report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops, "clean")
         if verify and not npu_ops:
             report.comparisons = verify_item(item, path, dtype_name(dtype))
+        extra_files = item.write_extra(building) if item.write_extra else []
         reports.append(report)
         graphs_io[item.name] = {
             "file": file,
             "variant": item.variant,
-            **item.io_spec(outputs),
+            "inputs": item.io_spec()["inputs"],
+            "outputs": graph_outputs(path),
             "notes": item.notes,
             "ops": ops,
+            "extra_files": extra_files,
         }
     names = [p.name for p in building.iterdir()]
     manifest = Manifest(

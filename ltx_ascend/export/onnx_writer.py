@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import torch
 from torch.onnx import symbolic_helper
 
@@ -118,7 +119,12 @@ def export_onnx(
             _declare_npu_domain(model)
         final = tmp_dir / path.name
         data_name = path.name + ".data"
-        if external_data:
+        # Decide on what the graph really holds: a block graph whose weights are inputs has none.
+        initializer_bytes = sum(
+            len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
+            for t in model.graph.initializer
+        )
+        if external_data and initializer_bytes > EXTERNAL_DATA_THRESHOLD:
             onnx.save_model(
                 model,
                 str(final),

@@ -1,0 +1,367 @@
+"""The DiT as blocks: an input graph, ONE block graph whose weights are inputs, an output graph.
+
+A 22B DiT fits neither one ONNX protobuf (2 GB) nor this machine. All 48 LTX-2.3 blocks share
+one structure, so the block graph takes its weights as inputs: it compiles once instead of 48
+times, and at run time each block's weights are bound (device-resident) from per-block weight
+files that the exporter streams out of the checkpoint one block at a time, LoRAs fused by
+ltx-core's `apply_loras`. Only the input and output graphs carry baked weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraStateDictWithStrength, StateDict, apply_loras
+from ltx_core.model.transformer.model import LTXModel
+from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
+from ltx_core.model.transformer.transformer_args import TransformerArgs
+from ltx_core.utils import to_denoised
+from safetensors.torch import save_file
+
+from ltx_ascend.checkpoints.loader import CheckpointSet
+from ltx_ascend.export.components import ExportItem
+from ltx_ascend.export.dit import SKIP_INPUTS, MaskPerturbations, _host_rope
+from ltx_ascend.shapes import ShapeProfile
+
+CHECKPOINT_BLOCK_PREFIX = "model.diffusion_model.transformer_blocks."
+WEIGHT_PREFIX = "w."  # block graph inputs named w.<parameter name>
+
+# TransformerArgs field -> graph tensor name (per modality) that the input graph produces and
+# every block reads. Distinct from the DiT's own input names (video_timesteps, video_context).
+ARG_FIELDS = {
+    "x": "x",
+    "context": "text",
+    "timesteps": "adaln",
+    "embedded_timestep": "embedded_timestep",
+    "prompt_timestep": "prompt_adaln",
+    "cross_scale_shift_timestep": "cross_scale_shift",
+    "cross_gate_timestep": "cross_gate",
+}
+PE_FIELDS = ("pe_cos", "pe_sin", "cross_pe_cos", "cross_pe_sin")
+INPUT_GRAPH_INPUTS = tuple(f"{m}_{n}" for m in ("video", "audio") for n in ("latent", "timesteps", "sigma", "context"))
+INPUT_GRAPH_OUTPUTS = tuple(f"{m}_{g}" for m in ("video", "audio") for g in ARG_FIELDS.values())
+BLOCK_ACTIVATIONS = (  # the block never reads embedded_timestep: only the output graph does
+    *(n for n in INPUT_GRAPH_OUTPUTS if not n.endswith("_embedded_timestep")),
+    *(f"{m}_{f}" for m in ("video", "audio") for f in PE_FIELDS),
+    *SKIP_INPUTS,  # [batch, 1]: this block's column of the per-block masks
+)
+BLOCK_OUTPUTS = ("video_x_out", "audio_x_out")
+OUTPUT_GRAPH_INPUTS = tuple(
+    f"{m}_{f}" for m in ("video", "audio") for f in ("x", "embedded_timestep", "latent", "timesteps")
+)
+OUTPUT_GRAPH_OUTPUTS = ("video_denoised", "audio_denoised")
+
+
+def block_parameter_names(block: BasicAVTransformerBlock) -> list[str]:
+    return [name for name, _ in block.named_parameters()]
+
+
+@contextlib.contextmanager
+def bound_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run `module` with plain tensors in place of its parameters (traceable, unlike functional_call,
+    which refuses to run under the JIT tracer)."""
+    saved = []
+    for name, tensor in weights.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        saved.append((owner, leaf, owner._parameters.pop(leaf)))
+        setattr(owner, leaf, tensor)
+    try:
+        yield
+    finally:
+        for owner, leaf, param in saved:
+            delattr(owner, leaf)
+            owner.register_parameter(leaf, param)
+
+
+def _transformer_args(f: dict[str, torch.Tensor], m: str) -> TransformerArgs:
+    """A modality's TransformerArgs from the block graph's named tensors."""
+    return TransformerArgs(
+        **{field: f.get(f"{m}_{name}") for field, name in ARG_FIELDS.items()},
+        context_mask=None,
+        positional_embeddings=(f[f"{m}_pe_cos"], f[f"{m}_pe_sin"]),
+        cross_positional_embeddings=(f[f"{m}_cross_pe_cos"], f[f"{m}_cross_pe_sin"]),
+        enabled=True,
+    )
+
+
+class DiTInputGraph(torch.nn.Module):
+    """Patchify, timestep / AdaLN embeddings, prompt and A-V cross timesteps (ltx-core's preprocessors)."""
+
+    input_names = INPUT_GRAPH_INPUTS
+    output_names = INPUT_GRAPH_OUTPUTS
+
+    def __init__(self, model: LTXModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from ltx_core.model.transformer.modality import Modality
+
+        f = dict(zip(INPUT_GRAPH_INPUTS, inputs, strict=True))
+        mod = {
+            m: Modality(
+                latent=f[f"{m}_latent"],
+                sigma=f[f"{m}_sigma"],
+                timesteps=f[f"{m}_timesteps"],
+                positions=f[f"{m}_latent"].new_zeros(1, 1, 1),
+                context=f[f"{m}_context"],
+            )
+            for m in ("video", "audio")
+        }
+        unused = {f"{m}_{k}": (None, None) for m in ("video", "audio") for k in ("pe", "cross_pe")}
+        with _host_rope(self.model, unused):
+            video = self.model.video_args_preprocessor.prepare(mod["video"], mod["audio"])
+            audio = self.model.audio_args_preprocessor.prepare(mod["audio"], mod["video"])
+        return tuple(getattr(args, field) for args in (video, audio) for field in ARG_FIELDS)
+
+
+class _ColumnMasks(MaskPerturbations):
+    """The block graph sees only its own column of each skip mask ([batch, 1])."""
+
+    def mask_like(self, perturbation_type, block, values):
+        return super().mask_like(perturbation_type, 0, values)
+
+
+class DiTBlockGraph(torch.nn.Module):
+    """One BasicAVTransformerBlock; activations first, then its parameters as `w.<name>` inputs."""
+
+    output_names = BLOCK_OUTPUTS
+
+    def __init__(self, block: BasicAVTransformerBlock) -> None:
+        super().__init__()
+        self.block = block
+        self.param_names = block_parameter_names(block)
+        self.input_names = (*BLOCK_ACTIVATIONS, *(WEIGHT_PREFIX + n for n in self.param_names))
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_act = len(BLOCK_ACTIVATIONS)
+        f = dict(zip(BLOCK_ACTIVATIONS, inputs[:n_act], strict=True))
+        weights = dict(zip(self.param_names, inputs[n_act:], strict=True))
+        args = {m: _transformer_args(f, m) for m in ("video", "audio")}
+        masks = _ColumnMasks({t: f[n] for n, t in SKIP_INPUTS.items()})
+        with bound_weights(self.block, weights):
+            video, audio = self.block(args["video"], args["audio"], masks)
+        return video.x, audio.x
+
+
+class DiTOutputGraph(torch.nn.Module):
+    """Final AdaLN modulation, norm, projection, and X0 denoising for both modalities."""
+
+    input_names = OUTPUT_GRAPH_INPUTS
+    output_names = OUTPUT_GRAPH_OUTPUTS
+
+    def __init__(self, model: LTXModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = dict(zip(OUTPUT_GRAPH_INPUTS, inputs, strict=True))
+        m = self.model
+        vx = m._process_output(m.scale_shift_table, m.norm_out, m.proj_out, f["video_x"], f["video_embedded_timestep"])
+        ax = m._process_output(
+            m.audio_scale_shift_table, m.audio_norm_out, m.audio_proj_out, f["audio_x"], f["audio_embedded_timestep"]
+        )
+        return (
+            to_denoised(f["video_latent"], vx, f["video_timesteps"]),
+            to_denoised(f["audio_latent"], ax, f["audio_timesteps"]),
+        )
+
+
+def block_skip_columns(feeds: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
+    """This block's [batch, 1] column of each whole-model skip mask."""
+    return {name: feeds[name][:, block : block + 1].contiguous() for name in SKIP_INPUTS}
+
+
+def block_feeds(
+    block: BasicAVTransformerBlock,
+    activations: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Named inputs of the block graph: activations plus `w.*` (the block's own if not given)."""
+    weights = weights if weights is not None else dict(block.named_parameters())
+    out = {name: activations[name] for name in BLOCK_ACTIVATIONS}
+    out |= {WEIGHT_PREFIX + n: weights[n].detach() for n in block_parameter_names(block)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming per-block weights out of the checkpoint
+
+
+def _lora_block_state(ckset: CheckpointSet, prefix: str) -> list[LoraStateDictWithStrength]:
+    """The LoRA A/B pairs of one block, keyed as the model's state dict keys are (ltx-core's ops)."""
+    out = []
+    model_prefix = prefix.removeprefix("model.diffusion_model.")
+    for lora in ckset.loras:
+        sd = {}
+        with safetensors.safe_open(str(lora.path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                mapped = LTXV_LORA_COMFY_RENAMING_MAP.apply_to_key(key)
+                if mapped is not None and mapped.startswith(model_prefix):
+                    sd[mapped.removeprefix(model_prefix)] = f.get_tensor(key)
+        size = sum(t.nbytes for t in sd.values())
+        out.append(LoraStateDictWithStrength(StateDict(sd, torch.device("cpu"), size, set()), lora.strength))
+    return out
+
+
+def stream_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype) -> Iterator[tuple[int, dict]]:
+    """(block index, {param name: tensor}) one block at a time: never more than one block in memory."""
+    with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
+        keys = list(f.keys())
+        for i in range(num_layers):
+            prefix = f"{CHECKPOINT_BLOCK_PREFIX}{i}."
+            sd = {k.removeprefix(prefix): f.get_tensor(k) for k in keys if k.startswith(prefix)}
+            if ckset.loras:
+                base = StateDict(sd, torch.device("cpu"), sum(t.nbytes for t in sd.values()), set())
+                sd = apply_loras(base, _lora_block_state(ckset, prefix), dtype=dtype).sd
+            yield i, {k: v.to(dtype).contiguous() for k, v in sd.items()}
+
+
+def write_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, folder: Path) -> list[str]:
+    """`block_00.safetensors` ... : one file per block (0.77 GB in bf16 for LTX-2.3 22B)."""
+    names = []
+    for i, weights in stream_block_weights(ckset, num_layers, dtype):
+        name = f"block_{i:02d}.safetensors"
+        save_file(weights, str(folder / name), metadata={"block": str(i)})
+        names.append(name)
+        del weights
+    return names
+
+
+def block_index(name: str) -> int:
+    match = re.fullmatch(r"block_(\d+)\.safetensors", name)
+    if not match:
+        raise ValueError(name)
+    return int(match.group(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The shell: everything of the DiT but its blocks, plus one block to trace
+
+
+def dit_shell(
+    ckset: CheckpointSet | None, config: dict[str, Any], dtype: torch.dtype, seed: int = 0
+) -> tuple[LTXModel, BasicAVTransformerBlock]:
+    """The DiT with real non-block weights and block 0 only (checkpoint streamed), or seeded
+    random weights at the config's real width. Never holds more than one block."""
+    from ltx_core.model.transformer import LTXModelConfigurator
+
+    from ltx_ascend.checkpoints.tiny import randomize_
+
+    one_block = {**config, "transformer": {**config["transformer"], "num_layers": 1}}
+    if ckset is None:
+        with torch.device("cpu"):
+            model = LTXModelConfigurator.from_config(one_block)
+        randomize_(model, seed, "dit")
+        return model.to(dtype).eval(), model.transformer_blocks[0]
+    with torch.device("meta"):
+        model = LTXModelConfigurator.from_config(one_block)
+    state = {}
+    with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118
+            if key.startswith("model.diffusion_model.") and not key.startswith(CHECKPOINT_BLOCK_PREFIX):
+                state[key.removeprefix("model.diffusion_model.")] = f.get_tensor(key).to(dtype)
+    _, block0 = next(stream_block_weights(ckset, 1, dtype))
+    state |= {f"transformer_blocks.0.{k}": v for k, v in block0.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise ValueError(f"DiT weights missing from {ckset.checkpoint}: {left[:3]}")
+    return model.eval(), model.transformer_blocks[0]
+
+
+def build_block_items(
+    ckset: CheckpointSet | None, config: dict[str, Any], profile: ShapeProfile, dtype: torch.dtype, seed: int = 0
+) -> list[ExportItem]:
+    """dit-input, dit-block (weights as inputs), dit-output; block weights stream to files."""
+    from ltx_ascend.export.dit import sample_feeds, sample_passes
+
+    model, block = dit_shell(ckset, config, dtype, seed)
+    num_layers = config["transformer"]["num_layers"]
+    passes = sample_passes(profile.batch, 1)  # STG on block 0: the traced block is perturbed in the sample
+    single = dataclasses.replace(profile, batch=1)
+    feeds, _, _ = sample_feeds(model, single, passes, dtype=dtype)
+    input_graph, output_graph, block_graph = DiTInputGraph(model), DiTOutputGraph(model), DiTBlockGraph(block)
+    in_feeds = {n: feeds[n] for n in INPUT_GRAPH_INPUTS}
+    with torch.no_grad():
+        activations = dict(zip(INPUT_GRAPH_OUTPUTS, input_graph(*in_feeds.values()), strict=True))
+    activations |= {n: feeds[n] for n in feeds if n.endswith(PE_FIELDS)} | block_skip_columns(feeds, 0)
+    b_feeds = block_feeds(block, activations)
+    with torch.no_grad():
+        vx, ax = block_graph(*b_feeds.values())
+    out_feeds = {
+        "video_x": vx,
+        "video_embedded_timestep": activations["video_embedded_timestep"],
+        "video_latent": feeds["video_latent"],
+        "video_timesteps": feeds["video_timesteps"],
+        "audio_x": ax,
+        "audio_embedded_timestep": activations["audio_embedded_timestep"],
+        "audio_latent": feeds["audio_latent"],
+        "audio_timesteps": feeds["audio_timesteps"],
+    }
+
+    def input_reference(f):
+        with torch.no_grad():
+            return input_graph(*(f[n] for n in INPUT_GRAPH_INPUTS))
+
+    def block_reference(f):
+        """ltx-core's block with its own BatchedPerturbationConfig (STG at this block) and RoPE tuples."""
+        from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+
+        args = {m: _transformer_args(f, m) for m in ("video", "audio")}
+        weights = {n: f[WEIGHT_PREFIX + n] for n in block_parameter_names(block)}
+        with torch.no_grad():
+            v, a = torch.func.functional_call(
+                block, weights, (args["video"], args["audio"], BatchedPerturbationConfig(list(passes)))
+            )
+        return v.x, a.x
+
+    def output_reference(f):
+        with torch.no_grad():
+            return output_graph(*(f[n] for n in OUTPUT_GRAPH_INPUTS))
+
+    def write_weights(folder: Path) -> list[str]:
+        return write_block_weights(ckset, num_layers, dtype, folder) if ckset is not None else []
+
+    layout = {"layout": "blocks", "num_layers": num_layers, "weights": "block_XX.safetensors" if ckset else "random"}
+    return [
+        ExportItem(
+            "dit",
+            input_graph,
+            INPUT_GRAPH_INPUTS,
+            INPUT_GRAPH_OUTPUTS,
+            in_feeds,
+            input_reference,
+            variant="input",
+            notes=layout,
+        ),
+        ExportItem(
+            "dit",
+            block_graph,
+            block_graph.input_names,
+            BLOCK_OUTPUTS,
+            b_feeds,
+            block_reference,
+            variant="block",
+            notes=layout,
+            write_extra=write_weights,
+        ),
+        ExportItem(
+            "dit",
+            output_graph,
+            OUTPUT_GRAPH_INPUTS,
+            OUTPUT_GRAPH_OUTPUTS,
+            out_feeds,
+            output_reference,
+            variant="output",
+            notes=layout,
+        ),
+    ]
