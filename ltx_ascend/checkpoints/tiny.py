@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import struct
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +42,7 @@ LORA_RANK = 4
 IC_LORA_REFERENCE_DOWNSCALE = 2  # the released union-control IC-LoRA takes a half-size reference video
 GEMMA_SPECIAL_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 TOKENIZER_VOCAB = 640
+MODEL_VERSION = "2.3.0"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,23 @@ def _with_prefix(sd: dict[str, torch.Tensor], mapping: dict[str, str], default: 
         else:
             out[default + key] = value
     return out
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """save_file with a canonical header: safetensors keeps metadata in a Rust HashMap, so two keys
+    come out in random order; sort them in place (same bytes, same length) for same-seed-same-bytes."""
+    save_file(_to_file_dtype(tensors), str(path), metadata=metadata)
+    if not metadata or len(metadata) < 2:
+        return
+    with path.open("r+b") as f:
+        length = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canonical = json.dumps(header, separators=(",", ":")).encode()
+        if len(canonical) > length:
+            raise RuntimeError(f"canonical safetensors header of {path} grew ({len(canonical)} > {length})")
+        f.seek(8)
+        f.write(canonical.ljust(length, b" "))
 
 
 def _latent_statistics(channels: int, seed: int, scope: str) -> dict[str, torch.Tensor]:
@@ -286,7 +305,9 @@ def write_tiny_set(out: str | Path, seed: int = 0) -> TinySet:
         gemma_config = json.loads((tmp / GEMMA_ROOT / "config.json").read_text())
         config = tiny_config()
         core = _core_state_dict(config, gemma_config, seed)
-        save_file(_to_file_dtype(core), str(tmp / CHECKPOINT), metadata={"config": json.dumps(config)})
+        # model_version: ltx-pipelines picks the LTX-2.3 defaults (steps, STG block 28) from it.
+        metadata = {"config": json.dumps(config), "model_version": MODEL_VERSION}
+        _save(core, tmp / CHECKPOINT, metadata)
 
         upsampler_config = tiny_upsampler_config()
         upsampler = _build(LatentUpsamplerConfigurator, upsampler_config, seed, "spatial_upsampler")
