@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import time
 from pathlib import Path
 
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, validate_set
+from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.errors import UserError, cli_entry
-from ltx_ascend.export.components import DTYPES, EXPORTABLE
+from ltx_ascend.export.components import DTYPES, EXPORTABLE, ExportOptions
 from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
 from ltx_ascend.shapes import TEXT_TOKENS, parse_shape, shape_profile
 
 DEFAULT_OUT = Path("artifacts")
 TINY_DISTILLED_LORA_STRENGTH = 0.8  # the strength Lightricks' two-stage examples use
+
+
+def _read_config(path: Path | None) -> dict:
+    """--config FILE: a checkpoint's `config` metadata as JSON (or the released 22B one by default)."""
+    if path is None:
+        return config_22b()
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config {path}: not valid JSON ({exc.msg})") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artifact store (default artifacts/)")
     parser.add_argument("--force", action="store_true", help="re-export even when a matching artifact exists")
     parser.add_argument("--verify", action="store_true", help="run each graph on ONNX Runtime and compare with eager")
+    parser.add_argument(
+        "--dit-layout",
+        choices=("auto", "whole", "blocks"),
+        default="auto",
+        help="DiT as one graph, or input + shared block (weights as inputs) + output graphs (auto: blocks above 1 GiB)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="export the DiT with seeded random weights at --config's sizes (no checkpoint; no block weight files)",
+    )
+    parser.add_argument("--config", type=Path, help="model config JSON for --random-weights (default: LTX-2.3 22B)")
     add_checkpoint_args(parser, required=False)
     return parser
 
@@ -91,11 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         conditioning_tokens=args.conditioning_tokens,
     )
     dtype = DTYPES[args.dtype]
-    ckset = resolve_checkpoint_set(args, distilled=args.stage == 2)
+    options = ExportOptions(dit_layout=args.dit_layout)
+    if args.random_weights:
+        if args.checkpoint_path is not None:
+            raise UserError("--random-weights and --checkpoint-path exclude each other: pick one")
+        if args.component != "dit":
+            raise UserError("--random-weights exports only the DiT: pass --component dit")
+        options = ExportOptions(dit_layout=args.dit_layout, random_config=_read_config(args.config))
+        ckset = None
+    else:
+        ckset = resolve_checkpoint_set(args, distilled=args.stage == 2)
     results = []
     start = time.perf_counter()
     for name in components:
-        if name == "spatial_upsampler" and ckset.spatial_upsampler is None:
+        if name == "spatial_upsampler" and ckset is not None and ckset.spatial_upsampler is None:
             if args.component == "all":
                 continue
             raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
@@ -116,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             npu_ops=args.npu_ops,
             force=args.force,
             verify=args.verify,
+            options=options,
         )
         print(f"  -> {result.folder}{' (cached)' if result.cached else ''}", flush=True)
         results.append(result)
     print(format_results(results))
-    print(f"total {time.perf_counter() - start:.1f} s")
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"total {time.perf_counter() - start:.1f} s, peak host memory {peak_gb:.2f} GB")
     failed = [g.name for r in results for g in r.graphs if g.comparisons and not passes_tolerance(g, args.dtype)]
     if failed:
         print(f"verification failed for: {', '.join(failed)}")

@@ -178,6 +178,13 @@ def export_component(
                 f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
                 "exporter, please report it with `ltx-compile --lint` output"
             )
+        outputs = graph_outputs(path)
+        dynamic = [o["name"] for o in outputs if not o["shape"] or 0 in o["shape"]]
+        if dynamic:
+            raise UserError(
+                f"{item.name}: outputs {dynamic} lost their static shape in export (an export patch is missing); "
+                "this is an exporter bug, please report it"
+            )
         ops = op_histogram(path)
         report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops, "clean")
         if verify and not npu_ops:
@@ -188,7 +195,7 @@ def export_component(
             "file": file,
             "variant": item.variant,
             "inputs": item.io_spec()["inputs"],
-            "outputs": graph_outputs(path),
+            "outputs": outputs,
             "notes": item.notes,
             "ops": ops,
             "extra_files": extra_files,

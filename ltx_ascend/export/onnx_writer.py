@@ -133,6 +133,7 @@ def export_onnx(
                 location=data_name,
                 size_threshold=1024,
             )
+            (tmp_dir / data_name).chmod(0o644)
             os.replace(tmp_dir / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(final))
