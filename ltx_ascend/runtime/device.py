@@ -137,7 +137,9 @@ class DevicePolicy:
     dtype: torch.dtype  # compute dtype of the transformer, VAE and text encoder
     high_precision_dtype: torch.dtype  # e.g. the res2s sampler's accumulators; NPU has no float64
     complex_device: torch.device  # STFT / mel / complex ops; NPU lacks complex kernels, so cpu there
-    vocoder_dtype: torch.dtype  # the vocoder always runs in float32 weights and inputs
+    vocoder_dtype: (
+        torch.dtype
+    )  # float32 on NPU (its bf16 vocoder is unusable); the compute dtype elsewhere, as ltx-core
 
     def vocoder_autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the vocoder call: deliberately no autocast.
@@ -173,7 +175,7 @@ def policy_for(device: torch.device | str, dtype: str | torch.dtype | None = Non
         dtype=compute,
         high_precision_dtype=torch.float32 if on_npu else torch.float64,
         complex_device=torch.device("cpu") if on_npu else device,
-        vocoder_dtype=torch.float32,
+        vocoder_dtype=torch.float32 if on_npu else compute,
     )
 
 

@@ -1,0 +1,228 @@
+"""`ltx-run PIPELINE`: Lightricks' LTX-2.3 pipelines on compiled graphs (om / ort) or eager.
+
+Every flag of ltx-pipelines 1.0.0 keeps its name (`python -m ltx_pipelines.X ...` becomes
+`ltx-run X ...`); ours are --artifacts, --backend, --fallback, --device, --dtype, --raw-output and
+--timings-json. With no checkpoint flags it runs on the tiny set under artifacts/, building it
+and its ONNX Runtime graphs on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from ltx_core.components.guiders import MultiModalGuiderParams
+
+from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
+from ltx_ascend.checkpoints.loader import LoraSpec, validate_set
+from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
+from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
+from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+from ltx_ascend.pipelines.text import PromptEncoder
+from ltx_ascend.pipelines.timing import Timings
+from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime.artifacts import add_fallback_arg
+from ltx_ascend.shapes import check_pixel_shape
+
+# Pipeline name -> (module, two-stage?). Each module has `run(ctx) -> Output`.
+PIPELINES = {
+    "ti2vid_two_stages": "ltx_ascend.pipelines.ti2vid_two_stages",
+}
+DEFAULT_PROMPT = (
+    "A red fox runs through fresh snow at dawn, the camera tracking low beside it; wind and soft footsteps."
+)
+TINY_DISTILLED_LORA_STRENGTH = 0.8
+
+
+def _float_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+
+class _ImageAction(argparse.Action):
+    """`--image PATH FRAME_IDX STRENGTH [CRF]`, repeatable."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (3, 4):
+            raise UserError(f"{option_string} takes PATH FRAME_IDX STRENGTH [CRF], got {' '.join(values)}")
+        try:
+            crf = int(values[3]) if len(values) == 4 else P.DEFAULT_IMAGE_CRF
+            image = ImageInput(values[0], int(values[1]), float(values[2]), crf)
+        except ValueError:
+            raise UserError(
+                f"{option_string} {' '.join(values)}: FRAME_IDX and CRF are integers, STRENGTH a number"
+            ) from None
+        items = list(getattr(namespace, self.dest) or [])
+        items.append(image)
+        setattr(namespace, self.dest, items)
+
+
+def _add_guidance(parser: argparse.ArgumentParser, prefix: str, cross: str) -> None:
+    group = parser.add_argument_group(f"{prefix} guidance (defaults: LTX-2.3)")
+    group.add_argument(f"--{prefix}-cfg-guidance-scale", type=float)
+    group.add_argument(f"--{prefix}-stg-guidance-scale", type=float)
+    group.add_argument(f"--{prefix}-rescale-scale", type=float)
+    group.add_argument(f"--{cross}-guidance-scale", type=float, help="modality (A-V cross-attention) guidance")
+    group.add_argument(f"--{prefix}-skip-step", type=int)
+    group.add_argument(f"--{prefix}-stg-blocks", type=int, nargs="*")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltx-run", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
+    for name in PIPELINES:
+        p = sub.add_parser(name, help=f"{name} (as ltx_pipelines.{name})")
+        add_checkpoint_args(p, required=False)
+        p.add_argument("--prompt", default=None, help="text prompt (default: a demo prompt)")
+        p.add_argument("--negative-prompt", default=P.DEFAULT_NEGATIVE_PROMPT)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--height", type=int, help="output height (two-stage: stage 1 runs at half)")
+        p.add_argument("--width", type=int)
+        p.add_argument("--num-frames", type=int, help="8k+1")
+        p.add_argument("--frame-rate", type=float)
+        p.add_argument("--num-inference-steps", type=int)
+        p.add_argument(
+            "--image",
+            nargs="+",
+            action=_ImageAction,
+            dest="images",
+            default=[],
+            metavar="PATH IDX STRENGTH [CRF]",
+            help="condition frame IDX on an image (repeatable)",
+        )
+        p.add_argument("--enhance-prompt", action="store_true", help="not supported: the LLM runs eager only")
+        _add_guidance(p, "video", "a2v")
+        _add_guidance(p, "audio", "v2a")
+        out = p.add_argument_group("output")
+        out.add_argument("--output-path", type=Path, default=Path("output.mp4"))
+        out.add_argument("--raw-output", type=Path, help="also write frames + waveform as .safetensors")
+        out.add_argument("--timings-json", type=Path, help="write the per-stage timing table as JSON")
+        run = p.add_argument_group("runtime")
+        run.add_argument(
+            "--artifacts", type=Path, default=Path("artifacts"), help="artifact store (default artifacts/)"
+        )
+        run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager")
+        run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
+        run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
+        run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
+        run.add_argument(
+            "--build-missing",
+            action="store_true",
+            help="export (and compile for ort) any artifact the run needs and lacks (implied for the tiny set)",
+        )
+        add_fallback_arg(run)
+        dev.add_device_args(run)
+    return parser
+
+
+def _guider(args: argparse.Namespace, prefix: str, cross: str, base: MultiModalGuiderParams) -> MultiModalGuiderParams:
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return MultiModalGuiderParams(
+        cfg_scale=pick(getattr(args, f"{prefix}_cfg_guidance_scale"), base.cfg_scale),
+        stg_scale=pick(getattr(args, f"{prefix}_stg_guidance_scale"), base.stg_scale),
+        rescale_scale=pick(getattr(args, f"{prefix}_rescale_scale"), base.rescale_scale),
+        modality_scale=pick(getattr(args, f"{cross}_guidance_scale"), base.modality_scale),
+        skip_step=pick(getattr(args, f"{prefix}_skip_step"), base.skip_step),
+        stg_blocks=pick(getattr(args, f"{prefix}_stg_blocks"), base.stg_blocks),
+    )
+
+
+def request_from_args(args: argparse.Namespace, defaults: P.PipelineDefaults) -> Request:
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return Request(
+        prompt=args.prompt or DEFAULT_PROMPT,
+        negative_prompt=args.negative_prompt,
+        seed=pick(args.seed, defaults.seed),
+        height=pick(args.height, defaults.height),
+        width=pick(args.width, defaults.width),
+        num_frames=pick(args.num_frames, defaults.num_frames),
+        frame_rate=pick(args.frame_rate, defaults.frame_rate),
+        num_inference_steps=pick(args.num_inference_steps, defaults.num_inference_steps),
+        video_guider=_guider(args, "video", "a2v", defaults.video_guider),
+        audio_guider=_guider(args, "audio", "v2a", defaults.audio_guider),
+        images=list(args.images),
+        distilled_lora=tuple(args.distilled_lora or ()),
+    )
+
+
+def check_inputs(args: argparse.Namespace, req: Request, two_stage: bool) -> None:
+    """Everything that can be checked before a model loads."""
+    check_pixel_shape(req.num_frames, req.height, req.width, two_stage=two_stage)
+    if req.num_inference_steps < 1:
+        raise UserError(f"--num-inference-steps {req.num_inference_steps}: must be >= 1")
+    if args.enhance_prompt:
+        raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
+    for image in req.images:
+        path = Path(image.path)
+        if not path.is_file():
+            raise UserError(f"--image {image.path}: file not found")
+        if not 0 <= image.frame_idx < req.num_frames:
+            raise UserError(f"--image {image.path} {image.frame_idx}: frame index must be in [0, {req.num_frames - 1}]")
+    check_output_path(args.output_path, ".mp4", "--output-path")
+    if args.raw_output is not None:
+        check_output_path(args.raw_output, ".safetensors", "--raw-output")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(PIPELINES[args.pipeline])
+    two_stage = getattr(module, "TWO_STAGE", False)
+    tiny = args.checkpoint_path is None
+    defaults = P.TINY if tiny else P.LTX_2_3
+    req = request_from_args(args, defaults)
+    check_inputs(args, req, two_stage)
+    policy = dev.policy_from_args(args)
+    start = time.perf_counter()
+
+    if tiny:
+        print(f"no --checkpoint-path: using the tiny LTX-2.3 set under {args.artifacts / 'tiny'}", flush=True)
+        tiny_set = ensure_tiny_set(args.artifacts / "tiny")
+        args.checkpoint_path, args.gemma_root = tiny_set.checkpoint, args.gemma_root or tiny_set.gemma_root
+        args.spatial_upsampler_path = args.spatial_upsampler_path or tiny_set.spatial_upsampler
+        if two_stage and not req.distilled_lora:
+            req.distilled_lora = (LoraSpec(tiny_set.distilled_lora, TINY_DISTILLED_LORA_STRENGTH),)
+    ckset = checkpoint_set_from_args(args)
+    validate_set(ckset.with_loras([*ckset.loras, *req.distilled_lora]))
+    if two_stage and ckset.spatial_upsampler is None:
+        raise UserError(f"{args.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
+    if two_stage and not req.distilled_lora:
+        raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
+
+    backend = args.backend or "ort"
+    stack = ModelStack(
+        ckset=ckset,
+        policy=policy,
+        backends=BackendChoice.parse(backend),
+        artifacts=args.artifacts,
+        fallback=args.fallback,
+        build_missing=tiny or args.build_missing,
+        ep=args.ep,
+        soc=args.soc,
+    )
+    prompts = PromptEncoder(
+        ckset,
+        lambda: stack.text_connectors(req.profile()),
+        args.prompt_cache or args.artifacts / "prompt-cache",
+        policy.device,
+        policy.dtype,
+    )
+    timings = Timings()
+    print(dev.describe(policy), flush=True)
+    output = module.run(RunContext(req, stack, prompts, timings))
+    with timings.stage("write"):
+        write_mp4(args.output_path, output.frames, req.frame_rate, output.audio)
+        if args.raw_output is not None:
+            write_raw(args.raw_output, output.frames, output.audio)
+    print(f"\n{args.pipeline}: {tuple(output.frames.shape)} frames -> {args.output_path}")
+    print(f"backends: {stack.describe_backends()}")
+    print(timings.table())
+    if args.timings_json:
+        timings.write_json(args.timings_json)
+    print(f"wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,116 @@
+"""The transformer call of a sampling loop, over a Session (whole graph or input/blocks/output).
+
+Pipelines hand it ltx-core `Modality` inputs and a list of guidance passes (one
+`PerturbationConfig` and one text context per pass); it builds the graph's named feeds (host RoPE,
+float skip masks), runs as many passes per call as the graph's batch holds, and returns the X0
+predictions per pass. Which backend runs underneath is invisible here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ltx_core.guidance.perturbations import PerturbationConfig
+from ltx_core.model.transformer import LTXModelConfigurator
+from ltx_core.model.transformer.model import LTXModel
+from safetensors.torch import load_file
+
+from ltx_ascend.export import dit, dit_blocks
+from ltx_ascend.runtime.session import Session
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One transformer pass of a guided step: which perturbations, and which text context."""
+
+    perturbations: PerturbationConfig
+    video_context: torch.Tensor
+    audio_context: torch.Tensor
+
+
+class DiTRunner:
+    """Runs guidance passes on a DiT session (`sessions["dit"]`) or block sessions
+    (`sessions["dit-input"|"dit-block"|"dit-output"]` + `block_weights`)."""
+
+    def __init__(
+        self,
+        config: dict,
+        sessions: Mapping[str, Session],
+        *,
+        block_weights: Sequence[Path] = (),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch: int | None = None,
+    ) -> None:
+        with torch.device("meta"):  # RoPE needs only the preprocessors' settings, never weights
+            self._meta: LTXModel = LTXModelConfigurator.from_config(config)
+        self.num_layers = config["transformer"]["num_layers"]
+        self.sessions = dict(sessions)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.block_weights = [load_file(str(p), device=str(self.device)) for p in block_weights]
+        first = self.sessions["dit"] if "dit" in self.sessions else self.sessions["dit-input"]
+        # A compiled graph has a fixed batch: that many passes per call (a short chunk is padded).
+        self.batch = batch or next(s.shape[0] for s in first.inputs if s.name == "video_latent")
+        self._rope_key: tuple | None = None
+        self._rope: dict[str, torch.Tensor] = {}
+
+    def _rope_tables(self, video_positions: torch.Tensor, audio_positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Computed on the host (float64 where the config says), once per position grid."""
+        key = (video_positions.shape, video_positions.sum().item(), audio_positions.shape, audio_positions.sum().item())
+        if key != self._rope_key:
+            tables = dit.rope_inputs(self._meta, video_positions.cpu(), audio_positions.cpu(), self.dtype)
+            self._rope = {k: v.to(self.device) for k, v in tables.items()}
+            self._rope_key = key
+        return self._rope
+
+    def _feeds(self, video, audio, passes: Sequence[Pass]) -> dict[str, torch.Tensor]:
+        n = len(passes)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:]).to(self.device, self.dtype).contiguous()
+
+        sigma = video.sigma.reshape(-1)[:1]
+        feeds = {
+            "video_latent": rows(video.latent),
+            "video_timesteps": rows(video.timesteps),
+            "video_sigma": sigma.expand(n).to(self.device, self.dtype).contiguous(),
+            "video_context": torch.cat([p.video_context for p in passes]).to(self.device, self.dtype),
+            "audio_latent": rows(audio.latent),
+            "audio_timesteps": rows(audio.timesteps),
+            "audio_sigma": audio.sigma.reshape(-1)[:1].expand(n).to(self.device, self.dtype).contiguous(),
+            "audio_context": torch.cat([p.audio_context for p in passes]).to(self.device, self.dtype),
+        }
+        tables = self._rope_tables(video.positions[:1], audio.positions[:1])
+        feeds |= {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in tables.items()}
+        masks = dit.skip_masks_for([p.perturbations for p in passes], self.num_layers)
+        feeds |= {k: v.to(self.device, self.dtype) for k, v in masks.items()}
+        return feeds
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "dit" in self.sessions:
+            out = self.sessions["dit"].run(feeds)
+            return out["video_denoised"], out["audio_denoised"]
+        acts = self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+        block = self.sessions["dit-block"]
+        for i, weights in enumerate(self.block_weights):
+            block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, i)}
+            block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
+            out = block.run({s.name: block_in[s.name] for s in block.inputs})
+            acts["video_x"], acts["audio_x"] = out["video_x_out"], out["audio_x_out"]
+        final = self.sessions["dit-output"].run({**acts, **feeds})
+        return final["video_denoised"], final["audio_denoised"]
+
+    def __call__(self, video, audio, passes: Sequence[Pass]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """X0 predictions (video, audio) per pass; `video`/`audio` are batch-1 ltx-core Modalities."""
+        results = []
+        for start in range(0, len(passes), self.batch):
+            chunk = list(passes[start : start + self.batch])
+            pad = self.batch - len(chunk)  # a short last chunk repeats its last pass (result dropped)
+            feeds = self._feeds(video, audio, chunk + [chunk[-1]] * pad)
+            v, a = self._run(feeds)
+            results += [(v[i : i + 1], a[i : i + 1]) for i in range(len(chunk))]
+        return results

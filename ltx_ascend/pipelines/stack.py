@@ -1,0 +1,251 @@
+"""The models a pipeline drives, each behind the backend the user chose, with eager as fallback.
+
+`ModelStack.dit(...)`, `.video_decoder(...)` etc. hand back callables with one contract per
+component whatever runs underneath: a compiled graph (om / ort, located through its manifest) or
+ltx-core eagerly on the device. When a compiled artifact is missing or stale, one warning line
+says why and the component runs eager (`--fallback none` makes that an error). With
+`build_missing`, missing artifacts are exported and compiled for ONNX Runtime first.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ltx_core.model.audio_vae import decode_audio
+from ltx_core.model.upsampler import upsample_video
+from ltx_core.model.video_vae import TilingConfig, decode_video
+from ltx_core.types import Audio
+
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
+from ltx_ascend.compile.cli import compile_ort
+from ltx_ascend.errors import UserError
+from ltx_ascend.export.components import ExportOptions, dtype_name
+from ltx_ascend.export.dit import DIT_INPUTS, DIT_OUTPUTS, DiTGraph
+from ltx_ascend.export.exporter import export_component, export_request
+from ltx_ascend.pipelines.dit_runner import DiTRunner
+from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime.artifacts import open_sessions, resolve
+from ltx_ascend.runtime.eager_session import EagerSession
+from ltx_ascend.runtime.session import Session
+from ltx_ascend.shapes import ShapeProfile
+
+COMPILED = ("om", "ort", "onnx")
+
+
+@dataclass
+class BackendChoice:
+    """`--backend ort` or per component `--backend dit=ort,video_decoder=eager`."""
+
+    default: str = "eager"
+    per_component: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> BackendChoice:
+        choice = cls()
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, _, backend = part.rpartition("=")
+            if backend not in (*COMPILED, "eager"):
+                raise UserError(f"--backend {text}: backend {backend!r} is not one of om, ort, onnx, eager")
+            if name:
+                choice.per_component[name] = backend
+            else:
+                choice.default = backend
+        return choice
+
+    def of(self, component: str) -> str:
+        return self.per_component.get(component, self.default)
+
+
+@dataclass
+class ModelStack:
+    ckset: CheckpointSet
+    policy: dev.DevicePolicy
+    backends: BackendChoice
+    artifacts: Path
+    fallback: str = "eager"
+    build_missing: bool = False
+    ep: str = "cpu"
+    soc: str | None = None
+    log: Callable[[str], None] = print
+    used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
+    folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.policy.dtype
+
+    # -- locating compiled graphs --------------------------------------------------------------
+
+    def _sessions(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> dict[str, Session] | None:
+        backend = self.backends.of(component)
+        if backend == "eager":
+            self.used[component] = "eager"
+            return None
+        graph_dtype = torch.float32 if component == "vocoder" else self.dtype
+        request = export_request(component, ckset, profile, graph_dtype, False, ExportOptions())
+        resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+        if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
+            start = time.perf_counter()
+            self.log(f"building {component} for {backend} at {profile.key} ...")
+            result = export_component(component, ckset, profile, out=self.artifacts, dtype=graph_dtype)
+            if backend == "ort":
+                compile_ort(result.folder, self.ep, force=False)
+            self.log(f"built {component} in {time.perf_counter() - start:.1f} s")
+            resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+        if not resolution.ok:
+            if self.fallback == "none":
+                raise UserError(f"{component}: {resolution.reason}")
+            print(f"warning: {component}: {resolution.reason}; falling back to eager", file=sys.stderr)
+            self.used[component] = "eager"
+            return None
+        self.used[component] = backend
+        self.folders[component] = resolution.folder
+        return open_sessions(resolution, device=self.device, ep=self.ep)
+
+    def _load(self, component: str, ckset: CheckpointSet, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        return load_component(component, ckset, device=self.device, dtype=dtype or self.dtype)
+
+    # -- components ----------------------------------------------------------------------------
+
+    def dit(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> DiTRunner:
+        ckset = self.ckset.with_loras((*self.ckset.loras, *loras))
+        config = read_model_config(ckset.checkpoint)
+        sessions = self._sessions("dit", ckset, profile)
+        if sessions is None:
+            model = self._load("dit", ckset)
+            graph = DiTGraph(model)
+            sessions = {"dit": EagerSession(graph, DIT_INPUTS, DIT_OUTPUTS, self.device, self.dtype, name="dit")}
+            # One pass per call, exactly as ltx-pipelines calls its transformer.
+            return DiTRunner(config, sessions, device=self.device, dtype=self.dtype, batch=1)
+        weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
+        return DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
+
+    def text_connectors(self, profile: ShapeProfile) -> Callable[[tuple, torch.Tensor], tuple]:
+        """(Gemma hidden states, attention mask) -> (video context, audio context)."""
+        sessions = self._sessions("text_connectors", self.ckset, profile)
+        if sessions is None:
+            processor = self._load("text_connectors", self.ckset)
+
+            def eager(hidden: tuple, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                with torch.inference_mode():
+                    out = processor.process_hidden_states(hidden, mask)
+                return out.video_encoding, out.audio_encoding
+
+            return eager
+        session = sessions["text_connectors"]
+
+        def compiled(hidden: tuple, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            feeds = {"hidden_states": torch.stack(hidden, dim=-1).to(self.dtype), "attention_mask": mask.to(self.dtype)}
+            out = session.run(feeds)
+            return out["video_context"], out["audio_context"]
+
+        return compiled
+
+    def video_encoder(self, profile: ShapeProfile) -> Callable[[torch.Tensor], torch.Tensor]:
+        sessions = self._sessions("video_encoder", self.ckset, profile)
+        if sessions is None:
+            encoder = self._load("video_encoder", self.ckset)
+            return lambda video: _no_grad(encoder)(video.to(self.device, self.dtype))
+        by_frames = {s.inputs[0].shape[2]: s for s in sessions.values()}
+
+        def compiled(video: torch.Tensor) -> torch.Tensor:
+            session = by_frames.get(video.shape[2])
+            if session is None:
+                raise UserError(f"no compiled video_encoder for {video.shape[2]} frames: re-export at this shape")
+            return session.run({"video": video.to(self.device, self.dtype)})["latent"]
+
+        return compiled
+
+    def upsampler(self, profile: ShapeProfile) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Stage-1 latent -> stage-2 latent (ltx-core's upsample_video)."""
+        sessions = self._sessions("spatial_upsampler", self.ckset, profile)
+        if sessions is None:
+            upsampler = self._load("spatial_upsampler", self.ckset)
+            encoder = self._load("video_encoder", self.ckset)
+            return lambda latent: _no_grad(upsample_video)(latent=latent, video_encoder=encoder, upsampler=upsampler)
+        session = sessions["spatial_upsampler"]
+        return lambda latent: session.run({"latent": latent.to(self.device, self.dtype)})["latent_x2"]
+
+    def video_decoder(self, profile: ShapeProfile) -> Callable[[torch.Tensor, torch.Generator | None], Iterator]:
+        """Latent -> uint8 frame chunks [f, h, w, 3], as ltx-core's decode_video yields them."""
+        sessions = self._sessions("video_decoder", self.ckset, profile)
+        if sessions is None:
+            decoder = self._load("video_decoder", self.ckset)
+            return lambda latent, generator: _no_grad_iter(
+                decode_video(latent, decoder, TilingConfig.default(), generator)
+            )
+        session = sessions["video_decoder"]
+
+        def compiled(latent: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+            video = session.run({"latent": latent.to(self.device, self.dtype)})["video"]
+            yield (((video + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8)[0].permute(1, 2, 3, 0)
+
+        return compiled
+
+    def audio(self, profile: ShapeProfile) -> Callable[[torch.Tensor], Audio]:
+        """Audio latent -> waveform (audio decoder, then the float32 vocoder)."""
+        dec_sessions = self._sessions("audio_decoder", self.ckset, profile)
+        voc_sessions = self._sessions("vocoder", self.ckset, profile)
+        decoder = self._load("audio_decoder", self.ckset) if dec_sessions is None else None
+        vocoder = self._load("vocoder", self.ckset, self.policy.vocoder_dtype) if voc_sessions is None else None
+        rate = output_sample_rate(read_model_config(self.ckset.checkpoint))
+
+        def run(latent: torch.Tensor) -> Audio:
+            with torch.inference_mode():
+                if decoder is not None and vocoder is not None:
+                    return decode_audio(latent, decoder, vocoder)
+                mel = (
+                    decoder(latent)
+                    if decoder is not None
+                    else dec_sessions["audio_decoder"].run({"audio_latent": latent.to(self.dtype)})["mel"]
+                )
+                with self.policy.vocoder_autocast():
+                    if vocoder is not None:
+                        wave = vocoder(mel.to(self.policy.vocoder_dtype))
+                        return Audio(waveform=wave.squeeze(0).float(), sampling_rate=vocoder.output_sampling_rate)
+                    wave = voc_sessions["vocoder"].run({"mel": mel.float()})["waveform"]
+                return Audio(waveform=wave.squeeze(0).float(), sampling_rate=rate)
+
+        return run
+
+    def free(self) -> None:
+        """Between stages: drop what the last stage held (the caller deletes its references first)."""
+        gc.collect()
+        dev.empty_cache(self.device)
+
+    def describe_backends(self) -> str:
+        return ", ".join(f"{c}={b}" for c, b in self.used.items())
+
+
+def output_sample_rate(config: dict) -> int:
+    """48 kHz for LTX-2.3's vocoder with bandwidth extension; the plain vocoder's rate otherwise."""
+    vocoder = config.get("vocoder", {})
+    if "bwe" in vocoder:
+        return int(vocoder["bwe"]["output_sampling_rate"])
+    return int(vocoder.get("output_sampling_rate", 24000))
+
+
+def _no_grad(fn: Callable) -> Callable:
+    def wrapped(*args, **kwargs):
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _no_grad_iter(it: Iterator) -> Iterator:
+    with torch.inference_mode():
+        yield from it
+
+
+__all__ = ["BackendChoice", "ModelStack", "dtype_name"]

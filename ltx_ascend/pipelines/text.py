@@ -1,0 +1,96 @@
+"""Prompt embeddings: Gemma (eager) once per distinct prompt, cached on disk.
+
+The cache key is the prompt plus fingerprints of the Gemma root and of the checkpoint holding the
+text connectors, so a second run with the same prompt never constructs the 12B text encoder.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ltx_ascend.atomic import atomic_path
+from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
+from ltx_ascend.compile.manifest import fingerprint_file, fingerprint_tree
+from ltx_ascend.errors import UserError
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    video: torch.Tensor  # [1, T, Dv] video context
+    audio: torch.Tensor  # [1, T, Da] audio context
+
+
+def cache_key(prompt: str, ckset: CheckpointSet, dtype: torch.dtype) -> str:
+    if ckset.gemma_root is None:
+        raise UserError("prompts need the Gemma text encoder: pass --gemma-root")
+    digest = hashlib.sha256()
+    for part in (
+        prompt,
+        str(dtype),
+        fingerprint_tree(ckset.gemma_root)["sha256_sampled"],
+        fingerprint_file(ckset.checkpoint)["sha256_sampled"],
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+class PromptEncoder:
+    """Gemma on the device for cache misses; the connectors are whatever `connectors` runs."""
+
+    def __init__(
+        self,
+        ckset: CheckpointSet,
+        connectors: Callable[[], Callable[[tuple, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]],
+        cache_dir: Path | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.ckset = ckset
+        self.connectors = connectors  # built lazily: a full cache hit needs neither Gemma nor connectors
+        self.cache_dir = cache_dir
+        self.device = device
+        self.dtype = dtype
+        self.hits = 0
+        self.text_encoder_built = False
+
+    def _cached(self, key: str) -> PromptEmbeddings | None:
+        path = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
+        if path is None or not path.is_file():
+            return None
+        tensors = load_file(str(path), device=str(self.device))
+        return PromptEmbeddings(tensors["video"], tensors["audio"])
+
+    def _store(self, key: str, emb: PromptEmbeddings) -> None:
+        if self.cache_dir is None:
+            return
+        with atomic_path(self.cache_dir / f"{key}.safetensors") as tmp:
+            save_file({"video": emb.video.contiguous().cpu(), "audio": emb.audio.contiguous().cpu()}, str(tmp))
+
+    def encode(self, prompts: Sequence[str]) -> list[PromptEmbeddings]:
+        keys = [cache_key(p, self.ckset, self.dtype) for p in prompts]
+        found = {k: self._cached(k) for k in set(keys)}
+        self.hits += sum(1 for k in keys if found[k] is not None)
+        missing = [p for p, k in zip(prompts, keys, strict=True) if found[k] is None]
+        if missing:
+            self.text_encoder_built = True
+            encoder = load_component("text_encoder", self.ckset, device=self.device, dtype=self.dtype)
+            with torch.inference_mode():
+                hidden = {p: encoder.encode(p) for p in dict.fromkeys(missing)}
+            del encoder
+            gc.collect()
+            run = self.connectors()
+            for prompt, (states, mask) in hidden.items():
+                video, audio = run(states, mask)
+                emb = PromptEmbeddings(video, audio)
+                key = cache_key(prompt, self.ckset, self.dtype)
+                self._store(key, emb)
+                found[key] = emb
+        return [found[k] for k in keys]
