@@ -522,3 +522,24 @@ def test_optimize_for_ort_cuda_unavailable(tmp_path: Path, monkeypatch: pytest.M
         optimize_for_ort(src, tmp_path / "o.onnx", provider="cuda")
     with pytest.raises(UserError, match="provider"):
         optimize_for_ort(src, tmp_path / "o.onnx", provider="tpu")
+
+
+def test_cast_to_complex_or_double_inside_the_graph_is_flagged(tmp_path):
+    from onnx import TensorProto, helper
+
+    from ltx_ascend.compile.lint import lint_onnx
+
+    for to in (TensorProto.COMPLEX128, TensorProto.DOUBLE):
+        graph = helper.make_graph(
+            [
+                helper.make_node("Cast", ["x"], ["c"], name="bad_cast", to=to),
+                helper.make_node("Cast", ["c"], ["y"], name="back", to=TensorProto.FLOAT),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        )
+        path = tmp_path / f"cast{to}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+        violations = lint_onnx(path)
+        assert [(v.rule, v.node) for v in violations] == [("dtype", "bad_cast")]

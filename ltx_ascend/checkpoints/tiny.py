@@ -43,6 +43,7 @@ IC_LORA_REFERENCE_DOWNSCALE = 2  # the released union-control IC-LoRA takes a ha
 GEMMA_SPECIAL_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 TOKENIZER_VOCAB = 640
 MODEL_VERSION = "2.3.0"
+VOCODER_OUTPUT_GAIN = 0.01  # keeps the tiny waveform mostly inside the clamp, so audio errors stay visible
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,9 @@ def _core_state_dict(config: dict[str, Any], gemma_config: dict[str, Any], seed:
         _latent_statistics(audio_stat_channels, seed, "audio_vae.stats"), {}, "audio_vae.per_channel_statistics."
     )
     vocoder = _build(_CORE_SPECS["vocoder"][0], config, seed, "vocoder")
+    with torch.no_grad():  # random generators saturate the [-1, 1] clamp; quieten their last convs
+        for generator in (vocoder.vocoder, vocoder.bwe_generator):
+            generator.conv_post.weight.mul_(VOCODER_OUTPUT_GAIN)
     bwe = config["vocoder"]["bwe"]
     vocoder_sd = vocoder.state_dict() | _stft_buffers(bwe["n_fft"], bwe["num_mels"], bwe["input_sampling_rate"])
     sd |= _with_prefix(vocoder_sd, {}, "vocoder.")

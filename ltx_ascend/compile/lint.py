@@ -159,6 +159,10 @@ def _check_ops(model: ModelProto, opsets: dict[str, int]) -> list[Violation]:
             key = f"{domain}::{version}::{node.op_type}"
             if key not in registry:
                 found.append(Violation("op", name, f"{key} is not registered in ATC's ONNX parser"))
+            if node.op_type == "Cast":  # value_info is often absent: catch float64/complex at the cast
+                to = next((a.i for a in node.attribute if a.name == "to"), None)
+                if to in _FLOAT64_COMPLEX:
+                    found.append(Violation("dtype", name, f"Cast to {_dtype_name(to)}: no float64/complex on the NPU"))
     return found
 
 

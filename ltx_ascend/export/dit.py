@@ -47,6 +47,9 @@ DIT_INPUTS = (
     *SKIP_INPUTS,
 )
 DIT_OUTPUTS = ("video_denoised", "audio_denoised")
+# Float32 at every graph dtype: ltx-core embeds timesteps (x1000, sinusoidal) in float32; in bf16
+# 0.7 would become 0.69921875 before the embedding.
+FLOAT32_INPUTS = frozenset({"video_timesteps", "video_sigma", "audio_timesteps", "audio_sigma"})
 
 
 class MaskPerturbations:
@@ -265,7 +268,7 @@ def sample_feeds(
     feeds |= rope_inputs(model, video_pos, audio_pos, torch.float32)
     feeds |= skip_masks_for(passes, len(model.transformer_blocks))
     # Separate storage per input: the tracer merges inputs that alias (RoPE cos/sin are views of one tensor).
-    feeds = {k: v.to(dtype).contiguous().clone() for k, v in feeds.items()}
+    feeds = {k: v.to(torch.float32 if k in FLOAT32_INPUTS else dtype).contiguous().clone() for k, v in feeds.items()}
     return {n: feeds[n] for n in DIT_INPUTS}, video_pos, audio_pos
 
 

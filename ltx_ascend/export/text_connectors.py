@@ -89,6 +89,25 @@ def replace_padded_with_registers_static(
 
 
 @contextlib.contextmanager
+def _typed_binary_mask() -> Iterator[None]:
+    """ltx-core's `_to_binary_mask` multiplies the context by an int64 mask; in a bfloat16 graph the
+    TorchScript exporter promotes that product through complex128 (ORT and ATC reject it). Same
+    values with the mask cast to the context's dtype first."""
+    from ltx_core.text_encoders.gemma import embeddings_processor as ep
+
+    def to_binary_mask(encoded: torch.Tensor, encoded_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        binary = (encoded_mask < 0.000001).reshape([encoded.shape[0], encoded.shape[1], 1])
+        return encoded * binary.to(encoded.dtype), binary.to(torch.int64)
+
+    original = ep._to_binary_mask
+    ep._to_binary_mask = to_binary_mask
+    try:
+        yield
+    finally:
+        ep._to_binary_mask = original
+
+
+@contextlib.contextmanager
 def static_register_replacement(processor: EmbeddingsProcessor) -> Iterator[None]:
     """Use `replace_padded_with_registers_static` in this processor's connectors (instances only)."""
     connectors = [c for c in (processor.video_connector, processor.audio_connector) if c is not None]
@@ -120,7 +139,7 @@ class TextConnectorsGraph(torch.nn.Module):
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = []
-        with static_register_replacement(self.processor):
+        with static_register_replacement(self.processor), _typed_binary_mask():
             # ltx-core's connectors are batch-1 code (their RoPE tables have batch 1 and the split
             # rotation reshapes with it), and its pipelines call them once per prompt: do the same per row.
             for b in range(hidden_states.shape[0]):

@@ -70,18 +70,18 @@ class DiTRunner:
     def _feeds(self, video, audio, passes: Sequence[Pass]) -> dict[str, torch.Tensor]:
         n = len(passes)
 
-        def rows(t: torch.Tensor) -> torch.Tensor:
-            return t.expand(n, *t.shape[1:]).to(self.device, self.dtype).contiguous()
+        def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:]).to(self.device, dtype or self.dtype).contiguous()
 
-        sigma = video.sigma.reshape(-1)[:1]
+        f32 = torch.float32  # timesteps and sigma stay float32 (dit.FLOAT32_INPUTS)
         feeds = {
             "video_latent": rows(video.latent),
-            "video_timesteps": rows(video.timesteps),
-            "video_sigma": sigma.expand(n).to(self.device, self.dtype).contiguous(),
+            "video_timesteps": rows(video.timesteps, f32),
+            "video_sigma": rows(video.sigma.reshape(-1)[:1], f32),
             "video_context": torch.cat([p.video_context for p in passes]).to(self.device, self.dtype),
             "audio_latent": rows(audio.latent),
-            "audio_timesteps": rows(audio.timesteps),
-            "audio_sigma": audio.sigma.reshape(-1)[:1].expand(n).to(self.device, self.dtype).contiguous(),
+            "audio_timesteps": rows(audio.timesteps, f32),
+            "audio_sigma": rows(audio.sigma.reshape(-1)[:1], f32),
             "audio_context": torch.cat([p.audio_context for p in passes]).to(self.device, self.dtype),
         }
         tables = self._rope_tables(video.positions[:1], audio.positions[:1])

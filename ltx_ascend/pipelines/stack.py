@@ -92,6 +92,11 @@ class ModelStack:
             self.used[component] = "eager"
             return None
         graph_dtype = torch.float32 if component == "vocoder" else self.dtype
+        if backend in ("ort", "onnx") and self.ep == "cpu" and graph_dtype == torch.bfloat16:
+            raise UserError(
+                f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
+                "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
+            )
         request = export_request(component, ckset, profile, graph_dtype, False, ExportOptions())
         resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
         if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):

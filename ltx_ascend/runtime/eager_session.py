@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds
+from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds, dtype_str
 
 if TYPE_CHECKING:
     from ltx_ascend.export.components import ExportItem
@@ -51,18 +51,22 @@ class EagerSession(Session):
         """An eager session over an export item's module; inputs checked against the item's sample shapes."""
         floats = [t.dtype for t in item.sample.values() if t.is_floating_point()]
         dtype = dtype or (floats[0] if floats else torch.float32)
-        inputs = [TensorSpec(n, tuple(item.sample[n].shape)) for n in item.input_names]
+        inputs = [
+            TensorSpec(n, tuple(t.shape), dtype_str(t.dtype))
+            for n, t in ((n, item.sample[n]) for n in item.input_names)
+        ]
         return cls(item.module, item.input_names, item.output_names, device, dtype, inputs=inputs, name=item.name)
 
-    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
-        # Feeds follow the graph boundary: floats in the graph dtype (the module's), int32 stays int32.
-        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+    def _prepare(self, spec: TensorSpec, tensor: torch.Tensor) -> torch.Tensor:
+        # Feeds follow the graph boundary: the spec's dtype where one is given, else as fed (a graph
+        # may keep some float inputs in float32 whatever its dtype, e.g. the DiT's timesteps).
+        dtype = spec.torch_dtype if spec.dtype is not None else tensor.dtype
         return tensor.to(device=self.device, dtype=dtype)
 
     def run(self, feeds: Mapping[str, torch.Tensor], *, copy_outputs: bool = True) -> dict[str, torch.Tensor]:
         """Outputs are fresh tensors every call; `copy_outputs` is accepted for the common contract."""
         check_feeds(self.inputs, feeds, self.name)
-        args = [self._prepare(feeds[s.name]) for s in self.inputs]
+        args = [self._prepare(s, feeds[s.name]) for s in self.inputs]
         with torch.inference_mode():
             result = self.module(*args)
         if isinstance(result, torch.Tensor):
