@@ -30,10 +30,37 @@ from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import add_fallback_arg
 from ltx_ascend.shapes import check_pixel_shape
 
-# Pipeline name -> (module, two-stage?). Each module has `run(ctx) -> Output`.
+# Pipeline name -> module. Each module defines `run(ctx) -> Output` and may define:
+#   TWO_STAGE (bool), DEFAULTS (params.PipelineDefaults for real checkpoints), TINY_DEFAULTS,
+#   DISTILLED (bool: takes --distilled-checkpoint-path instead of a distilled LoRA),
+#   NEEDS_DISTILLED_LORA (bool, default TWO_STAGE: stage 2 fuses --distilled-lora),
+#   add_arguments(parser) for its own flags, and check(args, request) for its input checks
+#   (raising UserError; it may fill request.extra with decoded inputs).
 PIPELINES = {
-    "ti2vid_two_stages": "ltx_ascend.pipelines.ti2vid_two_stages",
+    name: f"ltx_ascend.pipelines.{name}"
+    for name in (
+        "ti2vid_two_stages",
+        "ti2vid_two_stages_hq",
+        "ti2vid_one_stage",
+        "distilled",
+        "keyframe_interpolation",
+        "a2vid_two_stage",
+        "retake",
+        "ic_lora",
+    )
 }
+
+
+def pipeline_modules() -> dict:
+    """The pipelines this build has (a module that does not import is left out of --help)."""
+    modules = {}
+    for name, path in PIPELINES.items():
+        try:
+            modules[name] = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise
+    return modules
 DEFAULT_PROMPT = (
     "A red fox runs through fresh snow at dawn, the camera tracking low beside it; wind and soft footsteps."
 )
@@ -75,9 +102,11 @@ def _add_guidance(parser: argparse.ArgumentParser, prefix: str, cross: str) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx-run", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
-    for name in PIPELINES:
-        p = sub.add_parser(name, help=f"{name} (as ltx_pipelines.{name})")
+    for name, module in pipeline_modules().items():
+        p = sub.add_parser(name, help=(module.__doc__ or name).splitlines()[0])
         add_checkpoint_args(p, required=False)
+        if getattr(module, "DISTILLED", False):
+            p.add_argument("--distilled-checkpoint-path", type=Path, help="distilled LTX-2.3 checkpoint")
         p.add_argument("--prompt", default=None, help="text prompt (default: a demo prompt)")
         p.add_argument("--negative-prompt", default=P.DEFAULT_NEGATIVE_PROMPT)
         p.add_argument("--seed", type=int)
@@ -110,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
         run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
         run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p.add_argument_group(f"{name}"))
         run.add_argument(
             "--build-missing",
             action="store_true",
@@ -173,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(PIPELINES[args.pipeline])
     two_stage = getattr(module, "TWO_STAGE", False)
+    if getattr(module, "DISTILLED", False) and args.checkpoint_path is None:
+        args.checkpoint_path = args.distilled_checkpoint_path
     tiny = args.checkpoint_path is None
-    defaults = P.TINY if tiny else P.LTX_2_3
+    defaults = getattr(module, "TINY_DEFAULTS", P.TINY) if tiny else getattr(module, "DEFAULTS", P.LTX_2_3)
     req = request_from_args(args, defaults)
     check_inputs(args, req, two_stage)
+    if hasattr(module, "check"):
+        module.check(args, req)
     policy = dev.policy_from_args(args)
     start = time.perf_counter()
 
@@ -185,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         tiny_set = ensure_tiny_set(args.artifacts / "tiny")
         args.checkpoint_path, args.gemma_root = tiny_set.checkpoint, args.gemma_root or tiny_set.gemma_root
         args.spatial_upsampler_path = args.spatial_upsampler_path or tiny_set.spatial_upsampler
-        if two_stage and not req.distilled_lora:
+        if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
             req.distilled_lora = (LoraSpec(tiny_set.distilled_lora, TINY_DISTILLED_LORA_STRENGTH),)
     ckset = checkpoint_set_from_args(args)
     validate_set(ckset.with_loras([*ckset.loras, *req.distilled_lora]))
     if two_stage and ckset.spatial_upsampler is None:
         raise UserError(f"{args.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
-    if two_stage and not req.distilled_lora:
+    if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
         raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
 
     backend = args.backend or "ort"
