@@ -1,0 +1,1 @@
+"""Tools that prove and measure: ltx-verify (accuracy), ltx-bench (speed), ltx-plan (fit and roofline)."""

@@ -1,0 +1,347 @@
+"""`ltx-plan`: will it fit, and how long should a step take? From the config alone, no weights.
+
+Per component and stage: FLOPs per call and per step (every guidance pass counted), parameter
+bytes, activation peak; whether weights plus activations fit the device's memory (and how many
+DiT blocks must stream if not); and a roofline time per step at the SoC's peak, next to the seed's
+measured eager numbers on a 910B for the same shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from ltx_ascend.checkpoints.loader import read_model_config
+from ltx_ascend.checkpoints.presets import config_22b
+from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
+
+BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Soc:
+    name: str
+    peak_tflops: float  # dense bf16/fp16 matrix throughput
+    hbm_gb: float
+    hbm_tb_s: float
+    source: str
+
+
+# Public figures, approximate: vendors quote ranges and round; override with --peak-tflops / --hbm-gb.
+SOCS = {
+    "Ascend910B1": Soc("Ascend910B1", 400, 64, 1.6, "public 910B spec sheets (~400 TFLOP/s fp16, 64 GB HBM2e)"),
+    "Ascend910B2": Soc("Ascend910B2", 376, 64, 1.6, "public 910B spec sheets (~376 TFLOP/s fp16, 64 GB HBM2e)"),
+    "Ascend910B3": Soc("Ascend910B3", 313, 64, 1.6, "public 910B spec sheets (~313 TFLOP/s fp16, 64 GB HBM2e)"),
+    "Ascend910B4": Soc("Ascend910B4", 280, 64, 1.6, "Atlas 800I A2 public specs (~280 TFLOP/s fp16, 64 GB, 1.6 TB/s)"),
+    "H100-SXM": Soc("H100-SXM", 989, 80, 3.35, "NVIDIA H100 datasheet (dense bf16)"),
+    "H200": Soc("H200", 989, 141, 4.8, "NVIDIA H200 datasheet (dense bf16)"),
+}
+
+# Measured eager on Atlas 800I A2 (910B, torch_npu 2.9, 41 frames), FACTS.md: stage -> s/step.
+SEED_MEASURED = {
+    ("ti2vid_two_stages", False): {"stage 1": 2.68, "stage 2": 2.59},
+    ("ti2vid_two_stages", True): {"stage 1": 6.76, "stage 2": 2.65},
+    ("ti2vid_two_stages_hq", True): {"stage 1": 11.3, "stage 2": 7.54},
+    ("ti2vid_one_stage", True): {"stage 1": 7.25},
+    ("distilled", False): {"stage 1": 0.71, "stage 2": 2.62},
+    ("keyframe_interpolation", True): {"stage 1": 6.79, "stage 2": 3.80},
+    ("a2vid_two_stage", True): {"stage 1": 8.33, "stage 2": 2.61},
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One denoising stage: `steps` steps of `passes` DiT passes each (res2s: 2 evaluations)."""
+
+    name: str
+    stage: int | None
+    steps: int
+    passes: int
+    evals_per_step: int = 1
+
+
+# The stage structure of each pipeline at LTX-2.3's defaults (ltx-pipelines 1.0.0).
+PIPELINE_STAGES: dict[str, list[Stage]] = {
+    "ti2vid_two_stages": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
+    "ti2vid_two_stages_hq": [Stage("stage 1", 1, 15, 3, 2), Stage("stage 2", 2, 3, 1, 2)],
+    "ti2vid_one_stage": [Stage("stage 1", None, 30, 4)],
+    "distilled": [Stage("stage 1", 1, 8, 1), Stage("stage 2", 2, 3, 1)],
+    "keyframe_interpolation": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
+    "a2vid_two_stage": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
+    "retake": [Stage("stage 1", None, 30, 4)],
+    "ic_lora": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Counting
+
+
+def meta_dit(config: dict[str, Any]) -> torch.nn.Module:
+    from ltx_core.model.transformer import LTXModelConfigurator
+
+    with torch.device("meta"):
+        return LTXModelConfigurator.from_config(config)
+
+
+# Which token stream each top-level block submodule reads: (query side, key/value side).
+_STREAMS = {
+    "attn1": ("video", "video"),
+    "ff": ("video", "video"),
+    "attn2": ("video", "text"),
+    "audio_attn1": ("audio", "audio"),
+    "audio_ff": ("audio", "audio"),
+    "audio_attn2": ("audio", "text"),
+    "audio_to_video_attn": ("video", "audio"),
+    "video_to_audio_attn": ("audio", "video"),
+}
+
+
+def _stream_tokens(name: str, counts: dict[str, int]) -> int | None:
+    """Rows a block submodule's Linear sees: keys/values come from the other stream in cross-attention."""
+    head = name.split(".")[0]
+    if head not in _STREAMS:
+        return None
+    query, key = _STREAMS[head]
+    return counts[key if name.endswith(("to_k", "to_v")) else query]
+
+
+def dit_flops_per_pass(model: torch.nn.Module, profile: ShapeProfile) -> dict[str, float]:
+    """Analytic FLOPs of one DiT pass (batch 1): every Linear as 2*tokens*in*out, every attention
+    as 4*Tq*Tk*inner (QK^T and AV), from the module structure; norms and elementwise ops ignored
+    (under 1%: tested against torch's flop counter)."""
+    from ltx_core.model.transformer.attention import Attention
+
+    counts = {"video": profile.video_tokens, "audio": profile.audio_tokens, "text": profile.text_tokens}
+    tv, ta = counts["video"], counts["audio"]
+    linear = attention = 0.0
+    for block in model.transformer_blocks:
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                tokens = _stream_tokens(name, counts)
+                if tokens is None:
+                    raise ValueError(f"unknown DiT block module {name}: update ltx_ascend.tools.plan")
+                linear += 2.0 * tokens * module.in_features * module.out_features
+            elif isinstance(module, Attention):
+                tq = _stream_tokens(name + ".to_q", counts)
+                tk = _stream_tokens(name + ".to_k", counts)
+                attention += 4.0 * tq * tk * module.heads * module.dim_head
+    outside = 0.0
+    for name, module in model.named_modules():
+        if name.startswith("transformer_blocks") or not isinstance(module, torch.nn.Linear):
+            continue
+        # AdaLN runs per token (timesteps are per token); prompt and A-V cross AdaLN on sigma (1 row).
+        audio = name.startswith("audio_")
+        rows = 1 if ("prompt_adaln" in name or name.startswith("av_ca_")) else (ta if audio else tv)
+        outside += 2.0 * rows * module.in_features * module.out_features
+    return {
+        "linear": linear,
+        "attention": attention,
+        "embed_and_output": outside,
+        "total": linear + attention + outside,
+    }
+
+
+class _PeakLive(TorchDispatchMode):
+    """Peak bytes of live intermediate tensors during a forward on `meta` (weights excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                nbytes = t.numel() * t.element_size()
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._release, nbytes)
+        return out
+
+
+def traced_cost(module: torch.nn.Module, *inputs: torch.Tensor) -> tuple[float, int]:
+    """(FLOPs, activation peak bytes) of `module(*inputs)` on meta tensors."""
+    peak = _PeakLive()
+    with FlopCounterMode(display=False) as flops, peak, torch.no_grad():
+        module(*inputs)
+    return float(flops.get_total_flops()), peak.peak
+
+
+def param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Row:
+    stage: str
+    component: str
+    calls: int
+    gflop_per_call: float
+    tflop_total: float
+    params_gb: float
+    activation_gb: float
+    roofline_s: float
+    measured_s_per_step: float | None = None
+
+
+def _gemma_flops(config: dict[str, Any], tokens: int) -> tuple[float, float]:
+    """Gemma-3 (ltx-core's built-in 12B config): 2 FLOPs per weight per token, and its weight count."""
+    from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
+
+    t = GEMMA3_CONFIG_FOR_LTX.text_config
+    per_layer = 4 * t.hidden_size * t.head_dim * t.num_attention_heads + 3 * t.hidden_size * t.intermediate_size
+    weights = t.num_hidden_layers * per_layer + t.vocab_size * t.hidden_size
+    return 2.0 * weights * tokens, float(weights + 0.4e9)  # + the SigLIP vision tower, loaded too
+
+
+def plan(
+    pipeline: str, shape: str, config: dict[str, Any], soc: Soc, dtype: str = "bfloat16", streaming: bool = False
+) -> dict[str, Any]:
+    if pipeline not in PIPELINE_STAGES:
+        raise UserError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINE_STAGES)}")
+    from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator
+
+    bytes_per = BYTES[dtype]
+    peak_flops = soc.peak_tflops * 1e12
+    frames, height, width = parse_shape(shape)
+    two_stage = any(s.stage is not None for s in PIPELINE_STAGES[pipeline])
+    rows: list[Row] = []
+    dit = meta_dit(config)
+    dit_params = param_count(dit)
+    measured = SEED_MEASURED.get((pipeline, streaming), {}) if (frames, height, width) == (41, 1024, 1536) else {}
+
+    gemma_flops, gemma_weights = _gemma_flops(config, 1024)
+    rows.append(Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
+                    gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops))  # fmt: skip
+    for st in PIPELINE_STAGES[pipeline]:
+        profile = shape_profile((frames, height, width), stage=st.stage)
+        per_pass = dit_flops_per_pass(dit, profile)["total"]
+        calls = st.steps * st.passes * st.evals_per_step
+        d = dit.transformer_blocks[0]
+        tv = profile.video_tokens
+        ff_inner = d.ff.net[2].in_features
+        act = (tv * (ff_inner + 9 * d.attn1.to_q.in_features)) * bytes_per * st.passes  # FF inner + AdaLN rows
+        step_s = per_pass * st.passes * st.evals_per_step / peak_flops
+        rows.append(Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
+                        dit_params * bytes_per / 1e9, act / 1e9, step_s, measured.get(st.name)))  # fmt: skip
+    full = shape_profile((frames, height, width), stage=2 if two_stage else None)
+    with torch.device("meta"):
+        decoder = VideoDecoderConfigurator.from_config(config)
+        audio_decoder = AudioDecoderConfigurator.from_config(config)
+        vocoder = VocoderConfigurator.from_config(config)
+        latent = torch.empty(full.video_latent_shape)
+        audio_latent = torch.empty(full.audio_latent_shape)
+    for name, module, inputs in (
+        ("video_decoder", decoder, (latent,)),
+        ("audio_decoder", audio_decoder, (audio_latent,)),
+    ):
+        flops, act = traced_cost(module, *inputs)
+        rows.append(Row("decode", name, 1, flops / 1e9, flops / 1e12, param_count(module) * bytes_per / 1e9,
+                        act / 1e9 * bytes_per / 4, flops / peak_flops))  # fmt: skip
+    with torch.device("meta"):
+        mel = audio_decoder(audio_latent)
+    flops, act = traced_cost(vocoder, mel)
+    rows.append(Row("decode", "vocoder (float32)", 1, flops / 1e9, flops / 1e12, param_count(vocoder) * 4 / 1e9,
+                    act / 1e9, flops / (peak_flops / 2)))  # fmt: skip
+
+    biggest_stage = max((r for r in rows if r.component.startswith("dit")), key=lambda r: r.activation_gb)
+    need_gb = biggest_stage.params_gb + biggest_stage.activation_gb
+    block_gb = param_count(dit.transformer_blocks[0]) * bytes_per / 1e9
+    stream_blocks = 0 if need_gb <= soc.hbm_gb * 0.9 else math.ceil((need_gb - soc.hbm_gb * 0.9) / block_gb)
+    return {
+        "pipeline": pipeline,
+        "shape": shape,
+        "dtype": dtype,
+        "soc": asdict(soc),
+        "dit_params_billion": dit_params / 1e9,
+        "rows": [asdict(r) for r in rows],
+        "fits": stream_blocks == 0,
+        "peak_need_gb": need_gb,
+        "stream_blocks": stream_blocks,
+        "block_gb": block_gb,
+        "total_tflop": sum(r.tflop_total for r in rows),
+    }
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    soc = result["soc"]
+    lines = [
+        f"{result['pipeline']} at {result['shape']} ({result['dtype']}) on {soc['name']}: "
+        f"{soc['peak_tflops']:.0f} TFLOP/s, {soc['hbm_gb']:.0f} GB at {soc['hbm_tb_s']} TB/s ({soc['source']})",
+        f"DiT parameters: {result['dit_params_billion']:.2f} B",
+        "",
+        f"{'stage':<8} {'component':<22} {'calls':>6} {'GFLOP/call':>12} {'TFLOP total':>12} {'weights GB':>11} "
+        f"{'act. GB':>8} {'roofline s/step':>16} {'measured s/step':>16}",
+    ]
+    for r in result["rows"]:
+        measured = f"{r['measured_s_per_step']:.2f}" if r["measured_s_per_step"] else "-"
+        lines.append(
+            f"{r['stage']:<8} {r['component']:<22} {r['calls']:>6} {r['gflop_per_call']:>12,.0f} "
+            f"{r['tflop_total']:>12,.1f} {r['params_gb']:>11.2f} {r['activation_gb']:>8.2f} "
+            f"{r['roofline_s']:>16.3f} {measured:>16}"
+        )
+    lines.append(f"total {result['total_tflop']:,.0f} TFLOP")
+    if result["fits"]:
+        lines.append(f"fits: the largest stage needs ~{result['peak_need_gb']:.1f} GB of {soc['hbm_gb']:.0f} GB")
+    else:
+        lines.append(
+            f"does not fit: ~{result['peak_need_gb']:.1f} GB needed, {soc['hbm_gb']:.0f} GB available: stream "
+            f"{result['stream_blocks']} of the DiT's blocks ({result['block_gb']:.2f} GB each) from host memory"
+        )
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ltx-plan", description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", choices=tuple(PIPELINE_STAGES))
+    parser.add_argument("--shape", required=True, help="FRAMESxHEIGHTxWIDTH of the output, e.g. 41x1024x1536")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint-path", type=Path, help="read the config from a checkpoint's metadata")
+    source.add_argument("--config", type=Path, help="a config JSON (default: the released LTX-2.3 22B)")
+    parser.add_argument("--soc", default="Ascend910B4", choices=tuple(SOCS))
+    parser.add_argument("--hbm-gb", type=float, help="device memory (default: the SoC's)")
+    parser.add_argument("--peak-tflops", type=float, help="override the SoC's peak")
+    parser.add_argument("--dtype", choices=tuple(BYTES), default="bfloat16")
+    parser.add_argument("--streaming", action="store_true", help="compare with the seed's block-streaming runs")
+    parser.add_argument("--json", type=Path, help="also write the plan as JSON")
+    args = parser.parse_args(argv)
+    if args.checkpoint_path:
+        config = read_model_config(args.checkpoint_path)
+    elif args.config:
+        try:
+            config = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"--config {args.config}: cannot read it as JSON ({exc})") from None
+    else:
+        config = config_22b()
+    soc = SOCS[args.soc]
+    soc = Soc(soc.name, args.peak_tflops or soc.peak_tflops, args.hbm_gb or soc.hbm_gb, soc.hbm_tb_s, soc.source)
+    parse_shape(args.shape)
+    result = plan(args.pipeline, args.shape, config, soc, args.dtype, args.streaming)
+    print(format_plan(result))
+    if args.json:
+        from ltx_ascend.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
