@@ -255,6 +255,9 @@ def sample_feeds(
     if profile.batch != 1:
         raise ValueError("sample_feeds takes a batch-1 profile and repeats it per pass")
     video_pos, audio_pos = latent_positions(profile)
+    if profile.conditioning_tokens:  # appended keyframe / reference tokens: positions taken from the grid
+        extra = torch.arange(profile.conditioning_tokens) % video_pos.shape[2]
+        video_pos = torch.cat([video_pos, video_pos[:, :, extra]], dim=2)
     video_pos = video_pos.expand(batch, *video_pos.shape[1:]).contiguous()
     audio_pos = audio_pos.expand(batch, *audio_pos.shape[1:]).contiguous()
     vpre, apre = model.video_args_preprocessor.simple_preprocessor, model.audio_args_preprocessor.simple_preprocessor
@@ -290,6 +293,16 @@ def dit_weight_bytes(config: dict, dtype: torch.dtype) -> int:
     return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
 
 
+def random_dit(config: dict, dtype: torch.dtype, seed: int = 0) -> LTXModel:
+    """The whole DiT at the config's sizes with seeded weights (benchmarks of real shapes, no files)."""
+    from ltx_ascend.checkpoints.tiny import randomize_
+
+    with torch.device("cpu"):
+        model = LTXModelConfigurator.from_config(config)
+    randomize_(model, seed, "dit")
+    return model.to(dtype).eval()
+
+
 def build_items(
     ckset: CheckpointSet | None, profile: ShapeProfile, dtype: torch.dtype, options: ExportOptions
 ) -> list[ExportItem]:
@@ -300,11 +313,11 @@ def build_items(
     layout = options.dit_layout
     if layout == "auto":
         layout = "blocks" if dit_weight_bytes(config, dtype) > WHOLE_DIT_MAX_BYTES else "whole"
-    if layout == "blocks" or ckset is None:
+    if layout == "blocks" or (ckset is None and options.dit_layout == "auto"):
         from ltx_ascend.export.dit_blocks import build_block_items
 
         return build_block_items(ckset, config, profile, dtype, options.seed)
-    model = load_component("dit", ckset, dtype=dtype)
+    model = load_component("dit", ckset, dtype=dtype) if ckset is not None else random_dit(config, dtype, options.seed)
     passes = sample_passes(profile.batch, len(model.transformer_blocks))
     single = dataclasses.replace(profile, batch=1)
     feeds, video_pos, audio_pos = sample_feeds(model, single, passes, dtype=dtype)

@@ -1,0 +1,240 @@
+"""`ltx-bench`: is it faster? Every backend on the same inputs, in the same run, against eager.
+
+Per component: median and min seconds per call after a warm-up, peak host RSS while it ran (and
+device memory where there is a device), and the ratio to eager. For the DiT, one call is one
+sampling step with every guidance pass in the batch, and achieved FLOP/s is shown next to this
+machine's matmul peak in the same dtype, timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.checkpoints.presets import config_22b
+from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.compile.cli import compile_ort
+from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.export.components import EXPORTABLE, ExportItem, ExportOptions, build_items
+from ltx_ascend.export.exporter import export_component
+from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime.eager_session import EagerSession
+from ltx_ascend.runtime.ort_session import OrtSession
+from ltx_ascend.runtime.session import Session, specs_from_manifest
+from ltx_ascend.shapes import shape_profile
+from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
+
+PRESETS = ("tiny", "bench", "22b-block")
+PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation
+
+
+def bench_config(layers: int = 1) -> dict[str, Any]:
+    """The released LTX-2.3 head geometry (32 heads of 128 video / 64 audio) with few layers."""
+    config = config_22b()
+    config["transformer"]["num_layers"] = layers
+    return config
+
+
+class _RssSampler:
+    """Peak resident memory of this process while a block of code runs (sampled every 5 ms)."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _RssSampler:
+        self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def time_session(session: Session, feeds: dict[str, torch.Tensor], repeats: int, device: torch.device) -> dict:
+    session.run(feeds, copy_outputs=False)  # warm-up: allocation, kernel selection, ORT's first-run paths
+    dev.synchronize(device)
+    dev.reset_peak_memory_stats(device)
+    times = []
+    with _RssSampler() as rss:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            session.run(feeds, copy_outputs=False)
+            dev.synchronize(device)
+            times.append(time.perf_counter() - start)
+    device_peak = dev.max_memory_allocated(device)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_mem_mb": rss.peak / 2**20,
+        "device_peak_mem_mb": None if device_peak is None else device_peak / 2**20,
+    }
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's dense matmul throughput in `dtype`: the roof to compare the DiT step against."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    dev.synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        dev.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _items(preset: str, component: str, shape: str, artifacts: Path, dtype: torch.dtype) -> tuple[Any, list]:
+    """(checkpoint set or None, export options, profile) for a preset."""
+    if preset == "tiny":
+        tiny = ensure_tiny_set(artifacts / "tiny")
+        ckset = tiny.checkpoint_set()
+        options = ExportOptions()
+    elif preset == "bench":
+        ckset, options = None, ExportOptions(dit_layout="whole", random_config=bench_config())
+    else:
+        ckset, options = None, ExportOptions(dit_layout="blocks", random_config=config_22b())
+    if preset != "tiny" and component != "dit":
+        raise UserError(f"--preset {preset} benchmarks the DiT only: pass --component dit")
+    stage = 1 if component in ("dit", "spatial_upsampler") else None
+    batch = PASSES_PER_STEP if component == "dit" else 1
+    profile = shape_profile(shape, stage=stage, batch=batch)
+    return ckset, options, profile
+
+
+def bench_component(
+    component: str, preset: str, shape: str, backends: list[str], artifacts: Path, repeats: int, threads: int | None
+) -> dict[str, Any]:
+    policy = dev.policy_for("cpu", "float32")
+    ckset, options, profile = _items(preset, component, shape, artifacts, policy.dtype)
+    items = build_items(component, ckset, profile, policy.dtype, options)
+    if preset == "22b-block":
+        items = [i for i in items if i.variant == "block"]
+    results: dict[str, dict[str, Any]] = {}
+    folder = None
+    for backend in backends:
+        for item in items:
+            key = item.name
+            if backend == "eager":
+                torch.set_num_threads(threads or torch.get_num_threads())
+                session: Session = EagerSession.from_item(item)
+            elif backend == "ort":
+                if folder is None:
+                    result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
+                    folder, _ = compile_ort(result.folder, "cpu", force=False)
+                session = _ort_session(folder, item, threads)
+            else:
+                raise UserError(f"--backends {backend}: om needs an Ascend host with pyACL; run ltx-bench there")
+            results.setdefault(key, {})[backend] = time_session(session, item.sample, repeats, policy.device)
+            session.close()
+    for row in results.values():
+        eager = row.get("eager", {}).get("median_s")
+        for stats in row.values():
+            stats["speedup_vs_eager"] = (eager / stats["median_s"]) if eager else None
+    return {"results": results, "profile": dataclasses.asdict(profile), "items": items}
+
+
+def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
+    from ltx_ascend.compile.manifest import Manifest
+
+    graph = Manifest.read(folder).io["graphs"][item.name]
+    inputs, outputs = specs_from_manifest(graph)
+    return OrtSession(folder / graph["file"], inputs, outputs, threads=threads)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{'component':<28} {'backend':<7} {'median s':>10} {'min s':>10} {'peak MB':>9} {'vs eager':>9}"]
+    lines.append("-" * len(lines[0]))
+    for name, row in report["components"].items():
+        for backend, s in row.items():
+            ratio = f"{s['speedup_vs_eager']:.2f}x" if s.get("speedup_vs_eager") else "-"
+            lines.append(
+                f"{name:<28} {backend:<7} {s['median_s']:>10.4f} {s['min_s']:>10.4f} "
+                f"{s['peak_mem_mb']:>9.0f} {ratio:>9}"
+            )
+    if report.get("dit_step"):
+        lines.append("")
+        lines.append(f"DiT step ({report['dit_passes']} guidance passes, {report['dit_step_tflop']:.3f} TFLOP):")
+        for backend, s in report["dit_step"].items():
+            share = s["gflops"] / report["matmul_peak_gflops"]
+            lines.append(f"  {backend:<7} {s['median_s']:.3f} s/step  {s['gflops']:.1f} GFLOP/s = {share:.0%} of peak")
+    lines.append(f"matmul peak (2048^3, float32, this machine): {report['matmul_peak_gflops']:.1f} GFLOP/s")
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ltx-bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="tiny",
+        help="tiny: the tiny set; bench: LTX-2.3 head geometry, 1 layer; 22b-block: one 22B block",
+    )
+    parser.add_argument("--component", default="dit", help=f"one of {', '.join(EXPORTABLE)}, or all (tiny)")
+    parser.add_argument("--backends", default="eager,ort", help="comma list of eager, ort, om")
+    parser.add_argument("--shape", help="FxHxW (default: 41x1024x1536 for bench/22b-block, 25x256x384 for tiny)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="intra-op threads for both backends (default: all cores)")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    shape = args.shape or ("25x256x384" if args.preset == "tiny" else "41x1024x1536")
+    components = EXPORTABLE if args.component == "all" else (args.component,)
+    if args.component != "all" and args.component not in EXPORTABLE:
+        raise UserError(f"--component {args.component}: choose one of {', '.join(EXPORTABLE)} or all")
+    report: dict[str, Any] = {"preset": args.preset, "shape": shape, "components": {}}
+    dit_items = None
+    for component in components:
+        print(f"benchmarking {component} ({args.preset}, {shape}) ...", flush=True)
+        out = bench_component(component, args.preset, shape, backends, args.artifacts, args.repeats, args.threads)
+        report["components"] |= out["results"]
+        if component == "dit":
+            dit_items, profile = out["items"], out["profile"]
+    report["matmul_peak_gflops"] = matmul_peak_gflops(torch.float32, torch.device("cpu"))
+    if dit_items is not None:
+        config = bench_config() if args.preset == "bench" else None
+        if args.preset == "tiny":
+            from ltx_ascend.checkpoints.loader import read_model_config
+
+            config = read_model_config(ensure_tiny_set(args.artifacts / "tiny").checkpoint)
+        elif args.preset == "22b-block":
+            config = {**config_22b(), "transformer": {**config_22b()["transformer"], "num_layers": 1}}
+        per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=1))["total"]
+        if args.preset == "22b-block":  # one block's share: drop the embedding/output part
+            per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=1))
+            per_pass = per_pass["linear"] + per_pass["attention"]
+        step_flops = per_pass * profile["batch"]
+        report["dit_passes"] = profile["batch"]
+        report["dit_step_tflop"] = step_flops / 1e12
+        step_key = "dit-block" if args.preset == "22b-block" else "dit"
+        report["dit_step"] = {
+            backend: {"median_s": s["median_s"], "gflops": step_flops / s["median_s"] / 1e9}
+            for backend, s in report["components"][step_key].items()
+        }
+    print(format_table(report))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
+    return 0
