@@ -166,3 +166,9 @@ def passes_per_step(video_params, audio_params) -> int:
     stg = video_params.stg_scale != 0.0 or audio_params.stg_scale != 0.0
     mod = video_params.modality_scale != 1.0 or audio_params.modality_scale != 1.0
     return 1 + int(cfg) + int(stg) + int(mod)
+
+
+def conditioning_tokens(tools: LatentTools, state: LatentState) -> int:
+    """Tokens that conditioning items appended after the latent grid (keyframes, references): the
+    `conditioning_tokens` a DiT profile for this state needs. Reads the built state, never counts by hand."""
+    return state.latent.shape[1] - tools.patchifier.get_token_count(tools.target_shape)

@@ -33,11 +33,13 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("stage 1 conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
     with ctx.timings.stage("stage 1") as record:
-        runner = stack.dit(req.profile(stage=1, batch=passes))
         sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
         vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
         video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
         audio = sampling.noised_state(atools, [], noiser, dtype, device)
+        # Keyframe images append tokens: the DiT graph is looked up at the conditioned token count.
+        tokens = sampling.conditioning_tokens(vtools, video)
+        runner = stack.dit(req.profile(stage=1, batch=passes, conditioning_tokens=tokens))
         denoise = sampling.guided_denoise(
             runner,
             positive,
@@ -59,7 +61,6 @@ def run(ctx: RunContext) -> Output:
     shape2 = req.pixel_shape(stage=2)
     conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
     with ctx.timings.stage("stage 2") as record:
-        runner = stack.dit(req.profile(stage=2), loras=req.distilled_lora)
         sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
         vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
         video = sampling.noised_state(
@@ -68,6 +69,8 @@ def run(ctx: RunContext) -> Output:
         audio = sampling.noised_state(
             atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
         )
+        tokens = sampling.conditioning_tokens(vtools, video)
+        runner = stack.dit(req.profile(stage=2, conditioning_tokens=tokens), loras=req.distilled_lora)
         denoise = sampling.simple_denoise(runner, positive)
         video, audio = sampling.euler_loop(
             sigmas, video, audio, stepper, denoise, desc="stage 2", on_step=record.steps.append
