@@ -224,5 +224,11 @@ def load_component(
             "is this an LTX-2.3 file of the released layout?"
         )
     # ltx-core 1.0.0's LoRA fusion leaves weights no LoRA touches in the file's dtype (bfloat16)
-    # when another dtype is asked for; its no-LoRA path converts everything. Match that here.
-    return model.to(dtype=dtype).eval()
+    # when another dtype is asked for; its no-LoRA path converts them all. Match that for the
+    # parameters only: buffers ltx-core computes in float32 (Gemma's RoPE inv_freq, embed_scale)
+    # must stay float32, as ltx-core's own builder leaves them.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+    return model.eval()
