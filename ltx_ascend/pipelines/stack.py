@@ -135,6 +135,37 @@ class ModelStack:
         weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
         return DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
 
+    def dit_attention_masked(self, loras: tuple[LoraSpec, ...] = (), *, reason: str) -> Callable:
+        """The DiT for a video state that carries a self-attention mask (`LatentState.attention_mask`,
+        e.g. an IC-LoRA attention mask), which no compiled DiT graph takes: ltx-core's transformer runs
+        eager, called as ltx-pipelines calls it (X0Model, one pass per call, the Modality as given).
+        One warning line when a compiled DiT was asked for (`--fallback none`: an error instead).
+        The DiTRunner contract: (video, audio, passes) -> [(video X0, audio X0)] per pass."""
+        from dataclasses import replace
+
+        from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+        from ltx_core.model.transformer.model import X0Model
+
+        if self.backends.of("dit") != "eager":
+            if self.fallback == "none":
+                raise UserError(f"dit: {reason}, which no compiled DiT graph takes (drop --fallback none to run eager)")
+            print(f"warning: dit: {reason}, which no compiled DiT graph takes; falling back to eager", file=sys.stderr)
+        self.used["dit"] = "eager"
+        model = X0Model(self._load("dit", self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
+
+        def run(video, audio, passes) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            with torch.inference_mode():
+                return [
+                    model(
+                        replace(video, context=p.video_context),
+                        replace(audio, context=p.audio_context),
+                        BatchedPerturbationConfig([p.perturbations]),
+                    )
+                    for p in passes
+                ]
+
+        return run
+
     def text_connectors(self, profile: ShapeProfile) -> Callable[[tuple, torch.Tensor], tuple]:
         """(Gemma hidden states, attention mask) -> (video context, audio context)."""
         sessions = self._sessions("text_connectors", self.ckset, profile)
@@ -220,6 +251,34 @@ class ModelStack:
                         return Audio(waveform=wave.squeeze(0).float(), sampling_rate=vocoder.output_sampling_rate)
                     wave = voc_sessions["vocoder"].run({"mel": mel.float()})["waveform"]
                 return Audio(waveform=wave.squeeze(0).float(), sampling_rate=rate)
+
+        return run
+
+    def audio_encoder(self, profile: ShapeProfile) -> Callable[[Audio], torch.Tensor]:
+        """Waveform [B, 2, samples] -> audio latent, as ltx-core's `encode_audio`; always eager.
+
+        The log-mel spectrogram (STFT: complex ops) runs on `policy.complex_device` (the CPU on an NPU)
+        in the waveform's dtype, as ltx-core computes it; the encoder then runs on the device. There is
+        no compiled audio-encoder graph, so `profile` only keeps the components' common signature."""
+        from ltx_core.model.audio_vae import AudioProcessor
+
+        del profile
+        if self.backends.of("audio_encoder") != "eager" and "audio_encoder" in self.backends.per_component:
+            print("warning: audio_encoder: runs eager only (its mel spectrogram is a complex op)", file=sys.stderr)
+        self.used["audio_encoder"] = "eager"
+        encoder = self._load("audio_encoder", self.ckset)
+        processor = AudioProcessor(
+            target_sample_rate=encoder.sample_rate,
+            mel_bins=encoder.mel_bins,
+            mel_hop_length=encoder.mel_hop_length,
+            n_fft=encoder.n_fft,
+        ).to(device=self.policy.complex_device)
+
+        def run(audio: Audio) -> torch.Tensor:
+            with torch.inference_mode():
+                wave = audio.waveform.to(self.policy.complex_device)
+                mel = processor.waveform_to_mel(Audio(waveform=wave, sampling_rate=audio.sampling_rate))
+                return encoder(mel.to(device=self.device, dtype=self.dtype))
 
         return run
 

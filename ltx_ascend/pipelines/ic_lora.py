@@ -1,0 +1,286 @@
+"""In-context LoRA: a distilled two-stage run conditioned on a reference (control) video whose tokens
+join the stage-1 video sequence (Lightricks' ICLoraPipeline, on our sessions).
+
+Stage 1 (half size, IC-LoRA fused, distilled sigmas) appends the reference video's latent tokens with
+ltx-core's VideoConditionByReferenceLatent: the video is read at stage-1 size / the LoRA's
+`reference_downscale_factor` metadata and its positions are scaled back up. Stage 2 upsamples x2 and
+refines with the plain distilled transformer (no LoRA, no reference). With no checkpoint flags the
+tiny set's IC-LoRA is the default `--lora`.
+
+Self-attention mask: with the reference's defaults (attention strength 1.0, no mask) no conditioning
+item sets `LatentState.attention_mask`, so the compiled DiT runs. `--conditioning-attention-mask`
+sets one; no compiled DiT graph takes it, so stage 1 then runs the transformer eager (one warning line).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from ltx_core.components.diffusion_steps import EulerDiffusionStep
+from ltx_core.components.noisers import GaussianNoiser
+from ltx_core.conditioning import (
+    ConditioningItem,
+    ConditioningItemAttentionStrengthWrapper,
+    VideoConditionByReferenceLatent,
+)
+from ltx_core.types import LatentState, VideoLatentShape
+
+from ltx_ascend.checkpoints.loader import LoraSpec, read_safetensors_metadata
+from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.errors import UserError
+from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines import sampling
+from ltx_ascend.pipelines.conditioning import image_conditionings
+from ltx_ascend.pipelines.context import Output, Request, RunContext
+from ltx_ascend.pipelines.decode import decode
+from ltx_ascend.pipelines.reference_video import (
+    check_video_file,
+    count_frames,
+    encodable_frames,
+    load_video,
+    mask_to_latent,
+)
+from ltx_ascend.shapes import shape_profile
+
+TWO_STAGE = True
+DISTILLED = True  # ltx-pipelines' ic_lora takes --distilled-checkpoint-path
+NEEDS_DISTILLED_LORA = False  # both stages run the distilled checkpoint; stage 2 fuses no LoRA
+DEFAULTS = P.LTX_2_3
+TINY_DEFAULTS = P.TINY
+
+VIDEO_FLAG = "--video-conditioning"
+MASK_FLAG = "--conditioning-attention-mask"
+VAE_SPATIAL_MULTIPLE = 32  # the video VAE encodes sides that are multiples of 32
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    path: str
+    strength: float
+
+
+@dataclass(frozen=True)
+class ICLoraInputs:
+    """What `check` established: the reference videos and how they are read."""
+
+    videos: tuple[VideoInput, ...]
+    video_frames: tuple[int, ...]  # frames each reference video gives (<= num_frames)
+    downscale_factor: int
+    mask: VideoInput | None  # --conditioning-attention-mask (its STRENGTH scales the mask)
+    skip_stage_2: bool
+
+
+class _PathStrengthAction(argparse.Action):
+    """`FLAG PATH STRENGTH` (repeatable when `append`), one-line errors."""
+
+    def __init__(self, *args, append: bool = True, **kwargs):
+        self.append = append
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) != 2:
+            raise UserError(f"{option_string} takes PATH STRENGTH, got {' '.join(values) or 'nothing'}")
+        try:
+            item = VideoInput(values[0], float(values[1]))
+        except ValueError:
+            raise UserError(f"{option_string} {' '.join(values)}: STRENGTH must be a number, e.g. 1.0") from None
+        if self.append:
+            item = [*(getattr(namespace, self.dest) or []), item]
+        setattr(namespace, self.dest, item)
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        VIDEO_FLAG,
+        nargs="+",
+        action=_PathStrengthAction,
+        dest="video_conditioning",
+        default=[],
+        metavar="PATH STRENGTH",
+        help="reference (control) video for the IC-LoRA and its conditioning strength (required, repeatable)",
+    )
+    group.add_argument(
+        MASK_FLAG,
+        nargs="+",
+        action=_PathStrengthAction,
+        append=False,
+        dest="conditioning_attention_mask",
+        default=None,
+        metavar="MASK_PATH STRENGTH",
+        help="grayscale mask video (stage-1 size) scaling the reference's attention, times STRENGTH in [0, 1]; "
+        "runs the stage-1 transformer eager (no compiled DiT takes a self-attention mask)",
+    )
+    group.add_argument(
+        "--skip-stage-2", action="store_true", help="stop after stage 1: output at half height and width"
+    )
+
+
+def reference_downscale_factor(loras: list[LoraSpec]) -> int:
+    """The LoRAs' `reference_downscale_factor` metadata (1 when absent); LoRAs must agree."""
+    factor = 1
+    for lora in loras:
+        text = read_safetensors_metadata(lora.path, "LoRA").get("reference_downscale_factor", "1")
+        try:
+            scale = int(text)
+        except ValueError:
+            raise UserError(f"LoRA {lora.path}: reference_downscale_factor {text!r} is not an integer") from None
+        if scale < 1:
+            raise UserError(f"LoRA {lora.path}: reference_downscale_factor {scale} must be >= 1")
+        if scale != 1:
+            if factor not in (1, scale):
+                raise UserError(
+                    f"LoRA {lora.path}: reference_downscale_factor {scale} conflicts with {factor} of another "
+                    "LoRA; LoRAs with different reference scales cannot be combined"
+                )
+            factor = scale
+    return factor
+
+
+def check(args: argparse.Namespace, req: Request) -> None:
+    videos = tuple(args.video_conditioning or ())
+    if not videos:
+        raise UserError(f"ic_lora needs {VIDEO_FLAG} PATH STRENGTH: the reference (control) video")
+    if req.distilled_lora:
+        raise UserError(
+            "ic_lora takes no --distilled-lora: both stages run the distilled checkpoint (--distilled-checkpoint-path)"
+        )
+    mask: VideoInput | None = args.conditioning_attention_mask
+    if mask is not None and not 0.0 <= mask.strength <= 1.0:
+        raise UserError(f"{MASK_FLAG} {mask.path} {mask.strength}: STRENGTH must be in [0, 1]")
+    for video in videos:
+        check_video_file(video.path, VIDEO_FLAG)
+    if mask is not None:
+        check_video_file(mask.path, MASK_FLAG)
+
+    if args.checkpoint_path is None and not args.lora:  # the tiny set: its IC-LoRA is the default --lora
+        args.lora = [LoraSpec(ensure_tiny_set(Path(args.artifacts) / "tiny").ic_lora, P.DEFAULT_LORA_STRENGTH)]
+    factor = reference_downscale_factor(list(args.lora or ()))
+    height, width = req.height // 2, req.width // 2  # stage 1, where the reference joins
+    if height % factor or width % factor:
+        raise UserError(
+            f"stage-1 size {height}x{width} (half of --height/--width) must be divisible by the IC-LoRA's "
+            f"reference_downscale_factor {factor}"
+        )
+    if (height // factor) % VAE_SPATIAL_MULTIPLE or (width // factor) % VAE_SPATIAL_MULTIPLE:
+        multiple = 2 * factor * VAE_SPATIAL_MULTIPLE
+        raise UserError(
+            f"--height {req.height} --width {req.width}: the reference video is read at half size / {factor} "
+            f"= {height // factor}x{width // factor}, which the video VAE cannot encode (sides must be multiples "
+            f"of 32): pass a height and width that are multiples of {multiple}"
+        )
+
+    frames = tuple(count_frames(v.path, req.num_frames, VIDEO_FLAG) for v in videos)
+    if mask is not None:
+        mask_frames = count_frames(mask.path, req.num_frames, MASK_FLAG)
+        for video, count in zip(videos, frames, strict=True):
+            latent_frames = (encodable_frames(count) - 1) // 8 + 1
+            if mask_frames > 1 and latent_frames > 1 and (mask_frames - 1) % (latent_frames - 1):
+                raise UserError(
+                    f"{MASK_FLAG} {mask.path}: its {mask_frames} frames do not fit the {latent_frames} latent "
+                    f"frames of {video.path} ({count} frames): (mask frames - 1) must be a multiple of "
+                    f"{latent_frames - 1}"
+                )
+    req.extra["ic_lora"] = ICLoraInputs(videos, frames, factor, mask, bool(args.skip_stage_2))
+
+
+def reference_conditionings(ctx: RunContext, inputs: ICLoraInputs) -> list[ConditioningItem]:
+    """The reference videos as VideoConditionByReferenceLatent items (attention-masked when asked),
+    in ltx-pipelines' `_create_conditionings` order."""
+    req, device, dtype = ctx.request, ctx.device, ctx.dtype
+    height, width = req.height // 2 // inputs.downscale_factor, req.width // 2 // inputs.downscale_factor
+    mask = None
+    if inputs.mask is not None:
+        pixels = load_video(inputs.mask.path, req.height // 2, req.width // 2, req.num_frames, MASK_FLAG, dtype, device)
+        mask = ((pixels.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
+    items: list[ConditioningItem] = []
+    for video, count in zip(inputs.videos, inputs.video_frames, strict=True):
+        frames = encodable_frames(count)  # what ltx-core's encoder keeps; a compiled encoder has that shape
+        pixels = load_video(video.path, height, width, req.num_frames, VIDEO_FLAG, dtype, device)[:, :, :frames]
+        encoder = ctx.stack.video_encoder(shape_profile((frames, height, width), fps=req.frame_rate))
+        latent = encoder(pixels)
+        del encoder
+        item: ConditioningItem = VideoConditionByReferenceLatent(
+            latent=latent, downscale_factor=inputs.downscale_factor, strength=video.strength
+        )
+        if mask is not None:
+            shape = VideoLatentShape.from_torch_shape(latent.shape)
+            weights = mask_to_latent(mask, shape.frames, shape.height, shape.width) * inputs.mask.strength
+            item = ConditioningItemAttentionStrengthWrapper(item, attention_mask=weights)
+        items.append(item)
+    return items
+
+
+def _stage_1_dit(ctx: RunContext, vtools, video: LatentState) -> tuple:
+    """The compiled DiT at this state's token count, or eager when a real self-attention mask is set."""
+    mask = video.attention_mask
+    if mask is not None and bool((mask == 1).all()):  # all-ones: the same as full attention
+        video = replace(video, attention_mask=None)
+    if video.attention_mask is None:
+        tokens = sampling.conditioning_tokens(vtools, video)
+        return ctx.stack.dit(ctx.request.profile(stage=1, conditioning_tokens=tokens)), video
+    reason = f"{MASK_FLAG} sets a self-attention mask"
+    return ctx.stack.dit_attention_masked(reason=reason), video
+
+
+def run(ctx: RunContext) -> Output:
+    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    inputs: ICLoraInputs = req.extra["ic_lora"]
+    generator = ctx.generator()
+    noiser = GaussianNoiser(generator=generator)
+    stepper = EulerDiffusionStep()
+
+    with ctx.timings.stage("prompt"):
+        (prompt,) = ctx.prompts.encode([req.prompt])
+
+    # Stage 1: half size; image conditionings, then the reference videos (appended tokens).
+    shape1 = req.pixel_shape(stage=1)
+    with ctx.timings.stage("stage 1 conditioning"):
+        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
+        conditionings += reference_conditionings(ctx, inputs)
+    with ctx.timings.stage("stage 1") as record:
+        sigmas = torch.tensor(P.DISTILLED_SIGMA_VALUES, device=device)
+        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
+        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
+        audio = sampling.noised_state(atools, [], noiser, dtype, device)
+        runner, video = _stage_1_dit(ctx, vtools, video)
+        denoise = sampling.simple_denoise(runner, prompt)
+        video, audio = sampling.euler_loop(
+            sigmas, video, audio, stepper, denoise, desc="stage 1", on_step=record.steps.append
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        stack.free()
+    if inputs.skip_stage_2:
+        return decode(ctx, video.latent, audio.latent, req.profile(stage=1), generator)
+
+    # Stage 2: upsample x2, refine on the distilled sigma tail with the plain transformer (no LoRA).
+    with ctx.timings.stage("upsample"):
+        upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
+    shape2 = req.pixel_shape(stage=2)
+    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
+    with ctx.timings.stage("stage 2") as record:
+        sigmas = torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
+        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
+        video = sampling.noised_state(
+            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
+        )
+        audio = sampling.noised_state(
+            atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
+        )
+        plain = replace(stack, ckset=stack.ckset.with_loras(()))  # shares `used` / `folders` with `stack`
+        tokens = sampling.conditioning_tokens(vtools, video)
+        runner = plain.dit(req.profile(stage=2, conditioning_tokens=tokens))
+        denoise = sampling.simple_denoise(runner, prompt)
+        video, audio = sampling.euler_loop(
+            sigmas, video, audio, stepper, denoise, desc="stage 2", on_step=record.steps.append
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        stack.free()
+
+    return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
