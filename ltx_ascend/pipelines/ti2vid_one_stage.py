@@ -1,0 +1,74 @@
+"""One-stage text/image-to-video: guided sampling at the output size, no upsampler or distilled LoRA.
+
+Lightricks' TI2VidOneStagePipeline on our sessions: LTX2Scheduler sigmas, Euler steps with CFG,
+STG and modality guidance, all passes of a step in one DiT call where the graph's batch holds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from ltx_core.components.diffusion_steps import EulerDiffusionStep
+from ltx_core.components.guiders import create_multimodal_guider_factory
+from ltx_core.components.noisers import GaussianNoiser
+from ltx_core.components.schedulers import LTX2Scheduler
+
+from ltx_ascend.errors import UserError
+from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines import sampling
+from ltx_ascend.pipelines.conditioning import image_conditionings
+from ltx_ascend.pipelines.context import Output, Request, RunContext
+from ltx_ascend.pipelines.decode import decode
+
+TWO_STAGE = False
+NEEDS_DISTILLED_LORA = False
+# ltx-pipelines' one-stage parser defaults to the LTX-2.3 settings at stage-1 size (512x768).
+DEFAULTS = replace(P.LTX_2_3, height=P.LTX_2_3.height // 2, width=P.LTX_2_3.width // 2)
+# Tiny set: the tiny two-stage pipelines' stage-1 size, as the real defaults are.
+TINY_DEFAULTS = replace(P.TINY, height=P.TINY.height // 2, width=P.TINY.width // 2)
+
+
+def check(args, request: Request) -> None:
+    if request.distilled_lora:
+        raise UserError("ti2vid_one_stage runs no distilled stage: drop --distilled-lora (use --lora for LoRAs)")
+
+
+def run(ctx: RunContext) -> Output:
+    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    generator = ctx.generator()
+    noiser = GaussianNoiser(generator=generator)
+    stepper = EulerDiffusionStep()
+
+    with ctx.timings.stage("prompt"):
+        positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
+
+    shape = req.pixel_shape()
+    profile = req.profile()
+    with ctx.timings.stage("conditioning"):
+        conditionings = image_conditionings(ctx, req.images, shape, stage=None)
+    with ctx.timings.stage("denoise") as record:
+        sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
+        vtools, atools = sampling.video_tools(shape), sampling.audio_tools(shape)
+        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
+        audio = sampling.noised_state(atools, [], noiser, dtype, device)
+        # Keyframe images append tokens: the DiT graph is looked up at the conditioned token count.
+        tokens = sampling.conditioning_tokens(vtools, video)
+        passes = sampling.passes_per_step(req.video_guider, req.audio_guider)
+        runner = stack.dit(req.profile(batch=passes, conditioning_tokens=tokens))
+        denoise = sampling.guided_denoise(
+            runner,
+            positive,
+            negative,
+            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
+            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
+        )
+        video, audio = sampling.euler_loop(
+            sigmas, video, audio, stepper, denoise, desc="denoise", on_step=record.steps.append
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        stack.free()
+
+    return decode(ctx, video.latent, audio.latent, profile, generator)

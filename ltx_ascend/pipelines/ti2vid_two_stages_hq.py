@@ -1,0 +1,169 @@
+"""Two-stage text/image-to-video with the second-order res_2s sampler (the HQ settings).
+
+Lightricks' TI2VidTwoStagesHQPipeline on our sessions: guided res_2s sampling at half size, x2
+latent upsampling, then res_2s refinement on the distilled sigma tail at full size. The distilled
+LoRA is fused in both stages, at --distilled-lora-strength-stage-1 / -2 (the STRENGTH given with
+--distilled-lora is not used, as in ltx-pipelines).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+from ltx_core.components.guiders import create_multimodal_guider_factory
+from ltx_core.components.noisers import GaussianNoiser
+from ltx_core.components.schedulers import LTX2Scheduler
+from ltx_core.types import VideoLatentShape
+
+from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.errors import UserError
+from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines import sampling
+from ltx_ascend.pipelines.conditioning import image_conditionings
+from ltx_ascend.pipelines.context import Output, Request, RunContext
+from ltx_ascend.pipelines.decode import decode
+from ltx_ascend.pipelines.res2s import res2s_loop
+
+TWO_STAGE = True
+DEFAULTS = P.LTX_2_3_HQ
+# Tiny set: the tiny shape with the HQ step count and guidance (no STG, so no block to pick).
+TINY_DEFAULTS = replace(
+    P.TINY,
+    num_inference_steps=P.LTX_2_3_HQ.num_inference_steps,
+    video_guider=P.LTX_2_3_HQ.video_guider,
+    audio_guider=P.LTX_2_3_HQ.audio_guider,
+)
+# ltx-pipelines' hq_2_stage_arg_parser defaults.
+DISTILLED_LORA_STRENGTH_STAGE_1 = 0.25
+DISTILLED_LORA_STRENGTH_STAGE_2 = 0.5
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--distilled-lora-strength-stage-1",
+        type=float,
+        default=DISTILLED_LORA_STRENGTH_STAGE_1,
+        help=f"strength of the distilled LoRA in stage 1 (default {DISTILLED_LORA_STRENGTH_STAGE_1}); "
+        "the STRENGTH given with --distilled-lora is not used",
+    )
+    group.add_argument(
+        "--distilled-lora-strength-stage-2",
+        type=float,
+        default=DISTILLED_LORA_STRENGTH_STAGE_2,
+        help=f"strength of the distilled LoRA in stage 2 (default {DISTILLED_LORA_STRENGTH_STAGE_2})",
+    )
+
+
+def check(args, request: Request) -> None:
+    if request.num_inference_steps < 2:
+        raise UserError(
+            f"--num-inference-steps {request.num_inference_steps}: ti2vid_two_stages_hq needs >= 2 "
+            "(ltx-core's LTX2Scheduler gives a NaN sigma for one step at a given latent size)"
+        )
+    if len(request.distilled_lora) > 1:
+        raise UserError(
+            f"ti2vid_two_stages_hq fuses one distilled LoRA, got {len(request.distilled_lora)} --distilled-lora "
+            "flags (its strength per stage comes from --distilled-lora-strength-stage-1/2)"
+        )
+    request.extra["distilled_lora_strengths"] = (
+        args.distilled_lora_strength_stage_1,
+        args.distilled_lora_strength_stage_2,
+    )
+
+
+def _stage_lora(req: Request, stage: int) -> tuple[LoraSpec, ...]:
+    """The one distilled LoRA at this stage's strength (the --distilled-lora strength is ignored, as
+    ltx-pipelines ignores it)."""
+    strengths = req.extra.get(
+        "distilled_lora_strengths", (DISTILLED_LORA_STRENGTH_STAGE_1, DISTILLED_LORA_STRENGTH_STAGE_2)
+    )
+    return (LoraSpec(req.distilled_lora[0].path, strengths[stage - 1]),)
+
+
+def run(ctx: RunContext) -> Output:
+    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    high_precision = stack.policy.high_precision_dtype
+    generator = ctx.generator()
+    noiser = GaussianNoiser(generator=generator)
+
+    with ctx.timings.stage("prompt"):
+        positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
+
+    # Stage 1: half size, res_2s with guidance, the distilled LoRA at the stage-1 strength.
+    shape1 = req.pixel_shape(stage=1)
+    profile1 = req.profile(stage=1)
+    with ctx.timings.stage("stage 1 conditioning"):
+        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
+    with ctx.timings.stage("stage 1") as record:
+        # The scheduler's shift follows the stage-1 token count (a meta tensor carries the shape).
+        latent_shape = VideoLatentShape.from_pixel_shape(shape1).to_torch_shape()
+        sigmas = (
+            LTX2Scheduler()
+            .execute(latent=torch.empty(latent_shape, device="meta"), steps=req.num_inference_steps)
+            .to(dtype=torch.float32, device=device)
+        )
+        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
+        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
+        audio = sampling.noised_state(atools, [], noiser, dtype, device)
+        passes = sampling.passes_per_step(req.video_guider, req.audio_guider)
+        tokens = sampling.conditioning_tokens(vtools, video)  # keyframe images append tokens
+        runner = stack.dit(
+            req.profile(stage=1, batch=passes, conditioning_tokens=tokens), loras=_stage_lora(req, stage=1)
+        )
+        denoise = sampling.guided_denoise(
+            runner,
+            positive,
+            negative,
+            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
+            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
+        )
+        video, audio = res2s_loop(
+            sigmas,
+            video,
+            audio,
+            denoise,
+            high_precision=high_precision,
+            model_dtype=dtype,
+            desc="stage 1",
+            on_step=record.steps.append,
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        stack.free()
+
+    # Stage 2: upsample x2, refine on the distilled sigma tail with the stage-2 LoRA strength.
+    with ctx.timings.stage("upsample"):
+        upscaled = stack.upsampler(profile1)(video.latent[:1])
+    shape2 = req.pixel_shape(stage=2)
+    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
+    with ctx.timings.stage("stage 2") as record:
+        sigmas = torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
+        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
+        video = sampling.noised_state(
+            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
+        )
+        audio = sampling.noised_state(
+            atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
+        )
+        tokens = sampling.conditioning_tokens(vtools, video)
+        runner = stack.dit(req.profile(stage=2, conditioning_tokens=tokens), loras=_stage_lora(req, stage=2))
+        denoise = sampling.simple_denoise(runner, positive)
+        video, audio = res2s_loop(
+            sigmas,
+            video,
+            audio,
+            denoise,
+            high_precision=high_precision,
+            model_dtype=dtype,
+            desc="stage 2",
+            on_step=record.steps.append,
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        stack.free()
+
+    return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
