@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
 from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.types import LatentState
 
 from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines import sampling
@@ -52,18 +50,10 @@ def check_strengths(request: Request) -> None:
             raise UserError(f"--image {image.path} {image.frame_idx} {image.strength}: STRENGTH must be in [0, 1]")
 
 
-def require_full_attention(state: LatentState, stage: str) -> None:
-    """Our DiT graphs take no self-attention mask: a conditioning that sets one cannot run on them.
-    ltx-core's plain keyframe/latent items leave it None."""
-    if state.attention_mask is not None:
-        raise UserError(f"{stage}: this conditioning sets a self-attention mask, which ltx-run's DiT does not support")
-
-
 def run(ctx: RunContext) -> Output:
-    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    req, stack, device = ctx.request, ctx.stack, ctx.device
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
 
     with ctx.timings.stage("prompt"):
         (positive,) = ctx.prompts.encode([req.prompt])
@@ -72,46 +62,30 @@ def run(ctx: RunContext) -> Output:
     shape1 = req.pixel_shape(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    with ctx.timings.stage("stage 1") as record:
-        sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
-        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
-        audio = sampling.noised_state(atools, [], noiser, dtype, device)
-        require_full_attention(video, "stage 1")
-        tokens = sampling.conditioning_tokens(vtools, video)  # keyframe images (frame > 0) append tokens
-        runner = stack.dit(req.profile(stage=1, conditioning_tokens=tokens))
-        denoise = sampling.simple_denoise(runner, positive)
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 1", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    video, audio = sampling.euler_stage(
+        ctx,
+        "stage 1",
+        1,
+        conditionings,
+        noiser,
+        torch.tensor(DISTILLED_SIGMA_VALUES, device=device),
+        lambda runner: sampling.simple_denoise(runner, positive),
+    )
 
     # Stage 2: upsample x2, refine on the distilled sigma tail with the same (distilled) transformer.
     with ctx.timings.stage("upsample"):
         upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    shape2 = req.pixel_shape(stage=2)
-    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
-    with ctx.timings.stage("stage 2") as record:
-        sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
-        video = sampling.noised_state(
-            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
-        )
-        audio = sampling.noised_state(
-            atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
-        )
-        require_full_attention(video, "stage 2")
-        runner = stack.dit(req.profile(stage=2, conditioning_tokens=sampling.conditioning_tokens(vtools, video)))
-        denoise = sampling.simple_denoise(runner, positive)
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 2", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
+    video, audio = sampling.euler_stage(
+        ctx,
+        "stage 2",
+        2,
+        conditionings,
+        noiser,
+        torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
+        lambda runner: sampling.simple_denoise(runner, positive),
+        initial_video=upscaled,
+        initial_audio=audio.latent,
+    )
 
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)

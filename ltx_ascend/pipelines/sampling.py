@@ -20,6 +20,7 @@ from ltx_core.tools import AudioLatentTools, LatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, LatentState, VideoLatentShape, VideoPixelShape
 from tqdm import tqdm
 
+from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines.dit_runner import DiTRunner, Pass
 from ltx_ascend.pipelines.text import PromptEmbeddings
 from ltx_ascend.shapes import LATENT_CHANNELS
@@ -172,3 +173,60 @@ def conditioning_tokens(tools: LatentTools, state: LatentState) -> int:
     """Tokens that conditioning items appended after the latent grid (keyframes, references): the
     `conditioning_tokens` a DiT profile for this state needs. Reads the built state, never counts by hand."""
     return state.latent.shape[1] - tools.patchifier.get_token_count(tools.target_shape)
+
+
+def guided(positive: PromptEmbeddings, negative: PromptEmbeddings, video_params, audio_params):
+    """`make_denoise` for `euler_stage`: CFG / STG / modality guidance with these parameters."""
+    from ltx_core.components.guiders import create_multimodal_guider_factory
+
+    def make(runner: DiTRunner) -> DenoiseFn:
+        return guided_denoise(
+            runner,
+            positive,
+            negative,
+            create_multimodal_guider_factory(params=video_params, negative_context=negative.video),
+            create_multimodal_guider_factory(params=audio_params, negative_context=negative.audio),
+        )
+
+    return make
+
+
+def euler_stage(
+    ctx,
+    name: str,
+    stage: int | None,
+    conditionings: Sequence[ConditioningItem],
+    noiser: GaussianNoiser,
+    sigmas: torch.Tensor,
+    make_denoise: Callable[[DiTRunner], DenoiseFn],
+    *,
+    passes: int = 1,
+    loras: tuple = (),
+    initial_video: torch.Tensor | None = None,
+    initial_audio: torch.Tensor | None = None,
+) -> tuple[LatentState, LatentState]:
+    """One Euler sampling stage as the reference pipelines run it: noise video then audio (the
+    seeded generator's draw order), ask for the DiT graph at the conditioned token count, loop,
+    then drop the conditioning tokens and unpatchify. `initial_*` (stage 2) scale noise by sigmas[0]."""
+    from ltx_core.components.diffusion_steps import EulerDiffusionStep
+
+    req, device, dtype = ctx.request, ctx.device, ctx.dtype
+    shape = req.pixel_shape(stage=stage)
+    noise_scale = sigmas[0] if initial_video is not None else 1.0
+    with ctx.timings.stage(name) as record:
+        vtools, atools = video_tools(shape), audio_tools(shape)
+        video = noised_state(vtools, conditionings, noiser, dtype, device, noise_scale, initial_video)
+        audio = noised_state(atools, [], noiser, dtype, device, noise_scale, initial_audio)
+        if video.attention_mask is not None:  # ltx-core's latent and keyframe items leave it None
+            raise UserError(f"{name}: this conditioning sets a self-attention mask, which the DiT graphs do not take")
+        tokens = conditioning_tokens(vtools, video)
+        runner = ctx.stack.dit(req.profile(stage=stage, batch=passes, conditioning_tokens=tokens), loras=loras)
+        denoise = make_denoise(runner)
+        video, audio = euler_loop(
+            sigmas, video, audio, EulerDiffusionStep(), denoise, desc=name, on_step=record.steps.append
+        )
+        video = vtools.unpatchify(vtools.clear_conditioning(video))
+        audio = atools.unpatchify(atools.clear_conditioning(audio))
+        del runner, denoise
+        ctx.stack.free()
+    return video, audio

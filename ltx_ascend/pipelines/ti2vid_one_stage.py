@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.components.schedulers import LTX2Scheduler
 
@@ -35,10 +33,9 @@ def check(args, request: Request) -> None:
 
 
 def run(ctx: RunContext) -> Output:
-    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    req, device = ctx.request, ctx.device
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
 
     with ctx.timings.stage("prompt"):
         positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
@@ -47,28 +44,16 @@ def run(ctx: RunContext) -> Output:
     profile = req.profile()
     with ctx.timings.stage("conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape, stage=None)
-    with ctx.timings.stage("denoise") as record:
-        sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-        vtools, atools = sampling.video_tools(shape), sampling.audio_tools(shape)
-        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
-        audio = sampling.noised_state(atools, [], noiser, dtype, device)
-        # Keyframe images append tokens: the DiT graph is looked up at the conditioned token count.
-        tokens = sampling.conditioning_tokens(vtools, video)
-        passes = sampling.passes_per_step(req.video_guider, req.audio_guider)
-        runner = stack.dit(req.profile(batch=passes, conditioning_tokens=tokens))
-        denoise = sampling.guided_denoise(
-            runner,
-            positive,
-            negative,
-            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
-            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
-        )
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="denoise", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
+    video, audio = sampling.euler_stage(
+        ctx,
+        "denoise",
+        None,
+        conditionings,
+        noiser,
+        sigmas,
+        sampling.guided(positive, negative, req.video_guider, req.audio_guider),
+        passes=sampling.passes_per_step(req.video_guider, req.audio_guider),
+    )
 
     return decode(ctx, video.latent, audio.latent, profile, generator)
