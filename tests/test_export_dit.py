@@ -46,3 +46,24 @@ def test_stage2_dit_with_distilled_lora_fused(tiny, tmp_path):
     ckset = tiny.checkpoint_set(LoraSpec(tiny.distilled_lora, 0.8))
     (item,) = dit.build_items(ckset, shape_profile("9x128x192", stage=2), torch.float32, ExportOptions())
     export_and_compare(item, tmp_path)
+
+
+def test_npu_ops_graph_uses_ascend_fused_kernels(tiny, tmp_path):
+    """--npu-ops: RMSNorm as npu::NPURmsNorm and mask-free attention as npu::NPUPromptFlashAttention
+    (BNSD), both registered in ATC's ONNX parser; ATC-only (ONNX Runtime has no npu domain)."""
+    import onnx
+
+    from ltx_ascend.compile.lint import lint_onnx, op_histogram
+    from ltx_ascend.export.onnx_writer import export_onnx
+
+    (item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions())
+    path = export_onnx(item.module, item.args(), item.input_names, item.output_names, tmp_path / "d.onnx", npu_ops=True)
+    assert lint_onnx(path) == []
+    ops = op_histogram(path)
+    assert ops["NPUPromptFlashAttention"] == 12 and ops["NPURmsNorm"] > 0
+    assert "Softmax" not in ops and "ReduceMean" not in ops
+    model = onnx.load(str(path))
+    assert all(d.dim_value > 0 for o in model.graph.output for d in o.type.tensor_type.shape.dim)
+    attention = next(n for n in model.graph.node if n.op_type == "NPUPromptFlashAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attention.attribute}
+    assert attention.domain == "npu" and attrs["input_layout"] == b"BNSD" and attrs["num_heads"] == 2
