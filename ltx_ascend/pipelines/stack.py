@@ -25,7 +25,7 @@ from ltx_core.types import Audio
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
 from ltx_ascend.compile.cli import compile_ort
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportOptions, dtype_name
+from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.dit import DIT_INPUTS, DIT_OUTPUTS, DiTGraph
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner
@@ -310,6 +310,3 @@ def _no_grad(fn: Callable) -> Callable:
 def _no_grad_iter(it: Iterator) -> Iterator:
     with torch.inference_mode():
         yield from it
-
-
-__all__ = ["BackendChoice", "ModelStack", "dtype_name"]

@@ -203,7 +203,7 @@ class Row:
     measured_s_per_step: float | None = None
 
 
-def _gemma_flops(config: dict[str, Any], tokens: int) -> tuple[float, float]:
+def _gemma_flops(tokens: int) -> tuple[float, float]:
     """Gemma-3 (ltx-core's built-in 12B config): 2 FLOPs per weight per token, and its weight count."""
     from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
 
@@ -230,7 +230,7 @@ def plan(
     dit_params = param_count(dit)
     measured = SEED_MEASURED.get((pipeline, streaming), {}) if (frames, height, width) == (41, 1024, 1536) else {}
 
-    gemma_flops, gemma_weights = _gemma_flops(config, 1024)
+    gemma_flops, gemma_weights = _gemma_flops(1024)
     rows.append(Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
                     gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops))  # fmt: skip
     for st in PIPELINE_STAGES[pipeline]:
