@@ -62,7 +62,7 @@ def run(ctx: RunContext) -> Output:
     shape1 = req.pixel_shape(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    video, audio = sampling.euler_stage(
+    video, audio = sampling.sampling_stage(
         ctx,
         "stage 1",
         1,
@@ -76,7 +76,7 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("upsample"):
         upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
     conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
-    video, audio = sampling.euler_stage(
+    video, audio = sampling.sampling_stage(
         ctx,
         "stage 2",
         2,

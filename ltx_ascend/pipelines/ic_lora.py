@@ -260,27 +260,18 @@ def run(ctx: RunContext) -> Output:
     # Stage 2: upsample x2, refine on the distilled sigma tail with the plain transformer (no LoRA).
     with ctx.timings.stage("upsample"):
         upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    shape2 = req.pixel_shape(stage=2)
-    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
-    with ctx.timings.stage("stage 2") as record:
-        sigmas = torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
-        video = sampling.noised_state(
-            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
-        )
-        audio = sampling.noised_state(
-            atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
-        )
-        plain = replace(stack, ckset=stack.ckset.with_loras(()))  # shares `used` / `folders` with `stack`
-        tokens = sampling.conditioning_tokens(vtools, video)
-        runner = plain.dit(req.profile(stage=2, conditioning_tokens=tokens))
-        denoise = sampling.simple_denoise(runner, prompt)
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 2", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
+    video, audio = sampling.sampling_stage(
+        ctx,
+        "stage 2",
+        2,
+        conditionings,
+        noiser,
+        torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
+        lambda runner: sampling.simple_denoise(runner, prompt),
+        initial_video=upscaled,
+        initial_audio=audio.latent,
+        stack=replace(stack, ckset=stack.ckset.with_loras(())),  # shares `used` / `folders` with `stack`
+    )
 
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)

@@ -176,7 +176,7 @@ def conditioning_tokens(tools: LatentTools, state: LatentState) -> int:
 
 
 def guided(positive: PromptEmbeddings, negative: PromptEmbeddings, video_params, audio_params):
-    """`make_denoise` for `euler_stage`: CFG / STG / modality guidance with these parameters."""
+    """`make_denoise` for `sampling_stage`: CFG / STG / modality guidance with these parameters."""
     from ltx_core.components.guiders import create_multimodal_guider_factory
 
     def make(runner: DiTRunner) -> DenoiseFn:
@@ -191,7 +191,13 @@ def guided(positive: PromptEmbeddings, negative: PromptEmbeddings, video_params,
     return make
 
 
-def euler_stage(
+def _euler(sigmas, video, audio, denoise, *, desc, on_step):
+    from ltx_core.components.diffusion_steps import EulerDiffusionStep
+
+    return euler_loop(sigmas, video, audio, EulerDiffusionStep(), denoise, desc=desc, on_step=on_step)
+
+
+def sampling_stage(
     ctx,
     name: str,
     stage: int | None,
@@ -204,13 +210,15 @@ def euler_stage(
     loras: tuple = (),
     initial_video: torch.Tensor | None = None,
     initial_audio: torch.Tensor | None = None,
+    loop: Callable | None = None,
+    stack=None,
 ) -> tuple[LatentState, LatentState]:
-    """One Euler sampling stage as the reference pipelines run it: noise video then audio (the
-    seeded generator's draw order), ask for the DiT graph at the conditioned token count, loop,
-    then drop the conditioning tokens and unpatchify. `initial_*` (stage 2) scale noise by sigmas[0]."""
-    from ltx_core.components.diffusion_steps import EulerDiffusionStep
-
+    """One sampling stage as the reference pipelines run it: noise video then audio (the seeded
+    generator's draw order), ask for the DiT graph at the conditioned token count, run `loop`
+    (Euler by default; res2s passes its own), then drop the conditioning tokens and unpatchify.
+    `initial_*` (stage 2) scale the noise by sigmas[0]."""
     req, device, dtype = ctx.request, ctx.device, ctx.dtype
+    stack = stack or ctx.stack
     shape = req.pixel_shape(stage=stage)
     noise_scale = sigmas[0] if initial_video is not None else 1.0
     with ctx.timings.stage(name) as record:
@@ -220,13 +228,11 @@ def euler_stage(
         if video.attention_mask is not None:  # ltx-core's latent and keyframe items leave it None
             raise UserError(f"{name}: this conditioning sets a self-attention mask, which the DiT graphs do not take")
         tokens = conditioning_tokens(vtools, video)
-        runner = ctx.stack.dit(req.profile(stage=stage, batch=passes, conditioning_tokens=tokens), loras=loras)
+        runner = stack.dit(req.profile(stage=stage, batch=passes, conditioning_tokens=tokens), loras=loras)
         denoise = make_denoise(runner)
-        video, audio = euler_loop(
-            sigmas, video, audio, EulerDiffusionStep(), denoise, desc=name, on_step=record.steps.append
-        )
+        video, audio = (loop or _euler)(sigmas, video, audio, denoise, desc=name, on_step=record.steps.append)
         video = vtools.unpatchify(vtools.clear_conditioning(video))
         audio = atools.unpatchify(atools.clear_conditioning(audio))
         del runner, denoise
-        ctx.stack.free()
+        stack.free()
     return video, audio

@@ -45,7 +45,7 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape, stage=None)
     sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-    video, audio = sampling.euler_stage(
+    video, audio = sampling.sampling_stage(
         ctx,
         "denoise",
         None,

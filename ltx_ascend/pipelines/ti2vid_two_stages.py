@@ -28,7 +28,7 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("stage 1 conditioning"):
         conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=1), stage=1)
     sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-    video, audio = sampling.euler_stage(
+    video, audio = sampling.sampling_stage(
         ctx,
         "stage 1",
         1,
@@ -43,7 +43,7 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("upsample"):
         upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
     conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
-    video, audio = sampling.euler_stage(
+    video, audio = sampling.sampling_stage(
         ctx,
         "stage 2",
         2,

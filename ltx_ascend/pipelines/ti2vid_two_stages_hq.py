@@ -9,10 +9,10 @@ LoRA is fused in both stages, at --distilled-lora-strength-stage-1 / -2 (the STR
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import replace
 
 import torch
-from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.types import VideoLatentShape
@@ -84,7 +84,6 @@ def _stage_lora(req: Request, stage: int) -> tuple[LoraSpec, ...]:
 
 def run(ctx: RunContext) -> Output:
     req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
-    high_precision = stack.policy.high_precision_dtype
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
 
@@ -96,74 +95,43 @@ def run(ctx: RunContext) -> Output:
     profile1 = req.profile(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
         conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    with ctx.timings.stage("stage 1") as record:
-        # The scheduler's shift follows the stage-1 token count (a meta tensor carries the shape).
-        latent_shape = VideoLatentShape.from_pixel_shape(shape1).to_torch_shape()
-        sigmas = (
-            LTX2Scheduler()
-            .execute(latent=torch.empty(latent_shape, device="meta"), steps=req.num_inference_steps)
-            .to(dtype=torch.float32, device=device)
-        )
-        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
-        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
-        audio = sampling.noised_state(atools, [], noiser, dtype, device)
-        passes = sampling.passes_per_step(req.video_guider, req.audio_guider)
-        tokens = sampling.conditioning_tokens(vtools, video)  # keyframe images append tokens
-        runner = stack.dit(
-            req.profile(stage=1, batch=passes, conditioning_tokens=tokens), loras=_stage_lora(req, stage=1)
-        )
-        denoise = sampling.guided_denoise(
-            runner,
-            positive,
-            negative,
-            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
-            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
-        )
-        video, audio = res2s_loop(
-            sigmas,
-            video,
-            audio,
-            denoise,
-            high_precision=high_precision,
-            model_dtype=dtype,
-            desc="stage 1",
-            on_step=record.steps.append,
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    # The scheduler's shift follows the stage-1 token count (a meta tensor carries the shape).
+    latent_shape = VideoLatentShape.from_pixel_shape(shape1).to_torch_shape()
+    sigmas = (
+        LTX2Scheduler()
+        .execute(latent=torch.empty(latent_shape, device="meta"), steps=req.num_inference_steps)
+        .to(dtype=torch.float32, device=device)
+    )
+    res2s = functools.partial(res2s_loop, high_precision=stack.policy.high_precision_dtype, model_dtype=dtype)
+    video, audio = sampling.sampling_stage(
+        ctx,
+        "stage 1",
+        1,
+        conditionings,
+        noiser,
+        sigmas,
+        sampling.guided(positive, negative, req.video_guider, req.audio_guider),
+        passes=sampling.passes_per_step(req.video_guider, req.audio_guider),
+        loras=_stage_lora(req, stage=1),
+        loop=res2s,
+    )
 
     # Stage 2: upsample x2, refine on the distilled sigma tail with the stage-2 LoRA strength.
     with ctx.timings.stage("upsample"):
         upscaled = stack.upsampler(profile1)(video.latent[:1])
-    shape2 = req.pixel_shape(stage=2)
-    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
-    with ctx.timings.stage("stage 2") as record:
-        sigmas = torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
-        video = sampling.noised_state(
-            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
-        )
-        audio = sampling.noised_state(
-            atools, [], noiser, dtype, device, noise_scale=sigmas[0], initial_latent=audio.latent
-        )
-        tokens = sampling.conditioning_tokens(vtools, video)
-        runner = stack.dit(req.profile(stage=2, conditioning_tokens=tokens), loras=_stage_lora(req, stage=2))
-        denoise = sampling.simple_denoise(runner, positive)
-        video, audio = res2s_loop(
-            sigmas,
-            video,
-            audio,
-            denoise,
-            high_precision=high_precision,
-            model_dtype=dtype,
-            desc="stage 2",
-            on_step=record.steps.append,
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
+    video, audio = sampling.sampling_stage(
+        ctx,
+        "stage 2",
+        2,
+        conditionings,
+        noiser,
+        torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
+        lambda runner: sampling.simple_denoise(runner, positive),
+        loras=_stage_lora(req, stage=2),
+        initial_video=upscaled,
+        initial_audio=audio.latent,
+        loop=res2s,
+    )
 
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
