@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ltx_core.conditioning import ConditioningItem, VideoConditionByKeyframeIndex, VideoConditionByLatentIndex
 from ltx_core.types import VideoPixelShape
@@ -10,6 +10,9 @@ from ltx_core.types import VideoPixelShape
 from ltx_ascend.pipelines.context import ImageInput, RunContext
 from ltx_ascend.pipelines.media import load_image
 from ltx_ascend.shapes import shape_profile
+
+# (ctx, images, pixel shape, stage) -> conditioning items: how a pipeline turns --image inputs into items.
+ConditioningsFor = Callable[[RunContext, Sequence[ImageInput], VideoPixelShape, int | None], list[ConditioningItem]]
 
 
 def image_conditionings(

@@ -7,19 +7,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import torch
-from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.conditioning import ConditioningItem, VideoConditionByKeyframeIndex
 from ltx_core.types import VideoPixelShape
 
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import sampling
+from ltx_ascend.pipelines import ti2vid_two_stages
 from ltx_ascend.pipelines.context import ImageInput, Output, Request, RunContext
-from ltx_ascend.pipelines.decode import decode
 from ltx_ascend.pipelines.distilled import check_strengths
 from ltx_ascend.pipelines.media import load_image
-from ltx_ascend.pipelines.params import STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True
@@ -50,42 +45,5 @@ def keyframe_conditionings(
 
 
 def run(ctx: RunContext) -> Output:
-    req, stack, device = ctx.request, ctx.stack, ctx.device
-    generator = ctx.generator()
-    noiser = GaussianNoiser(generator=generator)
-
-    with ctx.timings.stage("prompt"):
-        positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
-
-    # Stage 1: half size, every guidance pass of a step in one transformer call.
-    with ctx.timings.stage("stage 1 conditioning"):
-        conditionings = keyframe_conditionings(ctx, req.images, req.pixel_shape(stage=1))
-    sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 1",
-        1,
-        conditionings,
-        noiser,
-        sigmas,
-        sampling.guided(positive, negative, req.video_guider, req.audio_guider),
-        passes=sampling.passes_per_step(req.video_guider, req.audio_guider),
-    )
-
-    # Stage 2: upsample x2, keyframes again at full size, refine with the distilled LoRA.
-    with ctx.timings.stage("upsample"):
-        upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    conditionings = keyframe_conditionings(ctx, req.images, req.pixel_shape(stage=2))
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 2",
-        2,
-        conditionings,
-        noiser,
-        torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
-        lambda runner: sampling.simple_denoise(runner, positive),
-        loras=req.distilled_lora,
-        initial_video=upscaled,
-        initial_audio=audio.latent,
-    )
-    return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
+    """ti2vid_two_stages with every image a keyframe (the reference's two pipelines differ only there)."""
+    return ti2vid_two_stages.run(ctx, lambda c, images, shape, stage: keyframe_conditionings(c, images, shape))
