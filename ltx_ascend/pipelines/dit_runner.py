@@ -16,9 +16,10 @@ import torch
 from ltx_core.guidance.perturbations import PerturbationConfig
 from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.model import LTXModel
-from safetensors.torch import load_file
 
 from ltx_ascend.export import dit, dit_blocks
+from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
+from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
 
 
@@ -32,15 +33,20 @@ class Pass:
 
 
 class DiTRunner:
-    """Runs guidance passes on a DiT session (`sessions["dit"]`) or block sessions
-    (`sessions["dit-input"|"dit-block"|"dit-output"]` + `block_weights`)."""
+    """Runs guidance passes on a DiT session (`sessions["dit"]`) or a block chain
+    (`sessions["dit-input"|"dit-block"|"dit-output"]` + one weight set per block).
+
+    The block chain is the form every DiT acceleration works on (step cache, layer streaming,
+    sequence parallel), so eager runs it too: ltx-core's own modules behind the same three graphs,
+    the block weights being the model's parameters.
+    """
 
     def __init__(
         self,
         config: dict,
         sessions: Mapping[str, Session],
         *,
-        block_weights: Sequence[Path] = (),
+        block_weights: BlockWeights | Sequence[Path] = (),
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch: int | None = None,
@@ -51,12 +57,21 @@ class DiTRunner:
         self.sessions = dict(sessions)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.block_weights = [load_file(str(p), device=str(self.device)) for p in block_weights]
+        if not isinstance(block_weights, BlockWeights):
+            block_weights = ResidentBlockWeights.from_files(list(block_weights), self.device)
+        self.block_weights = block_weights
+        if "dit" not in self.sessions and len(self.block_weights) != self.num_layers:
+            raise ValueError(f"block chain has {len(self.block_weights)} weight sets for {self.num_layers} blocks")
         first = self.sessions["dit"] if "dit" in self.sessions else self.sessions["dit-input"]
         # A compiled graph has a fixed batch: that many passes per call (a short chunk is padded).
         self.batch = batch or next(s.shape[0] for s in first.inputs if s.name == "video_latent")
         self._rope_key: tuple | None = None
         self._rope: dict[str, torch.Tensor] = {}
+
+    @property
+    def layout(self) -> str:
+        """"whole" (one graph) or "blocks" (input graph, block chain, output graph)."""
+        return "whole" if "dit" in self.sessions else "blocks"
 
     def _rope_tables(self, video_positions: torch.Tensor, audio_positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Computed on the host (float64 where the config says), once per position grid."""
@@ -91,17 +106,41 @@ class DiTRunner:
         return feeds
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if "dit" in self.sessions:
+        if self.layout == "whole":
             out = self.sessions["dit"].run(feeds)
             return out["video_denoised"], out["audio_denoised"]
-        acts = self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+        acts = self.run_input(feeds)
+        acts = self.run_blocks(acts, feeds, 0, self.num_layers)
+        return self.run_output(acts, feeds)
+
+    def run_input(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Patchify and embeddings: the activations every block reads."""
+        return self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+
+    def run_block(self, index: int, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]) -> None:
+        """Block `index` on `acts`, in place (`video_x`, `audio_x` are replaced by its outputs)."""
         block = self.sessions["dit-block"]
-        for i, weights in enumerate(self.block_weights):
-            block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, i)}
-            block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
-            out = block.run({s.name: block_in[s.name] for s in block.inputs})
-            acts["video_x"], acts["audio_x"] = out["video_x_out"], out["audio_x_out"]
-        final = self.sessions["dit-output"].run({**acts, **feeds})
+        weights = self.block_weights[index]
+        block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, index)}
+        block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
+        out = block.run({s.name: block_in[s.name] for s in block.inputs})
+        acts["video_x"], acts["audio_x"] = out["video_x_out"], out["audio_x_out"]
+        self.block_weights.release(index)
+
+    def run_blocks(
+        self, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor], start: int, stop: int
+    ) -> dict[str, torch.Tensor]:
+        """Blocks `start` .. `stop - 1` in order."""
+        for index in range(start, stop):
+            self.run_block(index, acts, feeds)
+        return acts
+
+    def run_output(
+        self, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norm, projection and X0 denoising."""
+        session = self.sessions["dit-output"]
+        final = session.run({n: acts[n] if n in acts else feeds[n] for n in session.input_names})
         return final["video_denoised"], final["audio_denoised"]
 
     def __call__(self, video, audio, passes: Sequence[Pass]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,3 +153,20 @@ class DiTRunner:
             v, a = self._run(feeds)
             results += [(v[i : i + 1], a[i : i + 1]) for i in range(len(chunk))]
         return results
+
+
+def eager_dit_runner(
+    model: LTXModel, config: dict, device: torch.device, dtype: torch.dtype, *, batch: int = 1
+) -> DiTRunner:
+    """ltx-core's transformer as a block chain: its preprocessors, its blocks (one block module runs
+    every block's weights, bound per call) and its output head, behind eager sessions."""
+    input_graph = dit_blocks.DiTInputGraph(model)
+    block_graph = dit_blocks.DiTBlockGraph(model.transformer_blocks[0])
+    output_graph = dit_blocks.DiTOutputGraph(model)
+    sessions = {
+        "dit-input": EagerSession(input_graph, input_graph.input_names, input_graph.output_names, device, dtype),
+        "dit-block": EagerSession(block_graph, block_graph.input_names, block_graph.output_names, device, dtype),
+        "dit-output": EagerSession(output_graph, output_graph.input_names, output_graph.output_names, device, dtype),
+    }
+    weights = ResidentBlockWeights.from_modules(model.transformer_blocks)
+    return DiTRunner(config, sessions, block_weights=weights, device=device, dtype=dtype, batch=batch)

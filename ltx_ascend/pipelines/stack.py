@@ -26,12 +26,10 @@ from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_componen
 from ltx_ascend.compile.cli import compile_ort
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportOptions
-from ltx_ascend.export.dit import DIT_INPUTS, DIT_OUTPUTS, DiTGraph
 from ltx_ascend.export.exporter import export_component, export_request
-from ltx_ascend.pipelines.dit_runner import DiTRunner
+from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_sessions, resolve
-from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.shapes import ShapeProfile
 
@@ -127,11 +125,8 @@ class ModelStack:
         config = read_model_config(ckset.checkpoint)
         sessions = self._sessions("dit", ckset, profile)
         if sessions is None:
-            model = self._load("dit", ckset)
-            graph = DiTGraph(model)
-            sessions = {"dit": EagerSession(graph, DIT_INPUTS, DIT_OUTPUTS, self.device, self.dtype, name="dit")}
             # One pass per call, exactly as ltx-pipelines calls its transformer.
-            return DiTRunner(config, sessions, device=self.device, dtype=self.dtype, batch=1)
+            return eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
         weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
         return DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
 
