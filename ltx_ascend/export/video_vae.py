@@ -15,7 +15,8 @@ longer (causal overlap), the last whatever remains; spatially the last tile on a
 remainder. `decoder_tile_latent_shapes` lists what it feeds, computed by ltx-core's own
 `VideoDecoder._prepare_tiles` over the shape alone, and `build_decoder_items` exports one graph
 per distinct tile shape (variant `tile` for the first tile's shape, `tile-FxHxW` in latent
-units for the others), so a host can run ltx-core's tiled decode with every tile on the device.
+units for the others), and no untiled graph then: the runtime runs ltx-core's tiled decode with
+every tile on its graph (`pipelines/graph_decoder.py`), so compiled and eager decode alike.
 """
 
 from __future__ import annotations
@@ -184,21 +185,18 @@ def _decoder_item(decoder: VideoDecoder, shape: Shape5D, dtype: torch.dtype, var
 
 
 def build_decoder_items(ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype) -> list[ExportItem]:
-    """The untiled decoder at the profile's latent shape, plus one graph per distinct tile shape that
-    ltx-core's tiled decoding (`DECODER_TILING`) feeds, when tiling splits this profile at all."""
+    """What ltx-core's tiled decoding (`DECODER_TILING`) runs for this profile: the whole latent when it
+    fits one tile, else one graph per distinct tile shape (never an untiled graph nothing would run)."""
     decoder = load_component("video_decoder", ckset, dtype=dtype)
     check_deterministic_decoder(decoder)
     full = profile.video_latent_shape
     tiling = _tiling_notes(DECODER_TILING)
-    items = [
-        _decoder_item(
-            decoder, full, dtype, "", {"latent_shape": list(full), "pixel_shape": list(_pixel_shape(profile))}
-        )
-    ]
     tile_shapes = decoder_tile_latent_shapes(profile)
     if list(tile_shapes) == [full]:
-        return items
+        notes = {"latent_shape": list(full), "pixel_shape": list(_pixel_shape(profile)), "tiling": tiling}
+        return [_decoder_item(decoder, full, dtype, "", notes)]
     all_shapes = [[list(s), n] for s, n in tile_shapes.items()]
+    items = []
     for i, (shape, count) in enumerate(tile_shapes.items()):
         notes = {
             "tile_latent_shape": list(shape),

@@ -20,7 +20,7 @@ import torch
 from ltx_core.model.audio_vae import decode_audio
 from ltx_core.model.upsampler import upsample_video
 from ltx_core.model.video_vae import TilingConfig, decode_video
-from ltx_core.types import Audio
+from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
 from ltx_ascend.compile.cli import compile_ort
@@ -28,6 +28,7 @@ from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
+from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_sessions, resolve
 from ltx_ascend.runtime.session import Session
@@ -215,13 +216,8 @@ class ModelStack:
             return lambda latent, generator: _no_grad_iter(
                 decode_video(latent, decoder, TilingConfig.default(), generator)
             )
-        session = sessions["video_decoder"]
-
-        def compiled(latent: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-            video = session.run({"latent": latent.to(self.device, self.dtype)})["video"]
-            yield (((video + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8)[0].permute(1, 2, 3, 0)
-
-        return compiled
+        decoder = GraphTiledDecoder(sessions, VIDEO_SCALE_FACTORS, self.device, self.dtype)
+        return lambda latent, generator: decode_video(latent, decoder, TilingConfig.default(), generator)
 
     def audio(self, profile: ShapeProfile) -> Callable[[torch.Tensor], Audio]:
         """Audio latent -> waveform (audio decoder, then the float32 vocoder)."""
