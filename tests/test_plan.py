@@ -44,3 +44,15 @@ def test_plan_22b_user_shape(capsys):
 def test_plan_bad_shape(capsys):
     code, _, err = run_cli(plan.main, ["distilled", "--shape", "40x1024x1536"], capsys)
     assert code == 2 and "8k+1" in err
+
+
+def test_distilled_stages_follow_the_pipelines_sigma_tables():
+    """ic_lora and distilled sample stage 1 on the distilled sigmas with one pass a step, stage 2 on
+    the distilled tail: the plan's stage table must say what those pipelines run."""
+    from ltx_ascend.pipelines import params as P
+    from ltx_ascend.tools.plan import PIPELINE_STAGES
+
+    for name in ("ic_lora", "distilled"):
+        first, second = PIPELINE_STAGES[name]
+        assert (first.steps, first.passes) == (len(P.DISTILLED_SIGMA_VALUES) - 1, 1), name
+        assert (second.steps, second.passes) == (len(P.STAGE_2_DISTILLED_SIGMA_VALUES) - 1, 1), name

@@ -79,7 +79,7 @@ PIPELINE_STAGES: dict[str, list[Stage]] = {
     "keyframe_interpolation": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
     "a2vid_two_stage": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
     "retake": [Stage("stage 1", None, 30, 4)],
-    "ic_lora": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
+    "ic_lora": [Stage("stage 1", 1, 8, 1), Stage("stage 2", 2, 3, 1)],  # distilled sigmas, one pass a step
 }
 
 
