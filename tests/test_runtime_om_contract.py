@@ -1,27 +1,21 @@
-"""API-contract tests against a stand-in `acl` module: no Ascend hardware here.
-
-The stand-in follows the documented pyACL signatures (CANN application development guide, Python API):
-calls return `ret` or `(value, ret)`, `create_desc`/`create_dataset`/`create_data_buffer` return bare
-handles. It records every call with its arguments and the thread's current context, keeps device memory
-as bytearrays keyed by fake pointers so `memcpy` really moves bytes, and its `execute_async` doubles the
-float32 input of a one-input, one-output model.
+"""API-contract tests of the om session against the stand-in `acl` of tests/fake_cann.py: no Ascend
+hardware here. The stand-in follows the pyACL documents (return conventions, per-thread contexts that
+must be restored, aclDataType enums, model description calls) and really moves bytes, so these tests
+check results, not only call lists.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
+import threading
 import types
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import om_session
 from ltx_ascend.runtime.om_session import (
-    ACL_ERROR_REPEAT_INITIALIZE,
     ACL_MEMCPY_DEVICE_TO_DEVICE,
     ACL_MEMCPY_DEVICE_TO_HOST,
     ACL_MEMCPY_HOST_TO_DEVICE,
@@ -29,6 +23,16 @@ from ltx_ascend.runtime.om_session import (
     memcpy_kind,
 )
 from ltx_ascend.runtime.session import TensorSpec
+from tests.fake_cann import (
+    ACL_BF16,
+    ACL_FLOAT,
+    ACL_FLOAT16,
+    HANDLE_CALLS,
+    Call,
+    FakeAcl,
+    FakeModel,
+    Io,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -50,250 +54,12 @@ UNDO = {
     "rt.malloc": "rt.free",
     "create_data_buffer": "destroy_data_buffer",
 }
-# Calls that return a bare handle (0 = failure) rather than a status code.
-HANDLE_CALLS = {"mdl.create_desc", "mdl.create_dataset", "create_data_buffer"}
-TUPLE_CALLS = {"rt.create_context", "rt.create_stream", "mdl.load_from_file", "rt.malloc", "mdl.add_dataset_buffer"}
-
-
-@dataclass
-class Call:
-    name: str
-    args: tuple
-    context: int | None  # the thread's current context when it was made
-    result: object = None
-
-
-class FakeAcl:
-    """The stand-in: state plus a module object exposing `acl`, `acl.rt`, `acl.mdl` functions."""
-
-    def __init__(self, in_sizes=(NBYTES,), out_sizes=(NBYTES,), fail=None, initialised=False):
-        self.in_sizes, self.out_sizes = list(in_sizes), list(out_sizes)
-        self.fail = dict(fail or {})
-        self.calls: list[Call] = []
-        self.memory: dict[int, bytearray] = {}
-        self.live: dict[int, str] = {}  # handle -> what it is, until destroyed
-        self.device_refs: dict[int, int] = {}
-        self.initialised = initialised
-        self.current: int | None = None
-        self.model_context: dict[int, int] = {}
-        self.datasets: dict[int, list[int]] = {}
-        self.buffers: dict[int, tuple[int, int]] = {}
-        self._next = 0x7F00_0000_0000
-        module = types.ModuleType("acl")
-        module.__doc__ = "stand-in for pyACL (API-contract test, no Ascend hardware)"
-        module.rt = types.SimpleNamespace()
-        module.mdl = types.SimpleNamespace()
-        for name in [
-            "init",
-            "finalize",
-            "create_data_buffer",
-            "destroy_data_buffer",
-            "rt.set_device",
-            "rt.reset_device",
-            "rt.create_context",
-            "rt.destroy_context",
-            "rt.set_context",
-            "rt.get_context",
-            "rt.create_stream",
-            "rt.destroy_stream",
-            "rt.malloc",
-            "rt.free",
-            "rt.memcpy",
-            "rt.synchronize_stream",
-            "mdl.load_from_file",
-            "mdl.unload",
-            "mdl.create_desc",
-            "mdl.destroy_desc",
-            "mdl.get_desc",
-            "mdl.get_num_inputs",
-            "mdl.get_num_outputs",
-            "mdl.get_input_size_by_index",
-            "mdl.get_output_size_by_index",
-            "mdl.create_dataset",
-            "mdl.destroy_dataset",
-            "mdl.add_dataset_buffer",
-            "mdl.execute_async",
-        ]:
-            owner = module
-            if "." in name:
-                owner = getattr(module, name.split(".")[0])
-            setattr(owner, name.split(".")[-1], self._recorded(name))
-        self.module = module
-
-    # ---------------------------------------------------------------- plumbing
-
-    def _recorded(self, name):
-        impl = getattr(self, "_" + name.replace(".", "_"))
-
-        def call(*args):
-            record = Call(name, args, self.current)
-            self.calls.append(record)
-            if name in self.fail:
-                if name in HANDLE_CALLS:
-                    record.result = 0
-                else:
-                    record.result = (0, self.fail[name]) if name in TUPLE_CALLS else self.fail[name]
-            else:
-                record.result = impl(*args)
-            return record.result
-
-        return call
-
-    def _new(self, what: str) -> int:
-        self._next += 0x1000
-        self.live[self._next] = what
-        return self._next
-
-    def _drop(self, handle: int, what: str) -> int:
-        if self.live.get(handle) != what:
-            return 100000  # ACL_ERROR_INVALID_PARAM
-        del self.live[handle]
-        return 0
-
-    def names(self) -> list[str]:
-        return [c.name for c in self.calls]
-
-    def count(self, name: str) -> int:
-        return self.names().count(name)
-
-    # ---------------------------------------------------------------- acl
-
-    def _init(self):
-        if self.initialised:
-            return ACL_ERROR_REPEAT_INITIALIZE
-        self.initialised = True
-        return 0
-
-    def _finalize(self):
-        self.initialised = False
-        return 0
-
-    def _create_data_buffer(self, ptr, size):
-        handle = self._new("data_buffer")
-        self.buffers[handle] = (ptr, size)
-        return handle
-
-    def _destroy_data_buffer(self, handle):
-        return self._drop(handle, "data_buffer")
-
-    # ---------------------------------------------------------------- acl.rt
-
-    def _rt_set_device(self, device_id):
-        self.device_refs[device_id] = self.device_refs.get(device_id, 0) + 1  # ACL counts set/reset pairs
-        return 0
-
-    def _rt_reset_device(self, device_id):
-        if not self.device_refs.get(device_id):
-            return 100000
-        self.device_refs[device_id] -= 1
-        return 0
-
-    def _rt_create_context(self, device_id):
-        self.current = self._new("context")
-        return self.current, 0
-
-    def _rt_destroy_context(self, context):
-        if self.current == context:
-            self.current = None
-        return self._drop(context, "context")
-
-    def _rt_set_context(self, context):
-        if self.live.get(context) != "context" and context != 0xC0FFEE:
-            return 100000
-        self.current = context
-        return 0
-
-    def _rt_get_context(self):
-        return (self.current, 0) if self.current else (0, 107002)  # ACL_ERROR_RT_CONTEXT_NULL
-
-    def _rt_create_stream(self):
-        return self._new("stream"), 0
-
-    def _rt_destroy_stream(self, stream):
-        return self._drop(stream, "stream")
-
-    def _rt_malloc(self, size, policy):
-        ptr = self._new("device_memory")
-        self.memory[ptr] = bytearray(size)
-        return ptr, 0
-
-    def _rt_free(self, ptr):
-        self.memory.pop(ptr, None)
-        return self._drop(ptr, "device_memory")
-
-    def _rt_memcpy(self, dst, dest_max, src, count, kind):
-        if count > dest_max:
-            return 100000
-        if kind == ACL_MEMCPY_HOST_TO_DEVICE and dst in self.memory and src not in self.memory:
-            self.memory[dst][:count] = ctypes.string_at(src, count)
-        elif kind == ACL_MEMCPY_DEVICE_TO_HOST and src in self.memory and dst not in self.memory:
-            ctypes.memmove(dst, bytes(self.memory[src][:count]), count)
-        elif kind == ACL_MEMCPY_DEVICE_TO_DEVICE and src in self.memory and dst in self.memory:
-            self.memory[dst][:count] = self.memory[src][:count]
-        else:
-            return 100000
-        return 0
-
-    def _rt_synchronize_stream(self, stream):
-        return 0 if self.live.get(stream) == "stream" else 100000
-
-    # ---------------------------------------------------------------- acl.mdl
-
-    def _mdl_load_from_file(self, path):
-        model = self._new("model")
-        self.model_context[model] = self.current
-        return model, 0
-
-    def _mdl_unload(self, model):
-        return self._drop(model, "model")
-
-    def _mdl_create_desc(self):
-        return self._new("desc")
-
-    def _mdl_destroy_desc(self, desc):
-        return self._drop(desc, "desc")
-
-    def _mdl_get_desc(self, desc, model):
-        return 0 if self.live.get(desc) == "desc" and self.live.get(model) == "model" else 100000
-
-    def _mdl_get_num_inputs(self, desc):
-        return len(self.in_sizes)
-
-    def _mdl_get_num_outputs(self, desc):
-        return len(self.out_sizes)
-
-    def _mdl_get_input_size_by_index(self, desc, index):
-        return self.in_sizes[index]
-
-    def _mdl_get_output_size_by_index(self, desc, index):
-        return self.out_sizes[index]
-
-    def _mdl_create_dataset(self):
-        handle = self._new("dataset")
-        self.datasets[handle] = []
-        return handle
-
-    def _mdl_destroy_dataset(self, dataset):
-        return self._drop(dataset, "dataset")
-
-    def _mdl_add_dataset_buffer(self, dataset, buffer):
-        self.datasets[dataset].append(buffer)
-        return dataset, 0
-
-    def _mdl_execute_async(self, model, inputs, outputs, stream):
-        if self.live.get(model) != "model" or self.live.get(stream) != "stream":
-            return 100000
-        if self.current != self.model_context[model]:
-            return 100000  # load and execute must share a context
-        (src_ptr, size), (dst_ptr, _) = self.buffers[self.datasets[inputs][0]], self.buffers[self.datasets[outputs][0]]
-        x = np.frombuffer(bytes(self.memory[src_ptr][:size]), dtype=np.float32)
-        self.memory[dst_ptr][:size] = (x * 2).astype(np.float32).tobytes()
-        return 0
 
 
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch):
     monkeypatch.setattr(om_session, "_PROCESS", om_session._AclProcess())
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # no torch_npu in this process unless a test says so
 
 
 @pytest.fixture
@@ -308,8 +74,23 @@ def install(monkeypatch, fake: FakeAcl) -> FakeAcl:
     return fake
 
 
-def open_session(path, **kwargs) -> OmSession:
-    return OmSession(path, INPUTS, OUTPUTS, device_id=0, torch_device=torch.device("cpu"), **kwargs)
+def open_session(path, inputs=INPUTS, outputs=OUTPUTS, **kwargs) -> OmSession:
+    return OmSession(path, inputs, outputs, device_id=0, torch_device=torch.device("cpu"), **kwargs)
+
+
+def fake_npu(monkeypatch, fake: FakeAcl) -> None:
+    """Treat tensors registered with the stand-in as NPU tensors, and outputs as NPU (bound) ones."""
+    monkeypatch.setattr(om_session, "on_device", lambda t, i: fake._is_device(t.data_ptr(), t.nbytes))
+    monkeypatch.setattr(om_session, "binds_outputs", lambda device: True)
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        kwargs.pop("device", None)  # host memory standing in for torch_npu's
+        tensor = real_empty(*args, **kwargs)
+        fake.register_device_tensor(tensor)
+        return tensor
+
+    monkeypatch.setattr(om_session.torch, "empty", empty)
 
 
 def test_loads_once_allocates_once_and_computes(monkeypatch, model_file):
@@ -326,10 +107,11 @@ def test_loads_once_allocates_once_and_computes(monkeypatch, model_file):
         results.append(out["y"])
     assert not torch.equal(results[0], results[1]), "copy_outputs=True must return independent tensors"
     assert fake.count("mdl.load_from_file") == 1
+    # host feeds and host outputs: one staging buffer each, allocated once
     assert fake.count("rt.malloc") == 2 and fake.count("create_data_buffer") == 2
     assert fake.count("mdl.add_dataset_buffer") == 2 and fake.count("rt.create_stream") == 1
     assert fake.count("mdl.execute_async") == 3 and fake.count("rt.synchronize_stream") == 3
-    assert fake.count("rt.memcpy") == 6  # one in, one out per run
+    assert fake.count("rt.memcpy") == 6 and fake.count("update_data_buffer") == 0  # one in, one out per run
     load_context = next(c.context for c in fake.calls if c.name == "mdl.load_from_file")
     for call in fake.calls:
         if call.name == "mdl.execute_async":
@@ -340,6 +122,7 @@ def test_loads_once_allocates_once_and_computes(monkeypatch, model_file):
     kinds = [c.args[4] for c in fake.calls if c.name == "rt.memcpy"]
     assert kinds == [ACL_MEMCPY_HOST_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST] * 3
     session.close()
+    assert not fake.violations
 
 
 def test_hot_loop_returns_the_same_output_tensor(monkeypatch, model_file):
@@ -368,16 +151,19 @@ def test_close_frees_everything_in_reverse_order(monkeypatch, model_file):
     opened = len(fake.calls)
     created = [_created(c) for c in fake.calls if c.name in UNDO]
     session.close()
-    closing = [(c.name, c.args) for c in fake.calls[opened:] if c.name != "rt.set_context"]
+    undoing = set(UNDO.values())
+    closing = [(c.name, c.args) for c in fake.calls[opened:] if c.name in undoing]
     assert closing == list(reversed(created))
-    context = created[2][1][0]
+    context = session_context = created[2][1][0]
     assert closing[-3:] == [("rt.destroy_context", (context,)), ("rt.reset_device", (0,)), ("finalize", ())]
     assert not fake.live, f"left allocated: {fake.live}"
     assert not fake.memory and not fake.initialised and not any(fake.device_refs.values())
     unload = next(c for c in fake.calls[opened:] if c.name == "mdl.unload")
-    assert unload.context == context, "unload must run in the context the model was loaded in"
+    assert unload.context == session_context, "unload must run in the context the model was loaded in"
+    assert not fake.violations, fake.violations
+    calls = len(fake.calls)
     session.close()  # idempotent
-    assert len(fake.calls) == opened + len(created) + 1  # + the one set_context before releasing
+    assert len(fake.calls) == calls
     with pytest.raises(RuntimeError, match="closed"):
         session.run({"x": torch.ones(SHAPE)})
 
@@ -390,6 +176,7 @@ OPEN_CALLS = [
     "mdl.load_from_file",
     "mdl.create_desc",
     "mdl.get_desc",
+    "mdl.get_input_dims",
     "mdl.create_dataset",
     "rt.malloc",
     "create_data_buffer",
@@ -417,7 +204,8 @@ def test_failing_call_at_load_raises_naming_it_and_releases(monkeypatch, model_f
         open_session(model_file)
     if name not in HANDLE_CALLS:
         assert str(ERROR) in str(info.value)
-    assert not fake.live and not fake.memory, f"a failed load leaked {fake.live}"
+    assert set(fake.live.values()) <= {"context"} and not fake.memory, f"a failed load leaked {fake.live}"
+    assert not (set(fake.live) - set(fake.default_context.values())), "only device default contexts may remain"
     assert not any(fake.device_refs.values())
     assert not fake.initialised
 
@@ -426,11 +214,13 @@ def test_failing_call_at_load_raises_naming_it_and_releases(monkeypatch, model_f
 def test_failing_call_in_run_raises_naming_it(monkeypatch, model_file, name):
     fake = install(monkeypatch, FakeAcl())
     with open_session(model_file) as session:
+        session.run({"x": torch.ones(SHAPE)})
         fake.fail[name] = ERROR
         with pytest.raises(RuntimeError, match=rf"acl\.{name.replace('.', '[.]')} failed with error code {ERROR}"):
             session.run({"x": torch.ones(SHAPE)})
         del fake.fail[name]
-    assert not fake.live
+        torch.testing.assert_close(session.run({"x": torch.ones(SHAPE)})["y"], torch.full(SHAPE, 2.0))
+    assert not fake.memory and not any(fake.device_refs.values())
 
 
 @pytest.mark.parametrize("name", CLOSE_CALLS)
@@ -452,15 +242,88 @@ def test_missing_pyacl_is_one_line_user_error(monkeypatch, model_file):
     assert "\n" not in message and "pyACL" in message and "CANN" in message and "set_env.sh" in message
 
 
-def test_model_sizes_must_match_the_manifest(monkeypatch, model_file):
-    fake = install(monkeypatch, FakeAcl(out_sizes=(NBYTES * 2,)))
-    with pytest.raises(UserError, match=r"output 0 is 48 bytes in the model but y \[2x3 float32\] is 24"):
-        open_session(model_file)
-    assert not fake.live
-    fake = install(monkeypatch, FakeAcl(in_sizes=(NBYTES, NBYTES)))
-    with pytest.raises(UserError, match="the model has 2 inputs but the manifest lists 1"):
-        open_session(model_file)
-    assert not fake.live
+def _model(*inputs: Io, outputs=None, fn=None) -> FakeModel:
+    return FakeModel(list(inputs), outputs or [Io("y", ACL_FLOAT, SHAPE)], fn or (lambda f: [f["x"] * 2]))
+
+
+def test_model_description_must_match_the_manifest(monkeypatch, model_file):
+    """Count, names, aclDataType and dims come from the model description, not only byte sizes."""
+    cases = [
+        (_model(Io("x", ACL_FLOAT, SHAPE), Io("z", ACL_FLOAT, SHAPE)), "model has 2 inputs but the manifest lists 1"),
+        (_model(Io("x", ACL_FLOAT, (3, 2))), r"input x is 3x2 in the model but x \[2x3 float32\]"),
+        (_model(Io("other", ACL_FLOAT, SHAPE)), "input 0 is named 'other', which the manifest does not list"),
+        (_model(Io("x", ACL_FLOAT, SHAPE), outputs=[Io("y", ACL_FLOAT, (2, 6))]), "output y is 2x6 in the model"),
+    ]
+    for model, message in cases:
+        fake = install(monkeypatch, FakeAcl(model=model))
+        with pytest.raises(UserError, match=message):
+            open_session(model_file)
+        assert set(fake.live) <= set(fake.default_context.values())
+
+
+def test_bf16_and_fp16_are_told_apart(monkeypatch, model_file):
+    """Both are 2 bytes: only the aclDataType (FLOAT16=1, BF16=27) tells them apart."""
+    spec = [TensorSpec("x", SHAPE, "float16")]
+    out = [TensorSpec("y", SHAPE, "float16")]
+    fake = install(monkeypatch, FakeAcl(model=_model(Io("x", ACL_BF16, SHAPE), outputs=[Io("y", ACL_FLOAT16, SHAPE)])))
+    with pytest.raises(UserError, match=r"input x is bfloat16 in the model but x \[2x3 float16\] in the manifest"):
+        open_session(model_file, spec, out)
+    fp16 = _model(Io("x", ACL_FLOAT16, SHAPE), outputs=[Io("y", ACL_FLOAT16, SHAPE)])
+    fake = install(monkeypatch, FakeAcl(model=fp16))
+    with open_session(model_file, spec, out) as session:
+        got = session.run({"x": torch.full(SHAPE, 1.5, dtype=torch.float16)})["y"]
+        assert got.dtype == torch.float16 and torch.equal(got, torch.full(SHAPE, 3.0, dtype=torch.float16))
+    assert not fake.violations
+
+
+def test_equal_shaped_inputs_are_bound_by_name_not_position(monkeypatch, model_file):
+    """The .om lists w.b before w.a (same shape, same dtype): feeding by position would swap them."""
+    model = FakeModel(
+        [Io("w.b", ACL_FLOAT, SHAPE), Io("w.a", ACL_FLOAT, SHAPE)],
+        [Io("y", ACL_FLOAT, SHAPE)],
+        lambda f: [f["w.a"] - 2 * f["w.b"]],
+    )
+    install(monkeypatch, FakeAcl(model=model))
+    specs = [TensorSpec("w.a", SHAPE, "float32"), TensorSpec("w.b", SHAPE, "float32")]
+    a, b = torch.full(SHAPE, 10.0), torch.ones(SHAPE)
+    with open_session(model_file, specs) as session:
+        torch.testing.assert_close(session.run({"w.a": a, "w.b": b})["y"], a - 2 * b, rtol=0, atol=0)
+
+
+def test_device_tensors_are_bound_not_copied(monkeypatch, model_file):
+    """NPU feeds go into the data buffer as they are (acl.update_data_buffer on data_ptr): no memcpy per
+    call, whatever their size; outputs are torch tensors the model writes into directly."""
+    fake = install(monkeypatch, FakeAcl())
+    fake_npu(monkeypatch, fake)
+    feeds = [torch.arange(6, dtype=torch.float32).reshape(SHAPE) + i for i in range(3)]
+    for x in feeds:
+        fake.register_device_tensor(x)
+    with open_session(model_file) as session:
+        for x in feeds:
+            y = session.run({"x": x}, copy_outputs=False)["y"]
+            torch.testing.assert_close(y, x * 2, rtol=0, atol=0)
+        assert fake.count("rt.memcpy") == 0 and fake.count("rt.malloc") == 0
+        bound = [c.args[c.name == "update_data_buffer"] for c in fake.calls if "data_buffer" in c.name]
+        assert bound == [y.data_ptr(), *(x.data_ptr() for x in feeds)], "each feed is bound at its own address"
+        # a host feed still works: it goes through one staging buffer, copied host-to-device
+        host = torch.full(SHAPE, 4.0)
+        torch.testing.assert_close(session.run({"x": host})["y"], torch.full(SHAPE, 8.0))
+        assert [c.args[4] for c in fake.calls if c.name == "rt.memcpy"] == [ACL_MEMCPY_HOST_TO_DEVICE]
+    assert not fake.violations
+
+
+def test_a_feed_that_is_an_output_buffer_is_staged(monkeypatch, model_file):
+    """Chaining copy_outputs=False results back in (the DiT block loop) must not alias in and out."""
+    fake = install(monkeypatch, FakeAcl(model=_model(Io("x", ACL_FLOAT, SHAPE), fn=lambda f: [f["x"][::-1, ::-1] + 1])))
+    fake_npu(monkeypatch, fake)
+    x = torch.arange(6, dtype=torch.float32).reshape(SHAPE)
+    fake.register_device_tensor(x)
+    with open_session(model_file) as session:
+        y = session.run({"x": x}, copy_outputs=False)["y"]
+        expected = y.flip(0, 1) + 1
+        again = session.run({"x": y}, copy_outputs=False)["y"]
+        torch.testing.assert_close(again, expected, rtol=0, atol=0)
+        assert [c.args[4] for c in fake.calls if c.name == "rt.memcpy"] == [ACL_MEMCPY_DEVICE_TO_DEVICE]
 
 
 def test_feeds_are_validated_before_any_copy(monkeypatch, model_file):
@@ -481,6 +344,30 @@ def test_acl_initialised_elsewhere_is_shared_not_finalised(monkeypatch, model_fi
     assert fake.count("finalize") == 0 and fake.initialised
 
 
+def test_never_finalize_while_torch_npu_is_loaded(monkeypatch, model_file):
+    """Even when our acl.init came first, torch_npu in the process owns ACL's end: no acl.finalize."""
+    fake = install(monkeypatch, FakeAcl())
+    monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
+    with open_session(model_file) as session:
+        session.run({"x": torch.ones(SHAPE)})
+    assert fake.count("init") == 1 and fake.count("finalize") == 0
+
+
+def test_torch_npu_initialises_acl_before_us(monkeypatch, model_file):
+    """On an NPU torch device, torch_npu sets its device (its aclInit, its context) before any acl call,
+    so torch_npu owns ACL and our acl.init gets REPEAT_INITIALIZE instead of the other way round."""
+    fake = install(monkeypatch, FakeAcl())
+    seen = []
+    monkeypatch.setattr(om_session.devices, "set_device", lambda d: seen.append((d.type, len(fake.calls))))
+    open_session(model_file).close()
+    assert seen == [], "a cpu torch device leaves torch_npu alone"
+    fake_npu(monkeypatch, fake)
+    calls = len(fake.calls)
+    session = OmSession(model_file, INPUTS, OUTPUTS, device_id=0, torch_device=types.SimpleNamespace(type="npu"))
+    assert seen == [("npu", calls)]
+    session.close()
+
+
 def test_two_sessions_share_one_init_and_finalise_once(monkeypatch, model_file):
     fake = install(monkeypatch, FakeAcl())
     a, b = open_session(model_file), open_session(model_file)
@@ -489,17 +376,58 @@ def test_two_sessions_share_one_init_and_finalise_once(monkeypatch, model_file):
     assert fake.count("finalize") == 0
     torch.testing.assert_close(b.run({"x": torch.ones(SHAPE)})["y"], torch.full(SHAPE, 2.0))
     b.close()
-    assert fake.count("finalize") == 1 and not fake.live
+    assert fake.count("finalize") == 1 and not fake.live and not fake.violations
 
 
-def test_run_switches_to_the_session_context_and_restores_the_callers(monkeypatch, model_file):
+def test_the_callers_context_is_restored_after_load_run_and_close(monkeypatch, model_file):
+    """torch_npu's context is current on the thread: after load, after each run and after close the
+    thread is back on it, and a torch_npu op then works (never a destroyed context)."""
     fake = install(monkeypatch, FakeAcl())
+    torch_ctx = fake.foreign_context()
+    session = open_session(model_file)
+    assert fake.current == torch_ctx, "load must give the thread its context back"
+    session.run({"x": torch.ones(SHAPE)})
+    execute = next(c for c in fake.calls if c.name == "mdl.execute_async")
+    assert execute.context == session._context != torch_ctx
+    assert fake.current == torch_ctx, "run must give the thread its context back"
+    session.close()
+    assert fake.current == torch_ctx, "close must give the thread its context back"
+    assert fake.torch_npu_op() == 0 and not fake.violations
+
+
+def test_no_thread_is_left_on_the_destroyed_context(monkeypatch, model_file):
+    """A thread with no context of its own: after close it is not on the destroyed session context."""
+    fake = install(monkeypatch, FakeAcl())
+    a = open_session(model_file)  # the default context is current (set_device), then ours, then restored
+    b = open_session(model_file)
+    a.close()
+    assert fake.current != a._context and fake.live.get(fake.current) == "context"
+    torch.testing.assert_close(b.run({"x": torch.ones(SHAPE)})["y"], torch.full(SHAPE, 2.0))
+    b.close()
+    assert not fake.violations
+
+
+def test_one_lock_per_model_serialises_runs(monkeypatch, model_file):
+    """Two threads on one session: the stand-in flags overlapping executions of one model."""
+    fake = install(monkeypatch, FakeAcl(execute_seconds=0.02))
+    errors = []
     with open_session(model_file) as session:
-        fake.current = 0xC0FFEE  # torch_npu's context, current on this thread
-        session.run({"x": torch.ones(SHAPE)})
-        execute = next(c for c in fake.calls if c.name == "mdl.execute_async")
-        assert execute.context == session._context
-        assert fake.current == 0xC0FFEE
+
+        def work(value: float) -> None:
+            try:
+                for _ in range(5):
+                    got = session.run({"x": torch.full(SHAPE, value)})["y"]
+                    assert torch.equal(got, torch.full(SHAPE, 2 * value))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(float(v),)) for v in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and not fake.violations, (errors, fake.violations)
+    assert fake.count("mdl.execute_async") == 15
 
 
 def test_output_device_defaults_to_cpu_without_torch_npu(monkeypatch, model_file):
@@ -516,3 +444,4 @@ def test_memcpy_kinds():
     assert memcpy_kind("npu", "cpu") == ACL_MEMCPY_DEVICE_TO_HOST
     with pytest.raises(UserError, match="cpu or npu tensors, not cuda"):
         memcpy_kind("cuda", "npu")
+

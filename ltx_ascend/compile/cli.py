@@ -2,7 +2,9 @@
 
 Every graph is linted against ATC's op registry first (`--lint` does only that). The om target
 builds ATC command lines from the manifest (static `--input_shape`, explicit
-`--precision_mode_v2`) and runs them when ATC is installed; `--dry-run` prints the plan.
+`--precision_mode_v2`, `--host_env_os/--host_env_cpu` when the .om runs on another kind of host)
+and runs them when ATC is installed; `--dry-run` prints the plan. The om manifest records the file
+ATC actually wrote for each graph (it may be `NAME_<os>_<arch>.om`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from ltx_ascend.compile.atc import (
+    HOST_CPUS,
+    HOST_OSES,
     PRECISIONS,
     AtcJob,
     build_atc_argv,
+    check_host_env,
+    check_precision_for_soc,
     default_precision,
-    detect_soc,
+    detect_soc_with_source,
     find_atc,
     missing_atc_message,
     run_atc,
+    this_host,
 )
 from ltx_ascend.compile.lint import Violation, format_violations, lint_onnx
 from ltx_ascend.compile.manifest import MANIFEST, Manifest, file_hashes, request_key
@@ -93,9 +100,22 @@ def compile_ort(folder: Path, provider: str, *, force: bool) -> tuple[Path, bool
     return out, False
 
 
-def atc_jobs(folder: Path, soc: str, precision: str | None) -> tuple[Manifest, Path, list[AtcJob]]:
+def host_env_flags(target: tuple[str, str] | None) -> tuple[str | None, str | None]:
+    """`--host_env_os/--host_env_cpu` values for a target host: none when the .om runs on a host like
+    this one (ATC's default is the build host, ATC reference `--host_env_cpu`), else the target's."""
+    if target is None or target == this_host():
+        return None, None
+    check_host_env(*target)
+    return target
+
+
+def atc_jobs(
+    folder: Path, soc: str, precision: str | None, target_host: tuple[str, str] | None = None
+) -> tuple[Manifest, Path, list[AtcJob]]:
     export, graphs = graphs_of(folder)
     precision = precision or default_precision(export.request["dtype"])
+    check_precision_for_soc(soc, precision, export.request["dtype"])
+    host_os, host_cpu = host_env_flags(target_host)
     out = folder / f"om-{soc}-{precision}"
     jobs = []
     for g in graphs:
@@ -108,6 +128,8 @@ def atc_jobs(folder: Path, soc: str, precision: str | None) -> tuple[Manifest, P
                 input_shapes={i["name"]: tuple(i["shape"]) for i in g.inputs},
                 precision=precision,
                 external_weight=size > EXTERNAL_WEIGHT_BYTES or uses_external_data(g.path),
+                host_os=host_os,
+                host_cpu=host_cpu,
             )
         )
     return export, out, jobs
@@ -125,8 +147,20 @@ def _cann_version(atc: Path) -> str | None:
     return None
 
 
-def compile_om(folder: Path, soc: str, precision: str | None, *, force: bool, dry_run: bool) -> tuple[Path, bool]:
-    export, out, jobs = atc_jobs(folder, soc, precision)
+def compile_om(
+    folder: Path,
+    soc: str,
+    precision: str | None,
+    *,
+    force: bool,
+    dry_run: bool,
+    target_host: tuple[str, str] | None = None,
+) -> tuple[Path, bool]:
+    """ATC-compile every graph of an exported artifact into `om-<soc>-<precision>/`; (folder, cached).
+
+    `target_host` is the (OS, CPU) of the host that will run the .om (default: this one)."""
+    target_host = target_host or this_host()
+    export, out, jobs = atc_jobs(folder, soc, precision, target_host)
     atc = find_atc()
     for job in jobs:
         print("  " + shlex.join(build_atc_argv(job, atc or "atc")))
@@ -134,22 +168,32 @@ def compile_om(folder: Path, soc: str, precision: str | None, *, force: bool, dr
         return out, False
     if atc is None:
         raise UserError(missing_atc_message())
-    target = {"kind": "om", "soc_version": soc, "precision_mode_v2": jobs[0].precision, "cann": _cann_version(atc)}
+    target = {
+        "kind": "om",
+        "soc_version": soc,
+        "precision_mode_v2": jobs[0].precision,
+        "host_os": target_host[0],
+        "host_cpu": target_host[1],
+        "cann": _cann_version(atc),
+    }
     request = target_request(export, target)
     if not force and _cached(out, request):
         return out, True
     out.mkdir(exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
+    written = {}
     for job in jobs:
-        run_atc(job, atc, log_file=out / f"{job.output.name}.atc.log")
-    names = [p.name for p in out.iterdir() if p.suffix == ".om"]
+        written[job.output.name] = run_atc(job, atc, log_file=out / f"{job.output.name}.atc.log").name
+    # Each graph's "file" is the .om ATC wrote (NAME.om or NAME_<os>_<arch>.om); "onnx" is its source.
+    graphs = {n: {**g, "file": written[n], "onnx": g["file"]} for n, g in export.io["graphs"].items()}
+    io = {**export.io, "graphs": graphs}
     Manifest(
         kind="om",
         component=export.component,
         variant="",
         request=request,
-        io=export.io,
-        files=file_hashes(out, names),
+        io=io,
+        files=file_hashes(out, sorted(written.values())),
         extra=target,
     ).write(out)
     return out, False
@@ -163,8 +207,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--soc", help="ATC --soc_version, e.g. Ascend910B4 (default: from `npu-smi info`)")
     parser.add_argument(
         "--precision",
-        choices=[p for p in PRECISIONS if p != "must_keep_origin_dtype"],
-        help="ATC --precision_mode_v2 (default origin: keep the exported dtype)",
+        choices=PRECISIONS,
+        help="ATC --precision_mode_v2 (default origin: keep the exported dtype; mixed_bfloat16 on Atlas A2/A3 only)",
+    )
+    host_cpu = this_host()[1]
+    parser.add_argument(
+        "--host-arch",
+        choices=HOST_CPUS,
+        default=host_cpu if host_cpu in HOST_CPUS else None,
+        help=f"CPU of the host that runs the .om (default: this one, {host_cpu}); another value adds ATC's "
+        "--host_env_os/--host_env_cpu, e.g. aarch64 to build on x86_64 for an Atlas 800I A2",
+    )
+    parser.add_argument(
+        "--host-os", choices=HOST_OSES, default="linux", help="OS of the host that runs the .om (default linux)"
     )
     parser.add_argument("--ep", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime execution provider")
     parser.add_argument("--dry-run", action="store_true", help="print the lint result and the ATC plan, run nothing")
@@ -192,18 +247,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.lint:
         return 0
     if args.target == "om":
-        soc = args.soc or detect_soc()
+        if args.host_arch is None:
+            raise UserError(f"this machine's CPU {this_host()[1]!r} is not one ATC targets: pass --host-arch")
+        target_host = (args.host_os, args.host_arch)
+        soc = args.soc
         if soc is None:
-            if not args.dry_run:
-                raise UserError("no --soc given and `npu-smi info` found no NPU: pass --soc, e.g. --soc Ascend910B4")
-            soc = "Ascend910B4"
-            print("no --soc and no npu-smi: planning for Ascend910B4")
+            soc, source = detect_soc_with_source()
+            if soc is not None:
+                print(f"SoC {soc} (from {source})")
+            elif not args.dry_run:
+                raise UserError(f"no --soc given and the SoC is unknown ({source}): pass --soc, e.g. --soc Ascend910B4")
+            else:
+                soc = "Ascend910B4"
+                print(f"no --soc and the SoC is unknown ({source}): planning for Ascend910B4")
     for folder in args.artifacts:
         if args.target == "ort":
             out, cached = compile_ort(folder, args.ep, force=args.force)
         else:
             print(f"ATC plan for {folder}:")
-            out, cached = compile_om(folder, soc, args.precision, force=args.force, dry_run=args.dry_run)
+            out, cached = compile_om(
+                folder, soc, args.precision, force=args.force, dry_run=args.dry_run, target_host=target_host
+            )
         if not args.dry_run:
             print(f"{'cached' if cached else 'compiled'} -> {out}")
     print(f"total {time.perf_counter() - start:.1f} s")

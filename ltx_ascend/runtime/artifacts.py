@@ -154,7 +154,7 @@ def resolve(
         manifest = Manifest.read(compiled)
     graphs, io = {}, {}
     for name, entry in manifest.io["graphs"].items():
-        graphs[name] = compiled / (f"{name}.om" if backend == "om" else entry["file"])
+        graphs[name] = compiled / entry["file"]  # an om manifest names the .om ATC wrote
         io[name] = entry
         if not graphs[name].is_file():
             return fail(f"incomplete: {graphs[name]} is missing; recompile with --force")

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import importlib
 import re
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -237,6 +238,23 @@ def _call(device: torch.device, name: str, *args: Any) -> Any:
     if fn is None:
         raise RuntimeError(f"torch has no {name} for device type {device.type!r}")
     return fn(*args)
+
+
+def set_device(device: torch.device) -> None:
+    """Make `device` current for this thread (no-op on cpu). On an NPU this is what has torch_npu
+    initialise ACL (its aclInit and context), so pyACL used after it shares that initialisation."""
+    if device.type == "cpu":
+        return
+    if _on_accelerator(device) and hasattr(torch.accelerator, "set_device_index"):
+        torch.accelerator.set_device_index(device.index or 0)
+    else:
+        getattr(torch, device.type).set_device(device)
+
+
+def torch_npu_loaded() -> bool:
+    """Whether torch_npu is imported in this process: it then owns ACL (aclInit at its first use,
+    aclFinalize at exit), so nobody else may call acl.finalize()."""
+    return sys.modules.get("torch_npu") is not None
 
 
 def synchronize(device: torch.device) -> None:

@@ -75,13 +75,15 @@ def _sessions(folder: Path, manifest: Manifest, backend: str, ep: str) -> tuple[
     if compiled is None and backend == "om":
         raise UserError(f"{folder}: no om engine; run ltx-compile --target om {folder}")
     base, used = (compiled, backend) if compiled is not None else (folder, "onnx")
+    files = Manifest.read(base).io["graphs"] if used == "om" else manifest.io["graphs"]
     sessions = {}
     for name, graph in manifest.io["graphs"].items():
         inputs, outputs = specs_from_manifest(graph)
         if used == "om":
             from ltx_ascend.runtime.om_session import OmSession
 
-            sessions[name] = OmSession(base / (name + ".om"), inputs, outputs)
+            # the om manifest names the file ATC wrote (NAME.om or NAME_<os>_<arch>.om)
+            sessions[name] = OmSession(base / files[name]["file"], inputs, outputs)
         else:
             sessions[name] = OrtSession(base / graph["file"], inputs, outputs, provider=ep)
     return used, sessions
