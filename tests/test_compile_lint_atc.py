@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ltx_ascend.compile import atc as atc_mod
 from ltx_ascend.compile.atc import (
+    PRECISIONS,
     AtcJob,
     build_atc_argv,
+    check_precision_for_soc,
     default_precision,
     find_atc,
     missing_atc_message,
     parse_npu_smi,
+    parse_npu_smi_board,
     run_atc,
 )
 from ltx_ascend.compile.lint import Violation, format_violations, lint_onnx, op_histogram
 from ltx_ascend.compile.ort import optimize_for_ort
 from ltx_ascend.errors import UserError
+from tests.fake_cann import FAKE_ATC, FAKE_ATC_ALWAYS_SUFFIX, FakeAcl
 
 IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 would otherwise write 14
 
@@ -305,16 +310,64 @@ def test_build_atc_argv_defaults() -> None:
     assert not any(a.startswith("--precision_mode=") for a in argv)
 
 
-@pytest.mark.parametrize("soc", ["910B4", "ascend910b4", "Ascend910B4 ", "Ascend", "Ascend910B4;rm", ""])
+@pytest.mark.parametrize(
+    "soc", ["910B4", "ascend910b4", "Ascend910B4 ", "Ascend", "Ascend910B4;rm", "", "Ascend910_93"]
+)
 def test_bad_soc(soc: str) -> None:
     with pytest.raises(UserError, match="soc_version"):
         AtcJob(model=Path("m.onnx"), output=Path("m"), soc=soc, input_shapes={"x": (1,)})
 
 
-@pytest.mark.parametrize("precision", ["fp16", "allow_fp32_to_fp16", "bf16", "ORIGIN"])
+@pytest.mark.parametrize("soc", ["Ascend910B4", "Ascend910B2C", "Ascend910B4-1", "Ascend910_9392", "Ascend310P3"])
+def test_documented_soc_names(soc: str) -> None:
+    assert build_atc_argv(AtcJob(model=Path("m.onnx"), output=Path("m"), soc=soc, input_shapes={"x": (1,)}))
+
+
+@pytest.mark.parametrize("precision", ["must_keep_origin_dtype", "allow_fp32_to_fp16", "bf16", "ORIGIN", "mixed_hif8"])
 def test_bad_precision(precision: str) -> None:
+    """Only --precision_mode_v2's own values: must_keep_origin_dtype & co. belong to --precision_mode."""
     with pytest.raises(UserError, match="precision"):
         AtcJob(model=Path("m.onnx"), output=Path("m"), soc="Ascend910B4", input_shapes={"x": (1,)}, precision=precision)
+
+
+def test_precision_mode_v2_values() -> None:
+    assert set(PRECISIONS) == {"fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16"}
+    for p in PRECISIONS:
+        job = AtcJob(model=Path("m"), output=Path("m"), soc="Ascend910B4", input_shapes={"x": (1,)}, precision=p)
+        assert f"--precision_mode_v2={p}" in build_atc_argv(job)
+
+
+@pytest.mark.parametrize("soc", ["Ascend910B4", "Ascend910B2C", "Ascend910_9392"])
+def test_bf16_on_atlas_a2_a3(soc: str) -> None:
+    check_precision_for_soc(soc, "mixed_bfloat16", "float32")
+    check_precision_for_soc(soc, "origin", "bfloat16")
+
+
+@pytest.mark.parametrize("soc", ["Ascend310P3", "Ascend910ProB", "Ascend910A"])
+def test_bf16_refused_where_there_is_none(soc: str) -> None:
+    with pytest.raises(UserError) as info:
+        check_precision_for_soc(soc, "mixed_bfloat16", "float32")
+    assert "\n" not in str(info.value) and soc in str(info.value) and "mixed_float16" in str(info.value)
+    with pytest.raises(UserError, match="re-export with --dtype float16"):
+        check_precision_for_soc(soc, "origin", "bfloat16")
+    check_precision_for_soc(soc, "mixed_float16", "float32")
+    check_precision_for_soc(soc, "fp16", "bfloat16")
+
+
+def test_host_env_flags() -> None:
+    job = AtcJob(
+        model=Path("m.onnx"), output=Path("o/m"), soc="Ascend910B4", input_shapes={"x": (1,)},
+        host_os="linux", host_cpu="aarch64",
+    )  # fmt: skip
+    argv = build_atc_argv(job)
+    assert argv[-3:] == ["--host_env_os=linux", "--host_env_cpu=aarch64", "--log=error"]
+    with pytest.raises(UserError, match="give both or neither"):
+        AtcJob(model=Path("m.onnx"), output=Path("m"), soc="Ascend910B4", input_shapes={"x": (1,)}, host_os="linux")
+    with pytest.raises(UserError, match="--host-arch riscv64"):
+        AtcJob(
+            model=Path("m.onnx"), output=Path("m"), soc="Ascend910B4", input_shapes={"x": (1,)},
+            host_os="linux", host_cpu="riscv64",
+        )  # fmt: skip
 
 
 def test_bad_input_shapes() -> None:
@@ -399,39 +452,79 @@ NPU_SMI_310P = """\
 """
 
 
+# Older drivers print "910B" for every 910B1..B4; Atlas A3 prints "Ascend910", two chips per NPU.
+NPU_SMI_910B_SHORT = NPU_SMI_800I_A2.replace("910B4      ", "910B       ")
+NPU_SMI_A3 = """\
++------------------------------------------------------------------------------------------------+
+| npu-smi 24.1.rc3.7               Version: 24.1.rc3.7                                           |
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip  Phy-ID              | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     Ascend910           | OK            | 178.7       37                0    / 0             |
+| 0     0                   | 0000:9D:00.0  | 0           0    / 0          3419 / 65536         |
++------------------------------------------------------------------------------------------------+
+| 0     Ascend910           | OK            | -           36                0    / 0             |
+| 1     1                   | 0000:9F:00.0  | 0           0    / 0          3196 / 65536         |
++===========================+===============+====================================================+
+"""
+# `npu-smi info -t board -i 0 -c 0`, the field layout of the driver's documented examples.
+BOARD_A2 = "        NPU ID : 0\n        Chip ID : 0\n        Chip Type : Ascend\n        Chip Name : 910B3\n"
+BOARD_A3 = "        NPU ID : 0\n        NPU Name : 9392\n        Chip ID : 0\n        Chip Name : Ascend910\n"
+
+
 def test_parse_npu_smi() -> None:
     assert parse_npu_smi(NPU_SMI_800I_A2) == "Ascend910B4"
     assert parse_npu_smi(NPU_SMI_310P) == "Ascend310P3"
+    assert parse_npu_smi(NPU_SMI_910B_SHORT) is None, "910B does not say which of B1..B4"
+    assert parse_npu_smi(NPU_SMI_A3) is None, "an A3 is Ascend910_93xx, not Ascend910"
     assert parse_npu_smi("") is None
     assert parse_npu_smi("npu-smi: command failed\ndcmi module initialize failed. ret is -8005\n") is None
+    assert parse_npu_smi_board(BOARD_A2) == "Ascend910B3"
+    assert parse_npu_smi_board(BOARD_A3) == "Ascend910_9392"
+    assert parse_npu_smi_board(BOARD_A2.replace("910B3", "910B")) is None
+    assert parse_npu_smi_board("") is None
+
+
+def _npu_smi(tmp_path: Path, table: str, board: str) -> None:
+    cat = shutil.which("cat", path=os.defpath)
+    (tmp_path / "table.txt").write_text(table)
+    (tmp_path / "board.txt").write_text(board)
+    body = (
+        f'if [ "$*" = "info" ]; then {cat} "{tmp_path}/table.txt"; '
+        f'elif [ "$*" = "info -t board -i 0 -c 0" ]; then {cat} "{tmp_path}/board.txt"; else exit 1; fi\n'
+    )
+    _write_script(tmp_path / "bin" / "npu-smi", body)
 
 
 def test_detect_soc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cat = shutil.which("cat")
+    monkeypatch.setitem(sys.modules, "acl", None)  # no pyACL: npu-smi it is
     monkeypatch.setenv("PATH", "")
-    assert atc_mod.detect_soc() is None
-    sample = tmp_path / "sample.txt"
-    sample.write_text(NPU_SMI_800I_A2)
-    _write_script(tmp_path / "bin" / "npu-smi", f'{cat} "{sample}"\n')
+    assert atc_mod.detect_soc_with_source() == (None, "no pyACL and no npu-smi on this host")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert atc_mod.detect_soc() == "Ascend910B4"
+    _npu_smi(tmp_path, NPU_SMI_800I_A2, "")
+    assert atc_mod.detect_soc_with_source() == ("Ascend910B4", "npu-smi info")
+    _npu_smi(tmp_path, NPU_SMI_910B_SHORT, BOARD_A2)
+    assert atc_mod.detect_soc_with_source() == ("Ascend910B3", "npu-smi info -t board -i 0 -c 0")
+    _npu_smi(tmp_path, NPU_SMI_A3, BOARD_A3)
+    assert atc_mod.detect_soc() == "Ascend910_9392"
+    _npu_smi(tmp_path, NPU_SMI_910B_SHORT, "")
+    soc, why = atc_mod.detect_soc_with_source()
+    assert soc is None and "'910B'" in why
+
+
+def test_detect_soc_prefers_pyacl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """acl.get_soc_name() (no aclInit needed) wins over npu-smi; a None answer falls through to it."""
+    fake = FakeAcl(soc_name="Ascend910B2C")
+    monkeypatch.setitem(sys.modules, "acl", fake.module)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    _npu_smi(tmp_path, NPU_SMI_800I_A2, "")
+    assert atc_mod.detect_soc_with_source() == ("Ascend910B2C", "acl.get_soc_name()")
+    fake.soc_name = None
+    assert atc_mod.detect_soc_with_source() == ("Ascend910B4", "npu-smi info")
 
 
 # ---------------------------------------------------------------- running ATC (fake)
-
-FAKE_ATC = """\
-out=""
-for arg in "$@"; do
-  case "$arg" in
-    --output=*) out="${arg#--output=}" ;;
-  esac
-done
-echo "ATC start working now, please wait for a moment."
-echo "args: $*"
-echo "warning line on stderr" >&2
-printf 'om' > "$out.om"
-echo "ATC run success, welcome to the next use."
-"""
 
 FAKE_ATC_FAIL = """\
 echo "ATC start working now, please wait for a moment."
@@ -465,6 +558,25 @@ def test_run_atc_failure(tmp_path: Path) -> None:
     message = str(info.value)
     assert "ATC run failed, Please check the detail log" in message and "E19999" in message
     assert "exit code 1" in message and "\n" not in message
+
+
+def test_run_atc_finds_the_name_atc_chose(tmp_path: Path) -> None:
+    """ATC may write NAME_<os>_<arch>.om: with --host_env_os/--host_env_cpu, and in some releases always."""
+    cross = AtcJob(
+        model=tmp_path / "m.onnx", output=tmp_path / "out" / "model", soc="Ascend910B4", input_shapes={"x": (2, 4)},
+        host_os="linux", host_cpu="aarch64",
+    )  # fmt: skip
+    (tmp_path / "m.onnx").write_bytes(b"graph")
+    (tmp_path / "out").mkdir()
+    stale = tmp_path / "out" / "model.om"
+    stale.write_bytes(b"old")  # a leftover from an earlier compile must not be taken for this one
+    sibling = tmp_path / "out" / "model_tile_linux_x86_64.om"
+    sibling.write_bytes(b"other graph")  # another graph's file is left alone
+    om = run_atc(cross, _write_script(tmp_path / "atc", FAKE_ATC))
+    assert om == tmp_path / "out" / "model_linux_aarch64.om" and om.read_bytes() == b"graph"
+    assert not stale.exists() and sibling.exists()
+    om = run_atc(_job(tmp_path), _write_script(tmp_path / "atc2", FAKE_ATC_ALWAYS_SUFFIX))
+    assert om == tmp_path / "out dir" / "model_linux_aarch64.om"
 
 
 def test_run_atc_without_om(tmp_path: Path) -> None:

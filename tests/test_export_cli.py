@@ -152,3 +152,45 @@ def test_bad_component_and_shape(tmp_path, capsys):
         export_cli.main, ["--component", "dit", "--shape", "10x128x192", "--out", str(tmp_path)], capsys
     )
     assert code == 2 and "8k+1" in err
+
+
+@pytest.mark.contract
+def test_om_compile_records_the_file_atc_wrote_and_ltx_verify_runs_it(exported, tmp_path, capsys, monkeypatch):
+    """Cross-compiling (--host-arch of another CPU) adds --host_env_os/--host_env_cpu, ATC then writes
+    dit_linux_<arch>.om (the fake atc does as documented), the manifest records that name, and
+    `ltx-verify --backend om` loads it through the stand-in pyACL (which runs the ONNX inside) and
+    compares it with eager ltx-core."""
+    import stat
+    import sys
+
+    from ltx_ascend.compile.atc import this_host
+    from ltx_ascend.runtime import om_session
+    from ltx_ascend.tools import verify as verify_cli
+    from tests.fake_cann import FAKE_ATC, FakeAcl
+
+    folder = _copy(exported, tmp_path)
+    atc = tmp_path / "bin" / "atc"
+    atc.parent.mkdir()
+    atc.write_text("#!/bin/sh\n" + FAKE_ATC)
+    atc.chmod(atc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{atc.parent}{os.pathsep}{os.defpath}")
+    other = "x86_64" if this_host()[1] == "aarch64" else "aarch64"
+    args = ["--target", "om", "--soc", "Ascend910B4", "--host-arch", other, str(folder)]
+    code, out, err = run_cli(compile_cli.main, args, capsys)
+    assert code == 0, err
+    assert f"--host_env_os=linux --host_env_cpu={other}" in out
+    compiled = folder / "om-Ascend910B4-origin"
+    manifest = Manifest.read(compiled)
+    assert manifest.io["graphs"]["dit"]["file"] == f"dit_linux_{other}.om"
+    assert manifest.extra["host_cpu"] == other and list(manifest.files) == [f"dit_linux_{other}.om"]
+    assert not (compiled / "dit.om").exists()
+
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake.module)
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    monkeypatch.setattr(om_session, "_PROCESS", om_session._AclProcess())
+    code, out, err = run_cli(verify_cli.main, [str(folder), "--backend", "om"], capsys)
+    assert code == 0, out + err
+    rows = [line for line in out.splitlines() if "| dit |" in line]
+    assert len(rows) == 2 and all("| om |" in row and row.endswith("| yes |") for row in rows), out
+    assert fake.count("mdl.execute_async") == 1 and not fake.violations and not fake.initialised
