@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
+
+import pytest
 
 from ltx_ascend.tools import bench
 from tests.conftest import run_cli
@@ -29,3 +34,41 @@ def test_bench_tiny_dit_json_schema(tmp_path, capsys):
 def test_bench_preset_component_mismatch(tmp_path, capsys):
     code, _, err = run_cli(bench.main, ["--preset", "bench", "--component", "vocoder"], capsys)
     assert code == 2 and "DiT only" in err
+
+
+def test_bench_om_without_cann_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", None)
+    monkeypatch.setenv("PATH", os.defpath)
+    argv = ["--component", "audio_decoder", "--backends", "om", "--artifacts", str(tmp_path)]
+    code, _, err = run_cli(bench.main, argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs an Ascend host with CANN" in err and "no pyACL and no npu-smi" in err
+    code, _, err = run_cli(bench.main, [*argv, "--soc", "Ascend910B4"], capsys)
+    assert code == 2 and "ATC was not found" in err and "set_env.sh" in err
+    assert not (tmp_path / "bench").exists(), "nothing exported before the CANN check"
+
+
+@pytest.mark.contract
+def test_bench_om_end_to_end_on_the_stand_ins(tmp_path, capsys, monkeypatch):
+    """ltx-bench --backends om: export, ATC (fake), load and time through the stand-in pyACL."""
+    from ltx_ascend.runtime import om_session
+    from tests.fake_cann import FAKE_ATC, FakeAcl
+
+    atc = tmp_path / "bin" / "atc"
+    atc.parent.mkdir()
+    atc.write_text("#!/bin/sh\n" + FAKE_ATC)
+    atc.chmod(atc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{atc.parent}{os.pathsep}{os.defpath}")
+    fake = FakeAcl(soc_name="Ascend910B3")
+    monkeypatch.setitem(sys.modules, "acl", fake.module)
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    monkeypatch.setattr(om_session, "_PROCESS", om_session._AclProcess())
+    js = tmp_path / "bench.json"
+    argv = ["--component", "audio_decoder", "--backends", "ort,om", "--repeats", "2", "--shape", "9x64x96",
+            "--artifacts", str(tmp_path), "--json", str(js)]  # fmt: skip
+    code, out, err = run_cli(bench.main, argv, capsys)
+    assert code == 0, err
+    assert "audio_decoder                om" in out
+    assert set(json.loads(js.read_text())["components"]["audio_decoder"]) == {"ort", "om"}
+    assert list((tmp_path / "bench" / "audio_decoder").glob("*/om-Ascend910B3-origin/audio_decoder.om"))
+    assert fake.count("mdl.execute_async") == 3 and not fake.violations  # warm-up + 2 repeats

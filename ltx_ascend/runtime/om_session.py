@@ -407,8 +407,13 @@ class OmSession(Session):
                 raise RuntimeError(f"{self.name}: unusable after an earlier failure ({self._broken}); reopen it")
             check_feeds(self.inputs, feeds, self.name)
             tensors = {s.name: feeds[s.name].contiguous() for s in self.inputs}
-            for d in {t.device for t in tensors.values() if t.device.type == "npu"}:
-                devices.synchronize(d)  # the model runs on our stream, not torch_npu's
+            # The model runs on our stream, not torch_npu's: wait for the work that wrote the feeds, and
+            # for any still reading the bound outputs of the previous run (clones are asynchronous).
+            pending = {t.device for t in tensors.values() if t.device.type == "npu"}
+            if binds_outputs(self.torch_device):
+                pending.add(self.torch_device)
+            for d in pending:
+                devices.synchronize(d)
             with self._in_context():
                 try:
                     self._bind_inputs(tensors)

@@ -23,12 +23,14 @@ import torch
 from ltx_ascend.atomic import atomic_write_text
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
-from ltx_ascend.compile.cli import compile_ort
+from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
+from ltx_ascend.compile.cli import compile_om, compile_ort
 from ltx_ascend.errors import UserError, cli_entry
 from ltx_ascend.export.components import EXPORTABLE, ExportItem, ExportOptions, build_items
 from ltx_ascend.export.exporter import export_component
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.eager_session import EagerSession
+from ltx_ascend.runtime.om_session import OmSession, import_acl
 from ltx_ascend.runtime.ort_session import OrtSession
 from ltx_ascend.runtime.session import Session, specs_from_manifest
 from ltx_ascend.shapes import shape_profile
@@ -122,7 +124,14 @@ def _items(preset: str, component: str, shape: str, artifacts: Path, dtype: torc
 
 
 def bench_component(
-    component: str, preset: str, shape: str, backends: list[str], artifacts: Path, repeats: int, threads: int | None
+    component: str,
+    preset: str,
+    shape: str,
+    backends: list[str],
+    artifacts: Path,
+    repeats: int,
+    threads: int | None,
+    soc: str | None = None,
 ) -> dict[str, Any]:
     policy = dev.policy_for("cpu", "float32")
     ckset, options, profile = _items(preset, component, shape, artifacts, policy.dtype)
@@ -130,21 +139,34 @@ def bench_component(
     if preset == "22b-block":
         items = [i for i in items if i.variant == "block"]
     results: dict[str, dict[str, Any]] = {}
-    folder = None
+    exported: Path | None = None
+    compiled: dict[str, Path] = {}
+
+    def export() -> Path:
+        nonlocal exported
+        if exported is None:
+            exported = export_component(component, ckset, profile, out=artifacts / "bench", options=options).folder
+        return exported
+
     for backend in backends:
         for item in items:
             key = item.name
+            feeds, device = item.sample, policy.device
             if backend == "eager":
                 torch.set_num_threads(threads or torch.get_num_threads())
                 session: Session = EagerSession.from_item(item)
             elif backend == "ort":
-                if folder is None:
-                    result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
-                    folder, _ = compile_ort(result.folder, "cpu", force=False)
-                session = _ort_session(folder, item, threads)
+                if "ort" not in compiled:
+                    compiled["ort"] = compile_ort(export(), "cpu", force=False)[0]
+                session = _ort_session(compiled["ort"], item, threads)
             else:
-                raise UserError(f"--backends {backend}: om needs an Ascend host with pyACL; run ltx-bench there")
-            results.setdefault(key, {})[backend] = time_session(session, item.sample, repeats, policy.device)
+                if "om" not in compiled:
+                    target = _bench_soc(soc)
+                    compiled["om"] = compile_om(export(), target, None, force=False, dry_run=False)[0]
+                session = _om_session(compiled["om"], item)
+                device = session.torch_device  # type: ignore[attr-defined]
+                feeds = {k: v.to(device) for k, v in feeds.items()}  # NPU feeds are bound, not copied
+            results.setdefault(key, {})[backend] = time_session(session, feeds, repeats, device)
             session.close()
     for row in results.values():
         eager = row.get("eager", {}).get("median_s")
@@ -153,12 +175,30 @@ def bench_component(
     return {"results": results, "profile": dataclasses.asdict(profile), "items": items}
 
 
+def _bench_soc(soc: str | None) -> str:
+    """--soc, else this host's SoC; a host without an NPU gets one line saying so."""
+    if soc:
+        return soc
+    found, why = detect_soc_with_source()
+    if found is None:
+        raise UserError(f"--backends om needs an Ascend host with CANN ({why}); run ltx-bench there, or pass --soc")
+    return found
+
+
 def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
     from ltx_ascend.compile.manifest import Manifest
 
     graph = Manifest.read(folder).io["graphs"][item.name]
     inputs, outputs = specs_from_manifest(graph)
     return OrtSession(folder / graph["file"], inputs, outputs, threads=threads)
+
+
+def _om_session(folder: Path, item: ExportItem) -> Session:
+    from ltx_ascend.compile.manifest import Manifest
+
+    graph = Manifest.read(folder).io["graphs"][item.name]  # "file": the .om ATC wrote
+    inputs, outputs = specs_from_manifest(graph)
+    return OmSession(folder / graph["file"], inputs, outputs)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -192,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--component", default="dit", help=f"one of {', '.join(EXPORTABLE)}, or all (tiny)")
     parser.add_argument("--backends", default="eager,ort", help="comma list of eager, ort, om")
+    parser.add_argument("--soc", help="ATC --soc_version for --backends om (default: this host's)")
     parser.add_argument("--shape", help="FxHxW (default: 41x1024x1536 for bench/22b-block, 25x256x384 for tiny)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="intra-op threads for both backends (default: all cores)")
@@ -201,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in ("eager", "ort", "om")]
+    if unknown or not backends:
+        raise UserError(f"--backends {args.backends}: use a comma list of eager, ort, om")
+    if "om" in backends:  # before any export: a host without CANN gets one line at once
+        args.soc = _bench_soc(args.soc)
+        if find_atc() is None:
+            raise UserError(missing_atc_message())
+        import_acl()
     shape = args.shape or ("25x256x384" if args.preset == "tiny" else "41x1024x1536")
     components = EXPORTABLE if args.component == "all" else (args.component,)
     if args.component != "all" and args.component not in EXPORTABLE:
@@ -209,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     dit_items = None
     for component in components:
         print(f"benchmarking {component} ({args.preset}, {shape}) ...", flush=True)
-        out = bench_component(component, args.preset, shape, backends, args.artifacts, args.repeats, args.threads)
+        out = bench_component(
+            component, args.preset, shape, backends, args.artifacts, args.repeats, args.threads, args.soc
+        )
         report["components"] |= out["results"]
         if component == "dit":
             dit_items, profile = out["items"], out["profile"]
