@@ -64,11 +64,11 @@ def test_bench_om_end_to_end_on_the_stand_ins(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)
     monkeypatch.setattr(om_session, "_PROCESS", om_session._AclProcess())
     js = tmp_path / "bench.json"
-    argv = ["--component", "audio_decoder", "--backends", "ort,om", "--repeats", "2", "--shape", "9x64x96",
+    argv = ["--component", "audio_decoder", "--backends", "eager,om", "--repeats", "2", "--shape", "9x64x96",
             "--artifacts", str(tmp_path), "--json", str(js)]  # fmt: skip
     code, out, err = run_cli(bench.main, argv, capsys)
     assert code == 0, err
     assert "audio_decoder                om" in out
-    assert set(json.loads(js.read_text())["components"]["audio_decoder"]) == {"ort", "om"}
+    assert set(json.loads(js.read_text())["components"]["audio_decoder"]) == {"eager", "om"}
     assert list((tmp_path / "bench" / "audio_decoder").glob("*/om-Ascend910B3-origin/audio_decoder.om"))
     assert fake.count("mdl.execute_async") == 3 and not fake.violations  # warm-up + 2 repeats
