@@ -227,6 +227,7 @@ def _npu_contract_checks() -> None:
         empty_cache=lambda: calls.append(("npu.empty_cache",)),
         max_memory_allocated=lambda device=None: 1234,
         reset_peak_memory_stats=lambda device=None: calls.append(("npu.reset_peak_memory_stats", device)),
+        set_device=lambda device: calls.append(("npu.set_device", device)),
     )
 
     with pytest.MonkeyPatch.context() as mp:
@@ -290,7 +291,9 @@ def _npu_contract_checks() -> None:
             mp.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
             dev.synchronize(npu)
             dev.empty_cache(npu)
-            assert calls == [("npu.synchronize", npu), ("npu.empty_cache",)]
+            dev.set_device(torch.device("npu", 1))  # what has torch_npu run its aclInit before pyACL's
+            assert calls == [("npu.synchronize", npu), ("npu.empty_cache",), ("npu.set_device", torch.device("npu", 1))]
+            assert dev.torch_npu_loaded()
         finally:
             dev._probe_npu.cache_clear()
 
