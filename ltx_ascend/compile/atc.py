@@ -176,7 +176,8 @@ def _npu_smi(npu_smi: str, *args: str, timeout: float) -> str | None:
 
 def soc_from_acl() -> str | None:
     """`acl.get_soc_name()` (pyACL, "get_soc_name": the SoC version of this host, None on failure;
-    aclrtGetSocName needs no aclInit). None without pyACL."""
+    aclrtGetSocName needs no aclInit, per CANN runtime's get_soc_version example, and does not
+    initialise torch_npu, which is why tilelang-ascend#1694 also asks acl first). None without pyACL."""
     try:
         acl = importlib.import_module("acl")
     except Exception:  # no CANN, or CANN's libraries missing: not an error here

@@ -213,7 +213,9 @@ class OmSession(Session):
 
     def _load(self, path: Path) -> None:
         if self.torch_device.type == "npu":
-            devices.set_device(self.torch_device)  # torch_npu initialises ACL first and keeps owning it
+            # torch_npu initialises ACL first and keeps owning it: the other order makes torch_npu's own
+            # init fail with 100002 "Repeated initialization" (as reported in BytePioneer-AI/PaddleOCR-NPU#9).
+            devices.set_device(self.torch_device)
         ret = self._acl.init()
         if ret not in (ACL_SUCCESS, ACL_ERROR_REPEAT_INITIALIZE):
             raise RuntimeError(f"{self.name}: pyACL acl.init failed with error code {ret} (see the CANN log)")
