@@ -50,7 +50,9 @@ def stand_ins(tmp_path, monkeypatch) -> FakeAcl:
 
 
 @pytest.mark.contract
-def test_end_to_end_on_the_stand_ins(tmp_path, capsys, stand_ins):
+def test_end_to_end_on_the_stand_ins(tiny, tmp_path, capsys, stand_ins):
+    (tmp_path / "work" / "artifacts").mkdir(parents=True)
+    (tmp_path / "work" / "artifacts" / "tiny").symlink_to(tiny.root)  # the session's tiny set, not a second one
     code, out, err = run_cli(ascend_smoke.main, ["--workdir", str(tmp_path / "work")], capsys)
     assert code == 0, out + err
     assert "ATC wrote smoke.om" in out and "host feeds (copied)" in out and out.count(": ok") >= 3
