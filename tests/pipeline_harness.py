@@ -48,16 +48,57 @@ def setting_args(**overrides) -> list[str]:
     ]  # fmt: skip
 
 
-def run_ours(pipeline: str, tiny: TinySet, out: Path, *extra: str, backend: str = "eager", dtype: str = "float32"):
-    """Our `ltx-run PIPELINE` in-process; returns the raw output tensors (video uint8, audio float)."""
+def run_ours(
+    pipeline: str,
+    tiny: TinySet,
+    out: Path,
+    *extra: str,
+    backend: str = "eager",
+    dtype: str = "float32",
+    prompt_cache: Path | None = None,
+):
+    """Our `ltx-run PIPELINE` in-process; returns the raw output tensors (video uint8, audio float).
+    Each backend's runs get their own prompt cache unless `prompt_cache` names a shared one."""
     raw = out / f"{pipeline}-{backend}-{dtype}.safetensors"
+    prompt_cache = prompt_cache or out / f"prompt-cache-{backend}-{dtype}"
     argv = [
         pipeline, *checkpoint_args(tiny), *setting_args(), *extra,
         "--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing",
+        "--prompt-cache", str(prompt_cache),
         "--output-path", str(out / f"{pipeline}-{backend}-{dtype}.mp4"), "--raw-output", str(raw),
     ]  # fmt: skip
     assert cli.main(argv) == 0
     return load_file(str(raw))
+
+
+def prompt_embeddings(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """prompt -> {"video", "audio"} contexts from a run's prompt cache (the prompt is in each file's metadata)."""
+    from safetensors import safe_open
+
+    found = {}
+    for path in sorted(cache.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            found[f.metadata()["prompt"]] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return found
+
+
+def compare_prompt_embeddings(out: Path, backend: str, dtype: str = "float32") -> list:
+    """Compiled vs eager text contexts of the same prompts (each run's own cache, see `run_ours`):
+    the frames and audio hardly depend on the prompt on the tiny set, the contexts do."""
+    from ltx_ascend.metrics import compare
+
+    eager = prompt_embeddings(out / f"prompt-cache-eager-{dtype}")
+    compiled = prompt_embeddings(out / f"prompt-cache-{backend}-{dtype}")
+    assert eager and set(eager) == set(compiled), (sorted(eager), sorted(compiled))
+    return [compare(eager[p][k], compiled[p][k]) for p in sorted(eager) for k in ("video", "audio")]
+
+
+def assert_prompt_embeddings_match(out: Path, backend: str = "ort", dtype: str = "float32") -> None:
+    """Every text context of the compiled run within the float32 export tolerance of the eager run's."""
+    from ltx_ascend.metrics import TOLERANCES
+
+    for context in compare_prompt_embeddings(out, backend, dtype):
+        assert context.passes(TOLERANCES[dtype]), f"text context differs: {context}"
 
 
 def guider_params():

@@ -106,6 +106,7 @@ def test_a2vid_two_stage_ort_matches_eager(tiny, tmp_path, media):
     args = ("--audio-path", str(media["stereo"]))
     eager = H.run_ours("a2vid_two_stage", tiny, tmp_path, *args, backend="eager")
     compiled = H.run_ours("a2vid_two_stage", tiny, tmp_path, *args, backend="ort")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report("a2vid_two_stage eager vs ort float32", frames, audio)

@@ -71,6 +71,7 @@ def run_ours(tiny: TinySet, out: Path, images, *, backend: str, dtype: str) -> d
     argv += [
         "--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing",
         "--output-path", str(out / f"distilled-{backend}-{dtype}.mp4"), "--raw-output", str(raw),
+        "--prompt-cache", str(out / f"prompt-cache-{backend}-{dtype}"),
     ]  # fmt: skip
     assert cli.main(argv) == 0
     return load_file(str(raw))
@@ -114,6 +115,7 @@ def test_distilled_ort_matches_eager(tiny, tmp_path):
     images = image_specs(tmp_path)  # the keyframe at frame 8 makes both DiT graphs carry appended tokens
     eager = run_ours(tiny, tmp_path, images, backend="eager", dtype="float32")
     compiled = run_ours(tiny, tmp_path, images, backend="ort", dtype="float32")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report("distilled eager vs ort float32", frames, audio)

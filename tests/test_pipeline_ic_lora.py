@@ -85,6 +85,7 @@ def run_ours(tiny, control: Path, out: Path, *extra: str, backend: str = "eager"
     argv = argv_for(tiny, control, *extra)
     argv += ["--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing"]
     argv += ["--output-path", str(raw.with_suffix(".mp4")), "--raw-output", str(raw)]
+    argv += ["--prompt-cache", str(out / f"prompt-cache-{backend}-{dtype}")]
     assert cli.main(argv) == 0
     return load_file(str(raw))
 
@@ -146,6 +147,7 @@ def test_ic_lora_reproduces_ltx_pipelines(tiny, control, tmp_path):
 def test_ic_lora_ort_matches_eager(tiny, control, tmp_path, capsys):
     eager = run_ours(tiny, control, tmp_path, backend="eager")
     compiled = run_ours(tiny, control, tmp_path, backend="ort")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     out = capsys.readouterr()
     assert "warning: dit" not in out.err and "dit=ort" in out.out
     # Stage 1's DiT carries the reference tokens: 9 frames at 32x64 (stage 1 / 2).

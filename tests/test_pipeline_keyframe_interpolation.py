@@ -84,6 +84,7 @@ def test_keyframe_interpolation_ort_matches_eager(tiny, tmp_path):
     specs = keyframes(tmp_path)
     eager = H.run_ours("keyframe_interpolation", tiny, tmp_path, *image_args(specs), backend="eager")
     compiled = H.run_ours("keyframe_interpolation", tiny, tmp_path, *image_args(specs), backend="ort")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report("keyframe_interpolation eager vs ort float32", frames, audio)

@@ -77,6 +77,7 @@ def run_ours(tiny, out: Path, source: Path, *extra: str, backend: str = "eager",
         "retake", *H.checkpoint_args(tiny, distilled=False), *retake_args(source), *extra,
         "--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing",
         "--output-path", str(out / f"retake-{backend}-{dtype}.mp4"), "--raw-output", str(raw),
+        "--prompt-cache", str(out / f"prompt-cache-{backend}-{dtype}"),
     ]  # fmt: skip
     assert cli.main(argv) == 0
     return load_file(str(raw))
@@ -126,6 +127,7 @@ def test_retake_reproduces_ltx_pipelines(tiny, tmp_path, source):
 def test_retake_ort_matches_eager(tiny, tmp_path, source):
     eager = run_ours(tiny, tmp_path, source, backend="eager")
     compiled = run_ours(tiny, tmp_path, source, backend="ort")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report("retake eager vs ort float32", frames, audio)

@@ -51,6 +51,7 @@ def _run_ours(tiny: TinySet, out: Path, *extra: str, backend: str, dtype: str) -
         NAME, *H.checkpoint_args(tiny, distilled=False), *H.setting_args(), *extra,
         "--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing",
         "--output-path", str(out / f"{NAME}-{backend}-{dtype}.mp4"), "--raw-output", str(raw),
+        "--prompt-cache", str(out / f"prompt-cache-{backend}-{dtype}"),
     ]  # fmt: skip
     assert cli.main(argv) == 0
     return load_file(str(raw))
@@ -95,6 +96,7 @@ def test_ort_matches_eager(tiny, tmp_path):
     images = _image_args(_write_images(tmp_path))
     eager = _run_ours(tiny, tmp_path, *images, backend="eager", dtype="float32")
     compiled = _run_ours(tiny, tmp_path, *images, backend="ort", dtype="float32")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report(f"{NAME} eager vs ort float32", frames, audio)

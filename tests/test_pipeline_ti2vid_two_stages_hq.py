@@ -100,6 +100,7 @@ def test_reproduces_ltx_pipelines(tiny, tmp_path):
 def test_ort_matches_eager(tiny, tmp_path):
     eager = H.run_ours(NAME, tiny, tmp_path, "--num-inference-steps", str(STEPS), backend="eager")
     compiled = H.run_ours(NAME, tiny, tmp_path, "--num-inference-steps", str(STEPS), backend="ort")
+    H.assert_prompt_embeddings_match(tmp_path)  # the compiled text connectors ran, and match
     frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
     audio = compare(eager["audio"], compiled["audio"], peak=2.0)
     _report(f"{NAME} eager vs ort float32", frames, audio)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from safetensors import safe_open
 
 from ltx_ascend.metrics import compare
 from ltx_ascend.pipelines import cli
@@ -33,15 +37,80 @@ def test_ti2vid_two_stages_reproduces_ltx_pipelines(tiny, tmp_path):
     assert audio.cosine >= REFERENCE_AUDIO_MIN_COSINE, audio
 
 
+def assert_compiled_matches_eager(name: str, eager, compiled, out: Path, backend: str = "ort") -> None:
+    """The parity comparison: the text contexts each run computed (its own prompt cache under `out`) within
+    the float32 export tolerance, then frames and audio. On the tiny set another prompt still gives frames at
+    ~49 dB and audio cosine ~0.9992, so frames and audio alone cannot see the text path; the contexts can."""
+    H.assert_prompt_embeddings_match(out, backend)
+    frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
+    audio = compare(eager["audio"], compiled["audio"], peak=2.0)
+    _report(f"{name} eager vs ort float32", frames, audio)
+    assert frames.psnr_db >= COMPILED_FRAMES_PSNR_DB, frames
+    assert audio.cosine >= COMPILED_AUDIO_MIN_COSINE, audio
+
+
 def test_ti2vid_two_stages_ort_matches_eager(tiny, tmp_path):
     eager = H.run_ours("ti2vid_two_stages", tiny, tmp_path, backend="eager")
     compiled = H.run_ours("ti2vid_two_stages", tiny, tmp_path, backend="ort")
-    frames = compare(eager["video"].float(), compiled["video"].float(), peak=255.0)
-    audio = compare(eager["audio"], compiled["audio"], peak=2.0)
-    _report("ti2vid_two_stages eager vs ort float32", frames, audio)
-    assert frames.psnr_db >= COMPILED_FRAMES_PSNR_DB, frames
-    assert audio.cosine >= COMPILED_AUDIO_MIN_COSINE, audio
+    assert_compiled_matches_eager("ti2vid_two_stages", eager, compiled, tmp_path)
     assert compiled["audio"].shape[0] == 2
+
+
+def _break_text_connectors_graph(tiny, artifacts: Path) -> Path:
+    """Export and compile the connectors as the run would, then reverse the rows of the video aggregate
+    embedding's weight (the first MatMul weight of the video path: Gemma features in, video context out)
+    and record the new file in its manifest: a miscompiled graph whose manifest is consistent."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from ltx_ascend.compile.cli import compile_ort
+    from ltx_ascend.compile.manifest import VERIFIED, Manifest, file_hashes, file_sizes
+    from ltx_ascend.export.exporter import export_component
+    from ltx_ascend.shapes import shape_profile
+
+    s = H.SETTINGS
+    profile = shape_profile((s["num_frames"], s["height"], s["width"]), fps=s["frame_rate"])
+    ckset = tiny.checkpoint_set()
+    result = export_component("text_connectors", ckset, profile, out=artifacts, dtype=torch.float32)
+    compiled, _ = compile_ort(result.folder, "cpu", force=False)
+    path = compiled / "text_connectors.onnx"
+    model = onnx.load(str(path))
+    with safe_open(str(tiny.checkpoint), "pt") as f:  # torch [out, in]; the graph's MatMul weight is [in, out]
+        out_width, in_width = f.get_slice("text_embedding_projection.video_aggregate_embed.weight").get_shape()
+    (weight,) = [t for t in model.graph.initializer if list(t.dims) == [in_width, out_width]]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[::-1].copy(), weight.name))
+    onnx.save(model, str(path))
+    manifest = Manifest.read(compiled)
+    names = list(manifest.files)
+    manifest.files, manifest.sizes = file_hashes(compiled, names), file_sizes(compiled, names)
+    manifest.write(compiled)
+    (compiled / VERIFIED).unlink(missing_ok=True)
+    return path
+
+
+def test_parity_fails_on_a_broken_compiled_text_connectors_graph(tiny, tmp_path):
+    """The parity comparison fails on a deliberately broken compiled connectors graph. Both runs share one
+    prompt cache: its key names what ran the connectors, so the compiled run cannot reuse eager's embeddings."""
+    shared = tmp_path / "shared-prompt-cache"
+    eager = H.run_ours("ti2vid_two_stages", tiny, tmp_path, backend="eager", prompt_cache=shared)
+    _break_text_connectors_graph(tiny, tmp_path / "artifacts")
+    backend = "text_connectors=ort"
+    broken = H.run_ours("ti2vid_two_stages", tiny, tmp_path, "--fallback", "none", backend=backend, prompt_cache=shared)
+    producers = {}
+    for path in shared.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            producers.setdefault(f.metadata()["producer"].split(":")[0], []).append(f.metadata()["prompt"])
+    assert sorted(producers) == ["eager", "ort"] and all(len(p) == 2 for p in producers.values())  # 2 prompts each
+    for name in ("eager", backend):  # the layout `compare_prompt_embeddings` reads: each run's own cache
+        (tmp_path / f"prompt-cache-{name}-float32").mkdir()
+    for path in shared.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            name = "eager" if f.metadata()["producer"] == "eager" else backend
+        shutil.copy(path, tmp_path / f"prompt-cache-{name}-float32" / path.name)
+    with pytest.raises(AssertionError, match="text context differs") as failure:
+        assert_compiled_matches_eager("ti2vid_two_stages (broken connectors)", eager, broken, tmp_path, backend)
+    print(f"parity comparison on the broken graph: {failure.value}")
 
 
 def test_defaults_equal_ltx_pipelines_constants():

@@ -1,7 +1,9 @@
 """Prompt embeddings: Gemma (eager) once per distinct prompt, cached on disk.
 
 The cache key is the prompt plus fingerprints of the Gemma root and of the checkpoint holding the
-text connectors, so a second run with the same prompt never constructs the 12B text encoder.
+text connectors, and what runs the connectors (eager, or the backend and the sha256 of the compiled
+graph), so a second run with the same prompt never constructs the 12B text encoder, and embeddings
+made by one backend or build are never served to a run of another (a parity test compares them).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ class PromptEmbeddings:
     audio: torch.Tensor  # [1, T, Da] audio context
 
 
-def cache_key(prompt: str, ckset: CheckpointSet, dtype: torch.dtype) -> str:
+def cache_key(prompt: str, ckset: CheckpointSet, dtype: torch.dtype, producer: str = "eager") -> str:
     if ckset.gemma_root is None:
         raise UserError("prompts need the Gemma text encoder: pass --gemma-root")
     digest = hashlib.sha256()
     for part in (
         prompt,
         str(dtype),
+        producer,
         fingerprint_tree(ckset.gemma_root)["sha256_sampled"],
         fingerprint_file(ckset.checkpoint)["sha256_sampled"],
     ):
@@ -52,12 +55,14 @@ class PromptEncoder:
         cache_dir: Path | None,
         device: torch.device,
         dtype: torch.dtype,
+        producer: Callable[[], str] = lambda: "eager",
     ) -> None:
         self.ckset = ckset
         self.connectors = connectors  # built lazily: a full cache hit needs neither Gemma nor connectors
         self.cache_dir = cache_dir
         self.device = device
         self.dtype = dtype
+        self.producer = producer  # what runs the connectors: part of the cache key
         self.hits = 0
         self.text_encoder_built = False
 
@@ -68,14 +73,16 @@ class PromptEncoder:
         tensors = load_file(str(path), device=str(self.device))
         return PromptEmbeddings(tensors["video"], tensors["audio"])
 
-    def _store(self, key: str, emb: PromptEmbeddings) -> None:
+    def _store(self, key: str, emb: PromptEmbeddings, prompt: str, producer: str) -> None:
         if self.cache_dir is None:
             return
+        tensors = {"video": emb.video.contiguous().cpu(), "audio": emb.audio.contiguous().cpu()}
         with atomic_path(self.cache_dir / f"{key}.safetensors") as tmp:
-            save_file({"video": emb.video.contiguous().cpu(), "audio": emb.audio.contiguous().cpu()}, str(tmp))
+            save_file(tensors, str(tmp), metadata={"prompt": prompt, "producer": producer})
 
     def encode(self, prompts: Sequence[str]) -> list[PromptEmbeddings]:
-        keys = [cache_key(p, self.ckset, self.dtype) for p in prompts]
+        producer = self.producer()
+        keys = [cache_key(p, self.ckset, self.dtype, producer) for p in prompts]
         found = {k: self._cached(k) for k in set(keys)}
         self.hits += sum(1 for k in keys if found[k] is not None)
         missing = [p for p, k in zip(prompts, keys, strict=True) if found[k] is None]
@@ -90,7 +97,7 @@ class PromptEncoder:
             for prompt, (states, mask) in hidden.items():
                 video, audio = run(states, mask)
                 emb = PromptEmbeddings(video, audio)
-                key = cache_key(prompt, self.ckset, self.dtype)
-                self._store(key, emb)
+                key = cache_key(prompt, self.ckset, self.dtype, producer)
+                self._store(key, emb, prompt, producer)
                 found[key] = emb
         return [found[k] for k in keys]
