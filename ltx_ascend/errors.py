@@ -1,13 +1,17 @@
-"""User-facing errors: one line that names the problem and the fix, exit code 2, no traceback."""
+"""Whose fault an error is: bad input (one line naming the problem and the fix, exit 2, no
+traceback) or a bug of ours (exit 1, the traceback kept so it can be reported)."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
+import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
@@ -16,8 +20,19 @@ class UserError(Exception):
     """Bad input the user can fix. The message is printed alone, so it must say what to do."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one `error:` line naming the fix, not a usage block.
+
+    Subparsers made by `add_subparsers` inherit the class, so `ltx-run NOPE` and
+    `ltx-run X --num-frames abc` both answer in one line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def cli_entry(fn: F) -> F:
-    """Wrap a console-script main: UserError becomes `error: ...` on stderr and exit 2."""
+    """Wrap a console-script main: UserError becomes `error: ...` on stderr and exit 2; any other
+    exception is an internal error: its traceback, one line saying it is a bug, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -29,6 +44,14 @@ def cli_entry(fn: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except Exception as exc:  # a bug of ours, not bad input: keep the traceback
+            traceback.print_exc()
+            print(
+                f"internal error: {type(exc).__name__} (a bug in ltx-ascend, not in your input): "
+                "please report it with the traceback above",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_INTERNAL) from None
         return 0 if code is None else code
 
     return wrapper  # type: ignore[return-value]

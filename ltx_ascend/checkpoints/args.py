@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec
@@ -18,6 +19,8 @@ class _LoraAction(argparse.Action):
             value = float(strength)
         except ValueError:
             raise UserError(f"{option_string} {path} {strength}: STRENGTH must be a number, e.g. 0.8") from None
+        if not math.isfinite(value):
+            raise UserError(f"{option_string} {path} {strength}: STRENGTH must be a finite number, e.g. 0.8")
         specs = list(getattr(namespace, self.dest) or [])
         specs.append(LoraSpec(Path(path), value))
         setattr(namespace, self.dest, specs)

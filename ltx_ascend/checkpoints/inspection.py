@@ -8,7 +8,6 @@ component through ltx-core's builders on CPU, one at a time.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from ltx_ascend.checkpoints.loader import (
     validate_lora,
     validate_set,
 )
-from ltx_ascend.errors import cli_entry
+from ltx_ascend.errors import OneLineParser, cli_entry
 
 
 def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -79,7 +78,7 @@ def _table(rows: list[tuple[str, int, int, str]]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltx-inspect", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-inspect", description=__doc__.splitlines()[0])
     add_checkpoint_args(parser)
     parser.add_argument("--load", action="store_true", help="also build every component on CPU through ltx-core")
     args = parser.parse_args(argv)

@@ -102,7 +102,9 @@ def read_safetensors_metadata(path: str | Path, what: str = "checkpoint") -> dic
         with safetensors.safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise UserError(f"{what} {path} is not a readable .safetensors file ({exc})") from None
+        raise UserError(
+            f"{what} {path} is not a readable .safetensors file ({exc}); pass the released file, or download it again"
+        ) from None
 
 
 def read_model_config(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:

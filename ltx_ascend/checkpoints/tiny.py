@@ -7,7 +7,6 @@ bfloat16 like the released files. Same seed, same bytes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -28,7 +27,7 @@ from ltx_ascend.atomic import atomic_path
 from ltx_ascend.checkpoints.gemma import embeddings_processor_configurator
 from ltx_ascend.checkpoints.loader import _CORE_SPECS, CheckpointSet, LoraSpec
 from ltx_ascend.checkpoints.presets import tiny_config, tiny_gemma_config, tiny_upsampler_config
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 
 # File names mirror the released ones with "tiny" in place of "22b".
 CHECKPOINT = "ltx-2.3-tiny-dev.safetensors"
@@ -358,7 +357,7 @@ def _dir_size(path: Path) -> int:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ltx-tiny",
         description="Write a tiny synthetic LTX-2.3 checkpoint set (released layout, seeded random weights).",
     )

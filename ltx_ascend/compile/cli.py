@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltx_ascend.atomic import file_lock
 from ltx_ascend.compile.atc import (
     HOST_CPUS,
     HOST_OSES,
@@ -32,9 +33,9 @@ from ltx_ascend.compile.atc import (
     this_host,
 )
 from ltx_ascend.compile.lint import Violation, format_violations, lint_onnx
-from ltx_ascend.compile.manifest import MANIFEST, Manifest, file_hashes, request_key
+from ltx_ascend.compile.manifest import MANIFEST, Manifest, file_hashes, file_sizes, request_key
 from ltx_ascend.compile.ort import PROVIDERS, optimize_for_ort, uses_external_data
-from ltx_ascend.errors import EXIT_USAGE, UserError, cli_entry
+from ltx_ascend.errors import EXIT_USAGE, OneLineParser, UserError, cli_entry
 
 # Graphs above this size keep their .om weights in a weight/ folder beside the model.
 EXTERNAL_WEIGHT_BYTES = 1 << 30
@@ -83,20 +84,25 @@ def compile_ort(folder: Path, provider: str, *, force: bool) -> tuple[Path, bool
     request = target_request(export, {"kind": "ort", "execution_provider": PROVIDERS[provider][0]})
     if not force and _cached(out, request):
         return out, True
-    out.mkdir(exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    for g in graphs:
-        optimize_for_ort(g.path, out / g.file, provider)
-    names = [p.name for p in out.iterdir() if p.name != MANIFEST]
-    Manifest(
-        kind="ort",
-        component=export.component,
-        variant="",
-        request=request,
-        io=export.io,
-        files=file_hashes(out, names),
-        extra={"execution_provider": PROVIDERS[provider][0]},
-    ).write(out)
+    # One build at a time per target folder: a concurrent run waits, then finds this one's result.
+    with file_lock(folder / f".{out.name}.lock"):
+        if not force and _cached(out, request):
+            return out, True
+        out.mkdir(exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        for g in graphs:
+            optimize_for_ort(g.path, out / g.file, provider)
+        names = [p.name for p in out.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
+        Manifest(
+            kind="ort",
+            component=export.component,
+            variant="",
+            request=request,
+            io=export.io,
+            files=file_hashes(out, names),
+            sizes=file_sizes(out, names),
+            extra={"execution_provider": PROVIDERS[provider][0]},
+        ).write(out)
     return out, False
 
 
@@ -194,13 +200,14 @@ def compile_om(
         request=request,
         io=io,
         files=file_hashes(out, sorted(written.values())),
+        sizes=file_sizes(out, sorted(written.values())),
         extra=target,
     ).write(out)
     return out, False
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltx-compile", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-compile", description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT_DIR", help="folders written by ltx-export")
     parser.add_argument("--target", choices=("om", "ort"), default="ort", help="om: CANN ATC; ort: ONNX Runtime")
     parser.add_argument("--lint", action="store_true", help="only run the ATC lint and print violations")

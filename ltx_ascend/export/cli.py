@@ -12,7 +12,7 @@ from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, validate_set
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export.components import DTYPES, EXPORTABLE, ExportOptions
 from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
 from ltx_ascend.shapes import TEXT_TOKENS, parse_shape, shape_profile
@@ -34,7 +34,7 @@ def _read_config(path: Path | None) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltx-export", description=__doc__)
+    parser = OneLineParser(prog="ltx-export", description=__doc__)
     parser.add_argument("--component", required=True, help=f"one of {', '.join(EXPORTABLE)}, or all")
     parser.add_argument("--shape", required=True, help="output pixel shape FRAMESxHEIGHTxWIDTH, e.g. 41x1024x1536")
     parser.add_argument("--stage", type=int, choices=(1, 2), help="stage of a two-stage pipeline (1: half size)")
@@ -80,7 +80,7 @@ def resolve_checkpoint_set(args: argparse.Namespace, *, distilled: bool) -> Chec
 
 def format_results(results: list[ExportResult]) -> str:
     header = (
-        f"{'graph':<22} {'status':<8} {'time s':>7} {'size MB':>8}  {'lint':<6} "
+        f"{'graph':<22} {'status':<8} {'time s':>7} {'size MB':>8}  "
         f"{'cosine':>9} {'rel L2':>9} {'max abs':>9}  top ops"
     )
     lines = [header, "-" * len(header)]
@@ -96,7 +96,7 @@ def format_results(results: list[ExportResult]) -> str:
             )
             status = "cached" if result.cached else "exported"
             lines.append(
-                f"{g.name:<22} {status:<8} {g.seconds:>7.1f} {g.bytes / 2**20:>8.2f}  {g.lint:<6} {numbers}  {top}"
+                f"{g.name:<22} {status:<8} {g.seconds:>7.1f} {g.bytes / 2**20:>8.2f}  {numbers}  {top}"
             )
     return "\n".join(lines)
 

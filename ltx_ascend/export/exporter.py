@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ltx_ascend.atomic import file_lock, replace_dir
 from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.compile.lint import lint_onnx, op_histogram
 from ltx_ascend.compile.manifest import (
     MANIFEST,
     Manifest,
     file_hashes,
+    file_sizes,
     fingerprint_file,
     fingerprint_tree,
     request_key,
@@ -89,7 +92,6 @@ class GraphReport:
     seconds: float
     bytes: int
     ops: dict[str, int]
-    lint: str
     comparisons: dict[str, Comparison] = field(default_factory=dict)
 
 
@@ -144,23 +146,57 @@ def export_component(
     force: bool = False,
     verify: bool = False,
 ) -> ExportResult:
-    """Export (or find cached) every graph of `component` at `profile`."""
+    """Export (or find cached) every graph of `component` at `profile`.
+
+    Builds take a lock per artifact folder, so concurrent runs wanting the same artifact take turns and
+    the later one finds the earlier one's result. A build is written into a temporary folder beside
+    the artifact and swapped in at the end: a failed `force` rebuild leaves the previous one in place."""
     request = export_request(component, ckset, profile, dtype, npu_ops, options)
     folder = artifact_dir(out, component, profile, dtype, request)
-    if not force and (folder / MANIFEST).is_file():
-        manifest = Manifest.read(folder)
-        if manifest.key == request_key(request) and manifest.files_present(folder):
-            graphs = [
-                GraphReport(name, g["file"], 0.0, _graph_bytes(folder, g["file"]), g.get("ops", {}), "clean")
-                for name, g in manifest.io["graphs"].items()
-            ]
-            return ExportResult(component, folder, True, graphs)
-    if folder.exists():
-        shutil.rmtree(folder)
-    building = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    if not force and (hit := _cached_export(component, folder, request)) is not None:
+        return hit
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write artifacts under {folder.parent} ({exc.strerror}): pass a writable --out"
+        ) from None
+    with file_lock(Path(out) / ".locks" / f"{component}-{folder.name}.lock"):
+        if not force and (hit := _cached_export(component, folder, request)) is not None:
+            return hit  # another process built it while this one waited
+        building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
+        try:
+            reports = _build(component, ckset, profile, dtype, npu_ops, options, verify, request, building)
+            replace_dir(building, folder)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return ExportResult(component, folder, False, reports)
 
+
+def _cached_export(component: str, folder: Path, request: dict[str, Any]) -> ExportResult | None:
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = Manifest.read(folder)
+    if manifest.key != request_key(request) or not manifest.files_present(folder):
+        return None
+    graphs = [
+        GraphReport(name, g["file"], 0.0, _graph_bytes(folder, g["file"]), g.get("ops", {}))
+        for name, g in manifest.io["graphs"].items()
+    ]
+    return ExportResult(component, folder, True, graphs)
+
+
+def _build(
+    component: str,
+    ckset: CheckpointSet | None,
+    profile: ShapeProfile,
+    dtype: torch.dtype,
+    npu_ops: bool,
+    options: ExportOptions | None,
+    verify: bool,
+    request: dict[str, Any],
+    building: Path,
+) -> list[GraphReport]:
     items = build_items(component, ckset, profile, dtype, options)
     graphs_io: dict[str, Any] = {}
     reports = []
@@ -172,8 +208,8 @@ def export_component(
         )
         seconds = time.perf_counter() - start
         violations = lint_onnx(path)
-        if violations:
-            raise UserError(
+        if violations:  # our exporter's fault, not the user's input: an internal error with a traceback
+            raise RuntimeError(
                 f"{item.name}: the exported graph fails the ATC lint ({len(violations)} violations, first: "
                 f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
                 "exporter, please report it with `ltx-compile --lint` output"
@@ -181,12 +217,12 @@ def export_component(
         outputs = graph_outputs(path)
         dynamic = [o["name"] for o in outputs if not o["shape"] or 0 in o["shape"]]
         if dynamic:
-            raise UserError(
+            raise RuntimeError(
                 f"{item.name}: outputs {dynamic} lost their static shape in export (an export patch is missing); "
                 "this is an exporter bug, please report it"
             )
         ops = op_histogram(path)
-        report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops, "clean")
+        report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops)
         if verify and not npu_ops:
             report.comparisons = verify_item(item, path, dtype_name(dtype))
         extra_files = item.write_extra(building) if item.write_extra else []
@@ -208,10 +244,10 @@ def export_component(
         request=request,
         io={"graphs": graphs_io},
         files=file_hashes(building, names),
+        sizes=file_sizes(building, names),
     )
     manifest.write(building)
-    building.rename(folder)
-    return ExportResult(component, folder, False, reports)
+    return reports
 
 
 def passes_tolerance(report: GraphReport, dtype: str) -> bool:

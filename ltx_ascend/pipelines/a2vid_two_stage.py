@@ -24,6 +24,7 @@ from ltx_ascend.pipelines.params import STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_ascend.pipelines.text import PromptEmbeddings
 
 TWO_STAGE = True
+DECODES_AUDIO = False  # the output carries the input audio: no audio decoder or vocoder runs
 # The audio is not sampled: ltx-pipelines guides it with MultiModalGuiderParams() (no CFG/STG/modality
 # passes), and the --audio-*/--v2a-* guidance flags do not apply.
 AUDIO_GUIDER = MultiModalGuiderParams()

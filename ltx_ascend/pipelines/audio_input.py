@@ -99,7 +99,8 @@ def decode_audio(
 
     if not samples:
         if required:
-            raise UserError(f"{flag} {path}: no audio from {start_time:g} s on")
+            fix = "pass a file with an audio track" if start_time <= 0 else "pass an earlier start or a longer file"
+            raise UserError(f"{flag} {path}: no audio from {start_time:g} s on; {fix}")
         return None
     audio = np.concatenate(samples, axis=-1)
     # Codec frames need not align with the window: trim the head to start_time, the tail to max_duration.

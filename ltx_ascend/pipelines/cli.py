@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ltx_core.components.guiders import MultiModalGuiderParams
 
+from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import LoraSpec, validate_set
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
@@ -100,7 +103,7 @@ def _add_guidance(parser: argparse.ArgumentParser, prefix: str, cross: str) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltx-run", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-run", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
     for name, module in pipeline_modules().items():
         p = sub.add_parser(name, help=(module.__doc__ or name).splitlines()[0])
@@ -181,22 +184,76 @@ def request_from_args(args: argparse.Namespace, defaults: P.PipelineDefaults) ->
     )
 
 
+NEGATIVE_INDEX_NOTE = (
+    "note: --image {path} {given}: a negative frame index counts from the end, so it is frame {frame} of "
+    "{frames}; ltx-pipelines 1.0.0 passes {given} to ltx-core literally, which places that keyframe before "
+    "the first frame"
+)
+
+
+def _check_image(image: ImageInput, num_frames: int) -> ImageInput:
+    """The image exists, decodes, and its frame index is in range; a negative index counts from the
+    end (Python style: -1 is the last frame), as the LTX-2.3 Ascend guide's keyframe command means it."""
+    path = Path(image.path)
+    if not path.is_file():
+        raise UserError(f"--image {image.path}: file not found")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # PIL raises many types for a file that is not an image
+        raise UserError(f"--image {image.path}: cannot decode it as an image ({exc}); pass a PNG or JPEG") from None
+    if not -num_frames <= image.frame_idx < num_frames:
+        raise UserError(
+            f"--image {image.path} {image.frame_idx}: frame index must be in [0, {num_frames - 1}] "
+            f"(or [-{num_frames}, -1] counted from the end)"
+        )
+    if not math.isfinite(image.strength):
+        raise UserError(f"--image {image.path}: STRENGTH {image.strength} must be a finite number, e.g. 1.0")
+    if image.frame_idx < 0:
+        frame = image.frame_idx + num_frames
+        print(NEGATIVE_INDEX_NOTE.format(path=image.path, given=image.frame_idx, frame=frame, frames=num_frames))
+        return replace(image, frame_idx=frame)
+    return image
+
+
 def check_inputs(args: argparse.Namespace, req: Request, two_stage: bool) -> None:
     """Everything that can be checked before a model loads."""
     check_pixel_shape(req.num_frames, req.height, req.width, two_stage=two_stage)
     if req.num_inference_steps < 1:
         raise UserError(f"--num-inference-steps {req.num_inference_steps}: must be >= 1")
+    if not (math.isfinite(req.frame_rate) and req.frame_rate > 0):
+        raise UserError(f"--frame-rate {req.frame_rate:g}: must be a positive number of frames per second, e.g. 24")
     if args.enhance_prompt:
         raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
-    for image in req.images:
-        path = Path(image.path)
-        if not path.is_file():
-            raise UserError(f"--image {image.path}: file not found")
-        if not 0 <= image.frame_idx < req.num_frames:
-            raise UserError(f"--image {image.path} {image.frame_idx}: frame index must be in [0, {req.num_frames - 1}]")
+    req.images = [_check_image(image, req.num_frames) for image in req.images]
     check_output_path(args.output_path, ".mp4", "--output-path")
     if args.raw_output is not None:
         check_output_path(args.raw_output, ".safetensors", "--raw-output")
+    if args.timings_json is not None:
+        check_output_path(args.timings_json, None, "--timings-json")
+
+
+def decode_profile(module, args: argparse.Namespace, req: Request, two_stage: bool):
+    """The shape profile the pipeline decodes at (ic_lora --skip-stage-2 decodes the stage-1 latent)."""
+    if getattr(args, "skip_stage_2", False):
+        return req.profile(stage=1)
+    return req.profile(stage=2) if two_stage else req.profile()
+
+
+def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request, two_stage: bool) -> None:
+    """Before Gemma or any model loads: the compiled artifacts a run needs and will not build are there
+    (under --fallback none), and every backend suits the dtype. The DiT's profile depends on the guidance
+    passes and conditioning tokens the pipeline appends, so the DiT is checked when stage 1 starts."""
+    stack.check_available("text_connectors", req.profile())
+    if two_stage and not getattr(args, "skip_stage_2", False):
+        stack.check_available("spatial_upsampler", req.profile(stage=1))
+    profile = decode_profile(module, args, req, two_stage)
+    stack.check_available("video_decoder", profile)
+    if getattr(module, "DECODES_AUDIO", True):
+        stack.check_available("audio_decoder", profile)
+        stack.check_available("vocoder", profile)
 
 
 @cli_entry
@@ -212,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, req, two_stage)
     if hasattr(module, "check"):
         module.check(args, req)
+    backends = BackendChoice.parse(args.backend or "ort")  # refused before the tiny set is written
+    if tiny or args.build_missing:
+        check_writable_dir(args.artifacts, "--artifacts")
+    check_writable_dir(args.prompt_cache or args.artifacts / "prompt-cache", "--prompt-cache")
     policy = dev.policy_from_args(args)
     start = time.perf_counter()
 
@@ -229,23 +290,25 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
         raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
 
-    backend = args.backend or "ort"
     stack = ModelStack(
         ckset=ckset,
         policy=policy,
-        backends=BackendChoice.parse(backend),
+        backends=backends,
         artifacts=args.artifacts,
         fallback=args.fallback,
         build_missing=tiny or args.build_missing,
         ep=args.ep,
         soc=args.soc,
     )
+    preflight(stack, module, args, req, two_stage)
+    # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
     prompts = PromptEncoder(
         ckset,
         lambda: stack.text_connectors(req.profile()),
         args.prompt_cache or args.artifacts / "prompt-cache",
         policy.device,
         policy.dtype,
+        producer=lambda: stack.producer("text_connectors", req.profile()),
     )
     timings = Timings()
     print(dev.describe(policy), flush=True)

@@ -14,7 +14,7 @@ import torch
 from ltx_core.types import Audio
 from safetensors.torch import save_file
 
-from ltx_ascend.atomic import atomic_path
+from ltx_ascend.atomic import atomic_path, check_writable_file
 from ltx_ascend.errors import UserError
 
 AUDIO_CODEC = "aac"
@@ -82,15 +82,12 @@ def collect_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.cat([c.cpu() for c in chunks])
 
 
-def check_output_path(path: Path, suffix: str, flag: str) -> Path:
+def check_output_path(path: Path, suffix: str | None, flag: str) -> Path:
+    """The suffix is right, and the file can be written (checked before any model loads)."""
     path = Path(path)
-    if path.suffix.lower() != suffix:
+    if suffix is not None and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: must end in {suffix}")
-    if path.exists() and path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; pass a file path")
-    if not path.parent.exists():
-        raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
-    return path
+    return check_writable_file(path, flag)
 
 
 def _h264_round_trip(image: np.ndarray, crf: int) -> np.ndarray:

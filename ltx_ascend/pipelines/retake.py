@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from ltx_core.components.diffusion_steps import EulerDiffusionStep
@@ -18,6 +19,7 @@ from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.tools import LatentTools
 from ltx_core.types import Audio, AudioLatentShape, LatentState, SpatioTemporalScaleFactors
 
+from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines import sampling
@@ -71,6 +73,8 @@ def add_arguments(group) -> None:
     group.add_argument("--video-path", help="source video (8k+1 frames, sides multiples of 32) (required)")
     group.add_argument("--start-time", type=float, help="start of the window to regenerate, seconds (required)")
     group.add_argument("--end-time", type=float, help="end of the window to regenerate, seconds (required)")
+    # ltx-pipelines' retake CLI spells its LoRAs `--loras PATH [PATH ...]` (each at strength 1.0).
+    group.add_argument("--loras", nargs="*", default=[], metavar="PATH", help="LoRAs fused at strength 1.0")
     # ltx-pipelines' retake CLI passes no negative prompt: RetakePipeline's default, the empty prompt.
     group.set_defaults(negative_prompt=RETAKE_NEGATIVE_PROMPT)
 
@@ -84,6 +88,7 @@ def check(args, request) -> None:
         raise UserError("retake needs --start-time and --end-time: the window to regenerate, in seconds")
     if request.images:
         raise UserError("retake takes no --image: it conditions on the source video")
+    args.lora = [*(args.lora or []), *(LoraSpec(Path(p), P.DEFAULT_LORA_STRENGTH) for p in args.loras or [])]
     info = probe_video(args.video_path)
     try:
         check_pixel_shape(info.frames, info.height, info.width)

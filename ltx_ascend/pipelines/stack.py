@@ -10,6 +10,8 @@ says why and the component runs eager (`--fallback none` makes that an error). W
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,17 +26,29 @@ from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
 from ltx_ascend.compile.cli import compile_ort
+from ltx_ascend.compile.manifest import Manifest
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
 from ltx_ascend.runtime import device as dev
-from ltx_ascend.runtime.artifacts import open_sessions, resolve
+from ltx_ascend.runtime.artifacts import Resolution, open_sessions, resolve
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.shapes import ShapeProfile
 
 COMPILED = ("om", "ort", "onnx")
+# What `--backend NAME=B` can name: every component a pipeline runs behind a backend.
+COMPONENTS = (
+    "dit",
+    "text_connectors",
+    "video_encoder",
+    "spatial_upsampler",
+    "video_decoder",
+    "audio_encoder",
+    "audio_decoder",
+    "vocoder",
+)
 
 
 @dataclass
@@ -51,6 +65,8 @@ class BackendChoice:
             name, _, backend = part.rpartition("=")
             if backend not in (*COMPILED, "eager"):
                 raise UserError(f"--backend {text}: backend {backend!r} is not one of om, ort, onnx, eager")
+            if name and name not in COMPONENTS:
+                raise UserError(f"--backend {text}: no component {name!r}; components: {', '.join(COMPONENTS)}")
             if name:
                 choice.per_component[name] = backend
             else:
@@ -85,10 +101,11 @@ class ModelStack:
 
     # -- locating compiled graphs --------------------------------------------------------------
 
-    def _sessions(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> dict[str, Session] | None:
+    def _resolution(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> Resolution | None:
+        """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
+        A failed resolution comes back as is (its reason says why); nothing is printed here."""
         backend = self.backends.of(component)
         if backend == "eager":
-            self.used[component] = "eager"
             return None
         graph_dtype = torch.float32 if component == "vocoder" else self.dtype
         if backend in ("ort", "onnx") and self.ep == "cpu" and graph_dtype == torch.bfloat16:
@@ -106,13 +123,44 @@ class ModelStack:
                 compile_ort(result.folder, self.ep, force=False)
             self.log(f"built {component} in {time.perf_counter() - start:.1f} s")
             resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+        return resolution
+
+    def check_available(self, component: str, profile: ShapeProfile) -> None:
+        """Under `--fallback none`, refuse now (before any model loads) a compiled component that is not
+        there and will not be built; a backend/dtype mismatch is refused whatever the fallback."""
+        backend = self.backends.of(component)
+        if backend == "eager":
+            return
+        if self.build_missing and backend in ("ort", "onnx"):
+            if self.ep == "cpu" and component != "vocoder" and self.dtype == torch.bfloat16:
+                self._resolution(component, self.ckset, profile)  # raises the one-line dtype error
+            return
+        resolution = self._resolution(component, self.ckset, profile)
+        if resolution is not None and not resolution.ok and self.fallback == "none":
+            raise UserError(f"{component}: {resolution.reason}")
+
+    def producer(self, component: str, profile: ShapeProfile) -> str:
+        """What will compute `component` at `profile`: "eager", or the backend and the sha256 of the
+        compiled files (so results cached from one backend or build are never served for another)."""
+        resolution = self._resolution(component, self.ckset, profile)
+        if resolution is None or not resolution.ok:
+            return "eager"
+        manifest = Manifest.read(resolution.compiled)
+        digest = hashlib.sha256(json.dumps(sorted(manifest.files.items())).encode()).hexdigest()[:16]
+        return f"{resolution.backend}:{manifest.key}:{digest}"
+
+    def _sessions(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> dict[str, Session] | None:
+        resolution = self._resolution(component, ckset, profile)
+        if resolution is None:
+            self.used[component] = "eager"
+            return None
         if not resolution.ok:
             if self.fallback == "none":
                 raise UserError(f"{component}: {resolution.reason}")
             print(f"warning: {component}: {resolution.reason}; falling back to eager", file=sys.stderr)
             self.used[component] = "eager"
             return None
-        self.used[component] = backend
+        self.used[component] = resolution.backend
         self.folders[component] = resolution.folder
         return open_sessions(resolution, device=self.device, ep=self.ep)
 

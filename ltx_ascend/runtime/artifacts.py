@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ltx_ascend.compile.manifest import MANIFEST, Manifest, check_matches, differences
+from ltx_ascend.compile.manifest import MANIFEST, Manifest, check_matches, differences, verify_files
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import DTYPES
 from ltx_ascend.export.exporter import artifact_dir
@@ -74,6 +74,22 @@ def find_compiled(
         if export is not None and manifest.request.get("export") != export.request:
             continue
         return candidate
+    return None
+
+
+def _unreadable_compiled(
+    folder: Path, backend: str, *, ep: str | None, soc: str | None, precision: str | None
+) -> str | None:
+    """Why a compiled subfolder that is there does not count (bad manifest, missing files), if one is."""
+    pattern = (f"ort-{ep}" if ep else "ort-*") if backend == "ort" else f"om-{soc or '*'}-{precision or '*'}"
+    for candidate in sorted(p for p in folder.glob(pattern) if p.is_dir() and (p / MANIFEST).is_file()):
+        try:
+            manifest = Manifest.read(candidate)
+        except UserError as exc:
+            return str(exc)
+        if not manifest.files_present(candidate):
+            missing = [n for n in manifest.files if not (candidate / n).is_file()]
+            return f"{candidate} is missing {', '.join(missing)}: rebuild it with --force"
     return None
 
 
@@ -148,10 +164,22 @@ def resolve(
         compiled, manifest = folder, export
     else:
         compiled = find_compiled(folder, backend, ep=ep, soc=soc, precision=precision)
+        target = f"--target ort --ep {ep or 'cpu'}" if backend == "ort" else "--target om"
         if compiled is None:
-            target = f"--target ort --ep {ep or 'cpu'}" if backend == "ort" else "--target om"
+            broken = _unreadable_compiled(folder, backend, ep=ep, soc=soc, precision=precision)
+            if broken is not None:
+                return fail(broken.replace("--force", f"`ltx-compile {target} --force {folder}`"))
             return fail(f"not compiled for {backend}: run ltx-compile {target} {folder}")
         manifest = Manifest.read(compiled)
+        if manifest.io != export.io:
+            raise UserError(
+                f"{compiled / MANIFEST}: its graph inputs/outputs differ from the export's (edited by hand?): "
+                f"recompile with `ltx-compile {target} --force {folder}`"
+            )
+    # What the manifests record is what runs: sizes and sha256 of every file (cached by size and mtime).
+    verify_files(folder, export, f"re-export it with `ltx-export --force` (artifact {folder})")
+    if compiled != folder:
+        verify_files(compiled, manifest, f"recompile it with `ltx-compile {target} --force {folder}`")
     graphs, io = {}, {}
     for name, entry in manifest.io["graphs"].items():
         graphs[name] = compiled / entry["file"]  # an om manifest names the .om ATC wrote

@@ -52,6 +52,23 @@ def is_preoptimized(path: Path) -> bool:
         return False
 
 
+def _check_dtypes(path: Path, graph_args: Sequence, specs: Sequence[TensorSpec]) -> None:
+    """The manifest's dtype of every input/output is the graph's (ORT names them `tensor(float)`...)."""
+    declared = {a.name: a.type for a in graph_args}
+    for spec in specs:
+        if spec.dtype is None:
+            continue
+        wanted = f"tensor({_ORT_TYPE_NAMES.get(spec.dtype, spec.dtype)})"
+        if declared.get(spec.name) != wanted:
+            raise UserError(
+                f"{path}: {spec.name} is {declared.get(spec.name)} in the graph but {spec.dtype} in its manifest "
+                "(edited by hand?): re-export the artifact with `ltx-export --force`"
+            )
+
+
+_ORT_TYPE_NAMES = {"float32": "float", "float64": "double"}
+
+
 class OrtSession(Session):
     """One ONNX graph on ONNX Runtime (`provider` "cpu" or "cuda"), inputs/outputs as torch tensors."""
 
@@ -106,7 +123,10 @@ class OrtSession(Session):
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise UserError(f"ONNX Runtime could not load {path}: {exc}".splitlines()[0]) from None
+            raise UserError(
+                f"ONNX Runtime could not load {path} ({str(exc).splitlines()[0][:200]}): the graph file is damaged "
+                "or not ONNX; re-export it with `ltx-export --force` (and recompile with `ltx-compile --force`)"
+            ) from None
         graph_inputs = [i.name for i in self._session.get_inputs()]
         graph_outputs = [o.name for o in self._session.get_outputs()]
         if sorted(graph_inputs) != sorted(self.input_names) or sorted(graph_outputs) != sorted(self.output_names):
@@ -114,6 +134,7 @@ class OrtSession(Session):
                 f"{path}: graph inputs/outputs {graph_inputs}/{graph_outputs} differ from the manifest's "
                 f"{self.input_names}/{self.output_names}: re-export the artifact"
             )
+        _check_dtypes(path, [*self._session.get_inputs(), *self._session.get_outputs()], [*self.inputs, *self.outputs])
         self._ort_device = _ORT_DEVICE[self.device.type]
         self._device_id = self.device.index or 0
         self._binding = self._session.io_binding()

@@ -8,7 +8,6 @@ machine's matmul peak in the same dtype, timed in the same run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -25,7 +24,7 @@ from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
 from ltx_ascend.compile.cli import compile_om, compile_ort
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export.components import EXPORTABLE, ExportItem, ExportOptions, build_items
 from ltx_ascend.export.exporter import export_component
 from ltx_ascend.runtime import device as dev
@@ -223,7 +222,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltx-bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--preset",
         choices=PRESETS,

@@ -8,7 +8,6 @@ measured eager numbers on a 910B for the same shape.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import weakref
@@ -22,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.checkpoints.presets import config_22b
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -313,7 +312,7 @@ def format_plan(result: dict[str, Any]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltx-plan", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-plan", description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", choices=tuple(PIPELINE_STAGES))
     parser.add_argument("--shape", required=True, help="FRAMESxHEIGHTxWIDTH of the output, e.g. 41x1024x1536")
     source = parser.add_mutually_exclusive_group()

@@ -9,7 +9,6 @@ LoRA file holds and how its merge on the target device compares with the merge o
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from ltx_ascend.atomic import atomic_write_text
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
 from ltx_ascend.compile.manifest import Manifest
-from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export import dit_blocks
 from ltx_ascend.export.components import DTYPES, ExportItem, ExportOptions, build_items
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
@@ -291,7 +290,7 @@ def markdown(results: list[GraphResult], loras: list[dict[str, Any]]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltx-verify", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ltx-verify", description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="*", type=Path, metavar="ARTIFACT_DIR")
     parser.add_argument("--backend", choices=("ort", "om", "onnx"), default="ort", help="compiled engine to check")
     parser.add_argument("--ep", choices=("cpu", "cuda"), default="cpu")
