@@ -56,6 +56,43 @@ def read_gemma_config(root: str | Path | None) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({exc.msg}): restore the Gemma root's config.json") from None
 
 
+_FEATURE_WEIGHTS = (
+    "text_embedding_projection.video_aggregate_embed.weight",  # V2 (LTX-2.3): [video width, D * L]
+    "text_embedding_projection.aggregate_embed.weight",  # V1: [D, D * L]
+)
+
+
+def gemma_config_from_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """Gemma's width D and depth from the checkpoint's own feature extractor, for the text connectors
+    without a Gemma root: its input is the LLM's L = layers + 1 hidden states of width D concatenated
+    (D * L wide), and D is the transformer's `caption_channels` (V2) or the V1 extractor's output width."""
+    import safetensors
+
+    with safetensors.safe_open(str(checkpoint), framework="pt") as f:
+        keys = set(f.keys())
+        name = next((k for k in _FEATURE_WEIGHTS if k in keys), None)
+        shape = f.get_slice(name).get_shape() if name else None
+        config = json.loads((f.metadata() or {}).get("config", "{}"))
+    caption = config.get("transformer", {}).get("caption_channels")
+    if shape is None or len(shape) != 2:
+        raise UserError(
+            f"{checkpoint} has no text feature extractor weights ({_FEATURE_WEIGHTS[0]}): pass --gemma-root "
+            "to size the text connectors"
+        )
+    width = shape[0] if name == _FEATURE_WEIGHTS[1] else caption
+    if not width or shape[1] % int(width):
+        raise UserError(
+            f"{checkpoint}: the feature extractor's input width {shape[1]} is not a multiple of Gemma's width "
+            f"{width}: pass --gemma-root to size the text connectors"
+        )
+    return {"hidden_size": int(width), "num_hidden_layers": shape[1] // int(width) - 1}
+
+
+def gemma_config_for_connectors(root: str | Path | None, checkpoint: str | Path) -> dict[str, Any]:
+    """The Gemma config that sizes the text connectors: the root's, or else read off the checkpoint."""
+    return read_gemma_config(root) if root is not None else gemma_config_from_checkpoint(checkpoint)
+
+
 def gemma_feature_dims(gemma_config: dict[str, Any]) -> tuple[int, int]:
     """(hidden size, hidden states per token) of the LLM: embeddings + every layer feed the connectors."""
     text = gemma_config.get("text_config", gemma_config)

@@ -41,6 +41,7 @@ from ltx_core.text_encoders.gemma import (
 
 from ltx_ascend.checkpoints.gemma import (
     embeddings_processor_configurator,
+    gemma_config_for_connectors,
     read_gemma_config,
     text_encoder_configurator,
     validate_gemma_root,
@@ -177,7 +178,9 @@ def builder_for(component: str, ckset: CheckpointSet) -> SingleGPUModelBuilder:
     if component == "text_connectors":
         return SingleGPUModelBuilder(
             model_path=str(ckset.checkpoint),
-            model_class_configurator=embeddings_processor_configurator(read_gemma_config(ckset.gemma_root)),
+            model_class_configurator=embeddings_processor_configurator(
+                gemma_config_for_connectors(ckset.gemma_root, ckset.checkpoint)
+            ),
             model_sd_ops=EMBEDDINGS_PROCESSOR_KEY_OPS,
         )
     if component == "spatial_upsampler":

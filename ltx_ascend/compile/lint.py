@@ -1,6 +1,6 @@
 """ATC lint: catch what CANN's ONNX parser would reject before spending minutes (and an NPU host) on ATC.
 
-The rules mirror how ATC reads an ONNX file (FACTS.md, "CANN ATC"): it looks every node up as
+The rules mirror how ATC reads an ONNX file (docs/reference-figures.md, "CANN ATC"): it looks every node up as
 `<domain>::<model opset of that domain>::<op_type>` with no fallback, compiles static shapes, and reads
 external-data initializers from files beside the .onnx. The model is loaded without its external data,
 so linting a multi-GB export costs only the graph.

@@ -12,13 +12,13 @@ activations with kaiser-sinc anti-aliasing), a causal STFT done as a conv1d over
 bases, a mel projection with `log(clamp(.))`, a second (bandwidth extension) generator and a
 Hann-sinc x3 resampler, summed, clamped to [-1, 1] and sliced to 48 kHz length. No complex op
 appears anywhere (the STFT is real convolution), so nothing in these graphs needs the CPU that
-FACTS.md reserves for complex64 mel spectrograms. The STFT's phase (`atan2`, not in ATC's
+the NPU leaves complex64 mel spectrograms to (docs/reference-figures.md). The STFT's phase (`atan2`, not in ATC's
 registry) and energy (`torch.norm`) are computed by ltx-core but never used by the vocoder: the
 tracer records them and the exporter's dead-code elimination drops them (the tests check that no
 Atan/ReduceL2 node is left).
 
 The vocoder is exported in float32 whatever the pipeline dtype: on NPU it runs with float32
-weights and inputs and without autocast (FACTS.md: torch.autocast on NPU covers fp16/bf16 only;
+weights and inputs and without autocast (torch.autocast on NPU covers fp16/bf16 only, docs/reference-figures.md;
 `runtime.device` casts the vocoder to float32 and feeds it float32), so the host casts the
 decoder's mel to float32 before this graph. The builder takes `dtype` like every builder and
 records the override in `item.notes`.
@@ -58,7 +58,7 @@ from ltx_ascend.export.components import ExportItem, dtype_name, seeded
 from ltx_ascend.shapes import ShapeProfile
 
 AUDIO_PEAK = 2.0  # the waveform is clamped to [-1, 1]
-VOCODER_DTYPE = torch.float32  # on NPU the vocoder runs in float32, no autocast (FACTS.md)
+VOCODER_DTYPE = torch.float32  # on NPU the vocoder runs in float32, no autocast (docs/reference-figures.md)
 LATENT_SEED = 0
 
 _torch_pad = F.pad  # the real one, for the eager path and the modes we leave alone

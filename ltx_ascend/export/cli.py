@@ -8,6 +8,7 @@ import resource
 import time
 from pathlib import Path
 
+from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, validate_set
 from ltx_ascend.checkpoints.presets import config_22b
@@ -104,6 +105,7 @@ def format_results(results: list[ExportResult]) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    check_writable_dir(args.out, "--out")  # before the tiny set or any graph is written
     components = EXPORTABLE if args.component == "all" else (args.component,)
     for name in components:
         if name not in EXPORTABLE:

@@ -1,7 +1,7 @@
 """Trace a stage module to ONNX at a static shape, with the patches that make it NPU-safe.
 
 We use the TorchScript exporter: the dynamo exporter's graphs fail ONNX Runtime's shape
-inference on this model (FACTS.md), and the TorchScript one only lacks `aten::rms_norm` below
+inference on this model (docs/reference-figures.md), and the TorchScript one only lacks `aten::rms_norm` below
 opset 23, which we give a symbolic: decomposed into Pow/ReduceMean/Add/Sqrt/Div (every op in
 ATC's registry), or `npu::NPURmsNorm` with `npu_ops`. Attention is exported from
 `scaled_dot_product_attention` as MatMul/Softmax/MatMul by torch's own symbolic.

@@ -43,7 +43,7 @@ import torch
 from ltx_core.text_encoders.gemma import EmbeddingsProcessor
 from ltx_core.text_encoders.gemma.embeddings_connector import Embeddings1DConnector
 
-from ltx_ascend.checkpoints.gemma import gemma_feature_dims, read_gemma_config
+from ltx_ascend.checkpoints.gemma import gemma_config_for_connectors, gemma_feature_dims
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportItem, seeded
@@ -215,7 +215,7 @@ def build_items(ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype)
                 f"--text-tokens {profile.text_tokens}: the text connectors need a multiple of their "
                 f"{count} learnable registers (ltx-core pads prompts to 1024)"
             )
-    hidden, num_states = gemma_feature_dims(read_gemma_config(ckset.gemma_root))
+    hidden, num_states = gemma_feature_dims(gemma_config_for_connectors(ckset.gemma_root, ckset.checkpoint))
     valid = sample_valid_tokens(profile.text_tokens, profile.batch)
     feeds = sample_feeds(profile, hidden, num_states, valid=valid, dtype=dtype)
 

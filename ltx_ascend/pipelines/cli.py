@@ -13,8 +13,9 @@ import importlib
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
 from ltx_core.components.guiders import MultiModalGuiderParams
 
@@ -256,8 +257,20 @@ def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request,
         stack.check_available("vocoder", profile)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Checked:
+    """A command line that passed every check that needs no model: what `main` runs from."""
+
+    args: argparse.Namespace
+    module: ModuleType
+    request: Request
+    two_stage: bool
+    tiny: bool
+    backends: BackendChoice
+
+
+def parse_and_check(argv: list[str] | None) -> Checked:
+    """Parse an `ltx-run` command line and check every input before anything loads or is written."""
     args = build_parser().parse_args(argv)
     module = importlib.import_module(PIPELINES[args.pipeline])
     two_stage = getattr(module, "TWO_STAGE", False)
@@ -273,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     if tiny or args.build_missing:
         check_writable_dir(args.artifacts, "--artifacts")
     check_writable_dir(args.prompt_cache or args.artifacts / "prompt-cache", "--prompt-cache")
+    return Checked(args, module, req, two_stage, tiny, backends)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    checked = parse_and_check(argv)
+    args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
+    tiny, backends = checked.tiny, checked.backends
     policy = dev.policy_from_args(args)
     start = time.perf_counter()
 

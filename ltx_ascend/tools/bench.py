@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import torch
 
-from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.atomic import atomic_write_text, check_writable_file
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
@@ -250,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(missing_atc_message())
         import_acl()
     shape = args.shape or ("25x256x384" if args.preset == "tiny" else "41x1024x1536")
+    shape_profile(shape, stage=1)  # a bad --shape is refused before anything is written
+    unknown = [b for b in backends if b not in ("eager", "ort", "om")]
+    if unknown:
+        raise UserError(f"--backends {args.backends}: {unknown[0]!r} is not one of eager, ort, om")
+    if args.json is not None:
+        check_writable_file(args.json, "--json")
     components = EXPORTABLE if args.component == "all" else (args.component,)
     if args.component != "all" and args.component not in EXPORTABLE:
         raise UserError(f"--component {args.component}: choose one of {', '.join(EXPORTABLE)} or all")

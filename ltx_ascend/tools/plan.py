@@ -2,8 +2,8 @@
 
 Per component and stage: FLOPs per call and per step (every guidance pass counted), parameter
 bytes, activation peak; whether weights plus activations fit the device's memory (and how many
-DiT blocks must stream if not); and a roofline time per step at the SoC's peak, next to the seed's
-measured eager numbers on a 910B for the same shape.
+DiT blocks must stream if not); and a roofline time per step at the SoC's peak, next to the published
+eager figures of the LTX-2.3 Ascend guide on a 910B for the same shape.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ SOCS = {
     "H200": Soc("H200", 989, 141, 4.8, "NVIDIA H200 datasheet (dense bf16)"),
 }
 
-# Measured eager on Atlas 800I A2 (910B, torch_npu 2.9, 41 frames), FACTS.md: stage -> s/step.
+# Published reference figures: eager LTX-2.3 on Atlas 800I A2 (910B, torch_npu 2.9, 41 frames), from the
+# LTX-2.3 Ascend guide (docs/reference-figures.md); not measured by this project. stage -> s/step.
+PUBLISHED_SOURCE = "the LTX-2.3 Ascend guide, eager torch_npu on Atlas 800I A2"
 SEED_MEASURED = {
     ("ti2vid_two_stages", False): {"stage 1": 2.68, "stage 2": 2.59},
     ("ti2vid_two_stages", True): {"stage 1": 6.76, "stage 2": 2.65},
@@ -290,16 +292,18 @@ def format_plan(result: dict[str, Any]) -> str:
         f"DiT parameters: {result['dit_params_billion']:.2f} B",
         "",
         f"{'stage':<8} {'component':<22} {'calls':>6} {'GFLOP/call':>12} {'TFLOP total':>12} {'weights GB':>11} "
-        f"{'act. GB':>8} {'roofline s/step':>16} {'measured s/step':>16}",
+        f"{'act. GB':>8} {'roofline s/step':>16} {'published s/step':>17}",
     ]
     for r in result["rows"]:
         measured = f"{r['measured_s_per_step']:.2f}" if r["measured_s_per_step"] else "-"
         lines.append(
             f"{r['stage']:<8} {r['component']:<22} {r['calls']:>6} {r['gflop_per_call']:>12,.0f} "
             f"{r['tflop_total']:>12,.1f} {r['params_gb']:>11.2f} {r['activation_gb']:>8.2f} "
-            f"{r['roofline_s']:>16.3f} {measured:>16}"
+            f"{r['roofline_s']:>16.3f} {measured:>17}"
         )
     lines.append(f"total {result['total_tflop']:,.0f} TFLOP")
+    if any(r["measured_s_per_step"] for r in result["rows"]):
+        lines.append(f"published s/step: {PUBLISHED_SOURCE} (reference figures, not measured here)")
     if result["fits"]:
         lines.append(f"fits: the largest stage needs ~{result['peak_need_gb']:.1f} GB of {soc['hbm_gb']:.0f} GB")
     else:
@@ -325,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streaming", action="store_true", help="compare with the seed's block-streaming runs")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON")
     args = parser.parse_args(argv)
+    parse_shape(args.shape)
+    if args.json is not None:
+        from ltx_ascend.atomic import check_writable_file
+
+        check_writable_file(args.json, "--json")
     if args.checkpoint_path:
         config = read_model_config(args.checkpoint_path)
     elif args.config:
@@ -336,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
         config = config_22b()
     soc = SOCS[args.soc]
     soc = Soc(soc.name, args.peak_tflops or soc.peak_tflops, args.hbm_gb or soc.hbm_gb, soc.hbm_tb_s, soc.source)
-    parse_shape(args.shape)
     result = plan(args.pipeline, args.shape, config, soc, args.dtype, args.streaming)
     print(format_plan(result))
     if args.json:
