@@ -23,7 +23,7 @@ import torchaudio
 from ltx_core.model.upsampler import LatentUpsamplerConfigurator
 from safetensors.torch import save_file
 
-from ltx_ascend.atomic import atomic_path
+from ltx_ascend.atomic import atomic_path, file_lock
 from ltx_ascend.checkpoints.gemma import embeddings_processor_configurator
 from ltx_ascend.checkpoints.loader import _CORE_SPECS, CheckpointSet, LoraSpec
 from ltx_ascend.checkpoints.presets import tiny_config, tiny_gemma_config, tiny_upsampler_config
@@ -346,9 +346,13 @@ def write_tiny_set(out: str | Path, seed: int = 0) -> TinySet:
 
 
 def ensure_tiny_set(out: str | Path, seed: int = 0) -> TinySet:
-    """The tiny set at `out`, written first if it is not there."""
+    """The tiny set at `out`, written first if it is not there (one writer at a time: a concurrent run
+    waits for it instead of swapping the folder under the other's feet)."""
     tiny = TinySet(Path(out))
-    return tiny if tiny.is_complete() else write_tiny_set(out, seed)
+    if tiny.is_complete():
+        return tiny
+    with file_lock(Path(out).parent / ".locks" / f"{Path(out).name}.lock"):
+        return tiny if tiny.is_complete() else write_tiny_set(out, seed)
 
 
 def _dir_size(path: Path) -> int:
