@@ -77,6 +77,11 @@ def find_compiled(
     return None
 
 
+def _tensor_specs(io: dict[str, Any]) -> dict[str, Any]:
+    """Each graph's inputs and outputs (a compiled manifest records its own file names beside them)."""
+    return {name: (g.get("inputs"), g.get("outputs")) for name, g in io.get("graphs", {}).items()}
+
+
 def _unreadable_compiled(
     folder: Path, backend: str, *, ep: str | None, soc: str | None, precision: str | None
 ) -> str | None:
@@ -171,7 +176,7 @@ def resolve(
                 return fail(broken.replace("--force", f"`ltx-compile {target} --force {folder}`"))
             return fail(f"not compiled for {backend}: run ltx-compile {target} {folder}")
         manifest = Manifest.read(compiled)
-        if manifest.io != export.io:
+        if _tensor_specs(manifest.io) != _tensor_specs(export.io):
             raise UserError(
                 f"{compiled / MANIFEST}: its graph inputs/outputs differ from the export's (edited by hand?): "
                 f"recompile with `ltx-compile {target} --force {folder}`"
