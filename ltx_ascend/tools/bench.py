@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(missing_atc_message())
         import_acl()
     shape = args.shape or ("25x256x384" if args.preset == "tiny" else "41x1024x1536")
-    shape_profile(shape, stage=1)  # a bad --shape is refused before anything is written
+    shape_profile(shape)  # a bad --shape (format, 8k+1, sides) is refused before anything is written
     unknown = [b for b in backends if b not in ("eager", "ort", "om")]
     if unknown:
         raise UserError(f"--backends {args.backends}: {unknown[0]!r} is not one of eager, ort, om")
