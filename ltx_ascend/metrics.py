@@ -90,3 +90,30 @@ def compare(
         inf=inf,
         psnr_db=psnr,
     )
+
+
+def ssim(reference: torch.Tensor | np.ndarray, output: torch.Tensor | np.ndarray, *, peak: float = 255.0) -> float:
+    """Mean structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01,
+    K2 0.03) of two frame stacks [F, H, W, C], per frame and channel, averaged. 1.0 means equal."""
+    ref = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+    out = torch.as_tensor(np.asarray(output), dtype=torch.float64)
+    if ref.shape != out.shape or ref.dim() != 4:
+        raise ValueError(f"ssim takes two [F, H, W, C] stacks of one shape: {tuple(ref.shape)}, {tuple(out.shape)}")
+    size, sigma = 11, 1.5
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :])[None, None]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # valid convolution, as the reference implementation
+        return torch.nn.functional.conv2d(t, window)
+
+    a = ref.permute(0, 3, 1, 2).reshape(-1, 1, ref.shape[1], ref.shape[2])
+    b = out.permute(0, 3, 1, 2).reshape(-1, 1, out.shape[1], out.shape[2])
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())

@@ -56,13 +56,15 @@ def run_ours(
     backend: str = "eager",
     dtype: str = "float32",
     prompt_cache: Path | None = None,
+    distilled: bool = True,
 ):
     """Our `ltx-run PIPELINE` in-process; returns the raw output tensors (video uint8, audio float).
-    Each backend's runs get their own prompt cache unless `prompt_cache` names a shared one."""
+    Each backend's runs get their own prompt cache unless `prompt_cache` names a shared one.
+    `distilled=False` for a pipeline without a distilled stage (no --distilled-lora)."""
     raw = out / f"{pipeline}-{backend}-{dtype}.safetensors"
     prompt_cache = prompt_cache or out / f"prompt-cache-{backend}-{dtype}"
     argv = [
-        pipeline, *checkpoint_args(tiny), *setting_args(), *extra,
+        pipeline, *checkpoint_args(tiny, distilled=distilled), *setting_args(), *extra,
         "--backend", backend, "--dtype", dtype, "--artifacts", str(out / "artifacts"), "--build-missing",
         "--prompt-cache", str(prompt_cache),
         "--output-path", str(out / f"{pipeline}-{backend}-{dtype}.mp4"), "--raw-output", str(raw),

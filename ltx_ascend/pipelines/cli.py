@@ -1,9 +1,9 @@
 """`ltx-run PIPELINE`: Lightricks' LTX-2.3 pipelines on compiled graphs (om / ort) or eager.
 
 Every flag of ltx-pipelines 1.0.0 keeps its name (`python -m ltx_pipelines.X ...` becomes
-`ltx-run X ...`); ours are --artifacts, --backend, --fallback, --device, --dtype, --raw-output and
---timings-json. With no checkpoint flags it runs on the tiny set under artifacts/, building it
-and its ONNX Runtime graphs on first use.
+`ltx-run X ...`); ours are --artifacts, --backend, --fallback, --device, --dtype, --raw-output,
+--timings-json and --step-cache / --step-cache-search. With no checkpoint flags it runs on the tiny
+set under artifacts/, building it and its ONNX Runtime graphs on first use.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from ltx_core.components.guiders import MultiModalGuiderParams
 
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
-from ltx_ascend.checkpoints.loader import LoraSpec, validate_set
+from ltx_ascend.checkpoints.loader import LoraSpec, read_model_config, validate_set
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
 from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
+from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
@@ -152,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_fallback_arg(run)
         dev.add_device_args(run)
+        cache = p.add_argument_group("step cache (skip DiT blocks that repeat between steps)")
+        cache.add_argument(
+            "--step-cache",
+            default="off",
+            metavar="SPEC",
+            help="off (default) | block:start=S,end=E,interval=I,blocks=A-B | auto[:threshold=T,warmup=W] "
+            "(+ stages=1|2|1+2), or @FILE written by --step-cache-search",
+        )
+        cache.add_argument(
+            "--step-cache-search",
+            type=float,
+            metavar="TARGET_PSNR",
+            help="calibrate: run once uncached, then search the --step-cache policy's parameters (default auto) "
+            "for the most skipped DiT blocks whose frames stay >= TARGET_PSNR dB from it; writes the SPEC file",
+        )
+        cache.add_argument(
+            "--step-cache-out",
+            type=Path,
+            default=Path(DEFAULT_SPEC_FILE),
+            help=f"where --step-cache-search writes the chosen SPEC (default {DEFAULT_SPEC_FILE})",
+        )
     return parser
 
 
@@ -267,6 +290,7 @@ class Checked:
     two_stage: bool
     tiny: bool
     backends: BackendChoice
+    step_cache: StepCacheSpec
 
 
 def parse_and_check(argv: list[str] | None) -> Checked:
@@ -283,17 +307,22 @@ def parse_and_check(argv: list[str] | None) -> Checked:
     if hasattr(module, "check"):
         module.check(args, req)
     backends = BackendChoice.parse(args.backend or "ort")  # refused before the tiny set is written
+    step_cache = parse_spec(args.step_cache)
+    if args.step_cache_search is not None and not args.step_cache_search > 0:
+        raise UserError(f"--step-cache-search {args.step_cache_search}: the target PSNR must be > 0 dB (e.g. 35)")
+    if args.step_cache_search is not None:
+        check_writable_dir(args.step_cache_out.parent, "--step-cache-out")
     if tiny or args.build_missing:
         check_writable_dir(args.artifacts, "--artifacts")
     check_writable_dir(args.prompt_cache or args.artifacts / "prompt-cache", "--prompt-cache")
-    return Checked(args, module, req, two_stage, tiny, backends)
+    return Checked(args, module, req, two_stage, tiny, backends, step_cache)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     checked = parse_and_check(argv)
     args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
-    tiny, backends = checked.tiny, checked.backends
+    tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
     policy = dev.policy_from_args(args)
     start = time.perf_counter()
 
@@ -310,30 +339,49 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
     if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
         raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
+    step_cache.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
 
-    stack = ModelStack(
-        ckset=ckset,
-        policy=policy,
-        backends=backends,
-        artifacts=args.artifacts,
-        fallback=args.fallback,
-        build_missing=tiny or args.build_missing,
-        ep=args.ep,
-        soc=args.soc,
-    )
-    preflight(stack, module, args, req, two_stage)
-    # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
-    prompts = PromptEncoder(
-        ckset,
-        lambda: stack.text_connectors(req.profile()),
-        args.prompt_cache or args.artifacts / "prompt-cache",
-        policy.device,
-        policy.dtype,
-        producer=lambda: stack.producer("text_connectors", req.profile()),
-    )
-    timings = Timings()
+    def run_pipeline(spec: StepCacheSpec):
+        """One run of the pipeline under step cache `spec`: (output, timings, stack)."""
+        timings = Timings()
+        stack = ModelStack(
+            ckset=ckset,
+            policy=policy,
+            backends=backends,
+            artifacts=args.artifacts,
+            fallback=args.fallback,
+            build_missing=tiny or args.build_missing,
+            ep=args.ep,
+            soc=args.soc,
+            step_cache=spec,
+            timings=timings,
+        )
+        preflight(stack, module, args, req, two_stage)
+        # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
+        prompts = PromptEncoder(
+            ckset,
+            lambda: stack.text_connectors(req.profile()),
+            args.prompt_cache or args.artifacts / "prompt-cache",
+            policy.device,
+            policy.dtype,
+            producer=lambda: stack.producer("text_connectors", req.profile()),
+        )
+        return module.run(RunContext(req, stack, prompts, timings)), timings, stack
+
     print(dev.describe(policy), flush=True)
-    output = module.run(RunContext(req, stack, prompts, timings))
+    if args.step_cache_search is not None:
+        search_step_cache(
+            lambda spec: run_pipeline(spec)[:2],
+            template=step_cache if step_cache.active else StepCacheSpec(policy="auto"),
+            target_psnr=args.step_cache_search,
+            steps=req.num_inference_steps,
+            out=args.step_cache_out,
+            describe=f"{args.pipeline}, {req.num_inference_steps} steps, seed {req.seed}, {req.num_frames}x"
+            f"{req.height}x{req.width}, {args.backend or 'ort'}, {str(policy.dtype).removeprefix('torch.')}",
+        )
+        print(f"wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        return 0
+    output, timings, stack = run_pipeline(step_cache)
     with timings.stage("write"):
         write_mp4(args.output_path, output.frames, req.frame_rate, output.audio)
         if args.raw_output is not None:

@@ -8,6 +8,7 @@ predictions per pass. Which backend runs underneath is invisible here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.model import LTXModel
 
 from ltx_ascend.export import dit, dit_blocks
+from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
@@ -25,11 +27,13 @@ from ltx_ascend.runtime.session import Session
 
 @dataclass(frozen=True)
 class Pass:
-    """One transformer pass of a guided step: which perturbations, and which text context."""
+    """One transformer pass of a guided step: which perturbations, and which text context.
+    `kind` names the pass (cond, uncond, ptb, mod): a step cache keeps state per pass."""
 
     perturbations: PerturbationConfig
     video_context: torch.Tensor
     audio_context: torch.Tensor
+    kind: str = "cond"
 
 
 class DiTRunner:
@@ -67,6 +71,14 @@ class DiTRunner:
         self.batch = batch or next(s.shape[0] for s in first.inputs if s.name == "video_latent")
         self._rope_key: tuple | None = None
         self._rope: dict[str, torch.Tensor] = {}
+        self.block_counts = BlockCounts()  # this runner's (one stage's) DiT work
+        self.step_cache: StepCache | None = None  # see `use_step_cache`
+
+    def use_step_cache(self, cache: StepCache | None) -> None:
+        """Consult `cache` around the block chain from now on (None: run every block)."""
+        if cache is not None and self.layout == "whole":
+            raise ValueError("a step cache skips blocks: it needs the block-chain layout, not one whole DiT graph")
+        self.step_cache = cache
 
     @property
     def layout(self) -> str:
@@ -105,13 +117,24 @@ class DiTRunner:
         feeds |= {k: v.to(self.device, self.dtype) for k, v in masks.items()}
         return feeds
 
-    def _run(self, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, feeds: dict[str, torch.Tensor], keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """One graph call; `keys[i]` names row i's pass (None: a padding row)."""
+        start = time.perf_counter()
+        real = sum(k is not None for k in keys)
         if self.layout == "whole":
             out = self.sessions["dit"].run(feeds)
+            self.block_counts.block_calls += real * self.num_layers
+            self.block_counts.seconds += time.perf_counter() - start
             return out["video_denoised"], out["audio_denoised"]
         acts = self.run_input(feeds)
-        acts = self.run_blocks(acts, feeds, 0, self.num_layers)
-        return self.run_output(acts, feeds)
+        if self.step_cache is None:
+            acts = self.run_blocks(acts, feeds, 0, self.num_layers)
+            self.block_counts.block_calls += real * self.num_layers
+        else:
+            acts = self.step_cache.run_blocks(self, acts, feeds, keys, self.block_counts)
+        result = self.run_output(acts, feeds)
+        self.block_counts.seconds += time.perf_counter() - start
+        return result
 
     def run_input(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Patchify and embeddings: the activations every block reads."""
@@ -146,11 +169,14 @@ class DiTRunner:
     def __call__(self, video, audio, passes: Sequence[Pass]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """X0 predictions (video, audio) per pass; `video`/`audio` are batch-1 ltx-core Modalities."""
         results = []
+        if self.step_cache is not None:
+            self.step_cache.begin_call()
         for start in range(0, len(passes), self.batch):
             chunk = list(passes[start : start + self.batch])
             pad = self.batch - len(chunk)  # a short last chunk repeats its last pass (result dropped)
             feeds = self._feeds(video, audio, chunk + [chunk[-1]] * pad)
-            v, a = self._run(feeds)
+            keys = [(start + i, p.kind) for i, p in enumerate(chunk)] + [None] * pad
+            v, a = self._run(feeds, keys)
             results += [(v[i : i + 1], a[i : i + 1]) for i in range(len(chunk))]
         return results
 

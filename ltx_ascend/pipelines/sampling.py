@@ -129,7 +129,7 @@ def guided_denoise(
         passes = [Pass(PerturbationConfig.empty(), positive.video, positive.audio)]
         kinds = ["cond"]
         if vg.do_unconditional_generation() or ag.do_unconditional_generation():
-            passes.append(Pass(PerturbationConfig.empty(), negative.video, negative.audio))
+            passes.append(Pass(PerturbationConfig.empty(), negative.video, negative.audio, "uncond"))
             kinds.append("uncond")
         if vg.do_perturbed_generation() or ag.do_perturbed_generation():
             perturbations = []
@@ -137,14 +137,14 @@ def guided_denoise(
                 perturbations.append(Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, vg.params.stg_blocks))
             if ag.do_perturbed_generation():
                 perturbations.append(Perturbation(PerturbationType.SKIP_AUDIO_SELF_ATTN, ag.params.stg_blocks))
-            passes.append(Pass(PerturbationConfig(perturbations), positive.video, positive.audio))
+            passes.append(Pass(PerturbationConfig(perturbations), positive.video, positive.audio, "ptb"))
             kinds.append("ptb")
         if vg.do_isolated_modality_generation() or ag.do_isolated_modality_generation():
             isolate = [
                 Perturbation(PerturbationType.SKIP_A2V_CROSS_ATTN, None),
                 Perturbation(PerturbationType.SKIP_V2A_CROSS_ATTN, None),
             ]
-            passes.append(Pass(PerturbationConfig(isolate), positive.video, positive.audio))
+            passes.append(Pass(PerturbationConfig(isolate), positive.video, positive.audio, "mod"))
             kinds.append("mod")
         results = runner(modality(video, positive.video, sigma), modality(audio, positive.audio, sigma), passes)
         outs = dict(zip(kinds, results, strict=True))

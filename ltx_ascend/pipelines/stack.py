@@ -9,6 +9,7 @@ says why and the component runs eager (`--fallback none` makes that an error). W
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -32,6 +33,8 @@ from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
+from ltx_ascend.pipelines.step_cache import StepCacheSpec
+from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import Resolution, open_sessions, resolve
 from ltx_ascend.runtime.session import Session
@@ -88,6 +91,8 @@ class ModelStack:
     ep: str = "cpu"
     soc: str | None = None
     log: Callable[[str], None] = print
+    step_cache: StepCacheSpec = field(default_factory=StepCacheSpec)  # --step-cache (default off)
+    timings: Timings | None = None  # where DiT runners count their block calls, per stage
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
 
@@ -103,7 +108,9 @@ class ModelStack:
 
     def _resolution(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> Resolution | None:
         """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
-        A failed resolution comes back as is (its reason says why); nothing is printed here."""
+        A failed resolution comes back as is (its reason says why); nothing is printed here.
+        The DiT of a stage under a step cache must be a block chain: a whole-graph artifact will not do,
+        so the block-chain export (`ltx-export --dit-layout blocks`) is looked up, or built."""
         backend = self.backends.of(component)
         if backend == "eager":
             return None
@@ -113,12 +120,23 @@ class ModelStack:
                 f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
                 "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
             )
-        request = export_request(component, ckset, profile, graph_dtype, False, ExportOptions())
+        options = ExportOptions()
+        request = export_request(component, ckset, profile, graph_dtype, False, options)
         resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+        if component == "dit" and self.step_cache.applies_to(profile.stage):
+            if not resolution.ok or "dit" in resolution.graphs:
+                options = ExportOptions(dit_layout="blocks")
+                request = export_request(component, ckset, profile, graph_dtype, False, options)
+                resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+            if not resolution.ok:
+                why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
+                resolution = dataclasses.replace(resolution, reason=why)
         if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
             start = time.perf_counter()
             self.log(f"building {component} for {backend} at {profile.key} ...")
-            result = export_component(component, ckset, profile, out=self.artifacts, dtype=graph_dtype)
+            result = export_component(
+                component, ckset, profile, options=options, out=self.artifacts, dtype=graph_dtype
+            )
             if backend == "ort":
                 compile_ort(result.folder, self.ep, force=False)
             self.log(f"built {component} in {time.perf_counter() - start:.1f} s")
@@ -172,14 +190,22 @@ class ModelStack:
     def dit(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> DiTRunner:
         ckset = self.ckset.with_loras((*self.ckset.loras, *loras))
         config = read_model_config(ckset.checkpoint)
-        sessions = self._sessions("dit", ckset, profile)
+        cache = self.step_cache.for_stage(profile.stage, config["transformer"]["num_layers"])
+        sessions = self._sessions("dit", ckset, profile)  # a block chain when `cache` is set
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
-            return eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
-        weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
-        return DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
+            runner = eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
+        else:
+            weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
+            runner = DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
+        runner.use_step_cache(cache)
+        if self.timings is not None:
+            runner.block_counts = self.timings.dit_counts()
+        return runner
 
-    def dit_attention_masked(self, loras: tuple[LoraSpec, ...] = (), *, reason: str) -> Callable:
+    def dit_attention_masked(
+        self, loras: tuple[LoraSpec, ...] = (), *, reason: str, stage: int | None = 1
+    ) -> Callable:
         """The DiT for a video state that carries a self-attention mask (`LatentState.attention_mask`,
         e.g. an IC-LoRA attention mask), which no compiled DiT graph takes: ltx-core's transformer runs
         eager, called as ltx-pipelines calls it (X0Model, one pass per call, the Modality as given).
@@ -190,6 +216,11 @@ class ModelStack:
         from ltx_core.guidance.perturbations import BatchedPerturbationConfig
         from ltx_core.model.transformer.model import X0Model
 
+        if self.step_cache.applies_to(stage):
+            raise UserError(
+                f"--step-cache {self.step_cache}: stage {stage or 1} runs ltx-core's transformer whole ({reason}), "
+                "which has no block chain to cache: drop --step-cache or leave this stage out of stages="
+            )
         if self.backends.of("dit") != "eager":
             if self.fallback == "none":
                 raise UserError(f"dit: {reason}, which no compiled DiT graph takes (drop --fallback none to run eager)")

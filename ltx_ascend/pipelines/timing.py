@@ -10,6 +10,7 @@ from pathlib import Path
 from statistics import median
 
 from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.pipelines.step_cache import BlockCounts
 
 
 @dataclass
@@ -17,32 +18,46 @@ class Stage:
     name: str
     seconds: float = 0.0
     steps: list[float] = field(default_factory=list)
+    dit: BlockCounts | None = None  # the stage's DiT work (DiT runners created inside it add up here)
 
 
 class Timings:
     def __init__(self) -> None:
         self.stages: list[Stage] = []
+        self._open: list[Stage] = []
         self._start = time.perf_counter()
 
     @contextmanager
     def stage(self, name: str):
         record = Stage(name)
         self.stages.append(record)
+        self._open.append(record)
         start = time.perf_counter()
         try:
             yield record
         finally:
             record.seconds = time.perf_counter() - start
+            self._open.remove(record)
+
+    def dit_counts(self) -> BlockCounts:
+        """The counters a DiT runner created now adds to: the innermost open stage's (unrecorded if none)."""
+        if not self._open:
+            return BlockCounts()
+        record = self._open[-1]
+        if record.dit is None:
+            record.dit = BlockCounts()
+        return record.dit
 
     @property
     def total(self) -> float:
         return time.perf_counter() - self._start
 
     def table(self) -> str:
-        lines = [f"{'stage':<22} {'steps':>16} {'seconds':>9}", "-" * 49]
+        lines = [f"{'stage':<22} {'steps':>16} {'seconds':>9} {'DiT s':>8} {'DiT blocks run/skipped':>23}", "-" * 82]
         for s in self.stages:
             steps = f"{len(s.steps)} x {median(s.steps):.2f} s" if s.steps else ""
-            lines.append(f"{s.name:<22} {steps:>16} {s.seconds:>9.2f}")
+            dit = f"{s.dit.seconds:>8.2f} {f'{s.dit.block_calls}/{s.dit.skipped_block_calls}':>23}" if s.dit else ""
+            lines.append(f"{s.name:<22} {steps:>16} {s.seconds:>9.2f} {dit}".rstrip())
         lines.append(f"{'total':<22} {'':>16} {self.total:>9.2f}")
         return "\n".join(lines)
 
@@ -54,6 +69,7 @@ class Timings:
                     "seconds": round(s.seconds, 4),
                     "steps": len(s.steps),
                     "seconds_per_step": round(median(s.steps), 4) if s.steps else None,
+                    **({"dit": s.dit.to_json()} if s.dit else {}),
                 }
                 for s in self.stages
             ],

@@ -22,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
+from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
+from ltx_ascend.pipelines.step_cache_search import read_skip_ratios
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -202,6 +204,11 @@ class Row:
     activation_gb: float
     roofline_s: float
     measured_s_per_step: float | None = None
+    skipped_block_fraction: float = 0.0  # step cache: share of this stage's DiT block calls skipped
+    saved_tflop: float = 0.0
+    saved_roofline_s: float = 0.0  # over the whole stage
+    saved_measured_s: float | None = None  # the measured stage time scaled by the saved FLOP share
+    stage_roofline_s: float = 0.0  # the uncached stage at roofline, for scale
 
 
 def _gemma_flops(tokens: int) -> tuple[float, float]:
@@ -214,8 +221,35 @@ def _gemma_flops(tokens: int) -> tuple[float, float]:
     return 2.0 * weights * tokens, float(weights + 0.4e9)  # + the SigLIP vision tower, loaded too
 
 
+def skipped_block_fraction(
+    spec: StepCacheSpec, stage: Stage, num_layers: int, expected: dict[str, float] | float | None
+) -> float:
+    """Share of a stage's DiT block calls a step cache skips: exact for a block schedule; for auto,
+    the calibration file's measured ratio for this stage, or the stated `expected` ratio."""
+    if not spec.applies_to(stage.stage):
+        return 0.0
+    if spec.policy == "block":
+        evaluations = stage.steps * stage.evals_per_step
+        first, stop = spec.block_range(num_layers)
+        return spec.reused_steps(evaluations) / evaluations * (stop - first) / num_layers
+    ratio = expected.get(stage.name) if isinstance(expected, dict) else expected
+    if ratio is None:
+        raise UserError(
+            f"--step-cache {spec}: an adaptive cache's skips are only known once it runs: pass --expected-skip RATIO "
+            "or the @FILE that ltx-run --step-cache-search wrote"
+        )
+    return ratio
+
+
 def plan(
-    pipeline: str, shape: str, config: dict[str, Any], soc: Soc, dtype: str = "bfloat16", streaming: bool = False
+    pipeline: str,
+    shape: str,
+    config: dict[str, Any],
+    soc: Soc,
+    dtype: str = "bfloat16",
+    streaming: bool = False,
+    step_cache: StepCacheSpec | None = None,
+    expected_skip: dict[str, float] | float | None = None,
 ) -> dict[str, Any]:
     if pipeline not in PIPELINE_STAGES:
         raise UserError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINE_STAGES)}")
@@ -234,17 +268,28 @@ def plan(
     gemma_flops, gemma_weights = _gemma_flops(1024)
     rows.append(Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
                     gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops))  # fmt: skip
+    step_cache = step_cache or StepCacheSpec()
+    step_cache.check(len(dit.transformer_blocks))
     for st in PIPELINE_STAGES[pipeline]:
         profile = shape_profile((frames, height, width), stage=st.stage)
-        per_pass = dit_flops_per_pass(dit, profile)["total"]
+        flops = dit_flops_per_pass(dit, profile)
+        per_pass = flops["total"]
         calls = st.steps * st.passes * st.evals_per_step
         d = dit.transformer_blocks[0]
         tv = profile.video_tokens
         ff_inner = d.ff.net[2].in_features
         act = (tv * (ff_inner + 9 * d.attn1.to_q.in_features)) * bytes_per * st.passes  # FF inner + AdaLN rows
         step_s = per_pass * st.passes * st.evals_per_step / peak_flops
-        rows.append(Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
-                        dit_params * bytes_per / 1e9, act / 1e9, step_s, measured.get(st.name)))  # fmt: skip
+        row = Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
+                  dit_params * bytes_per / 1e9, act / 1e9, step_s, measured.get(st.name))  # fmt: skip
+        if step_cache.active:
+            fraction = skipped_block_fraction(step_cache, st, len(dit.transformer_blocks), expected_skip)
+            saved = fraction * (flops["linear"] + flops["attention"]) * calls
+            row.skipped_block_fraction, row.saved_tflop = fraction, saved / 1e12
+            row.saved_roofline_s, row.stage_roofline_s = saved / peak_flops, step_s * st.steps
+            if row.measured_s_per_step:
+                row.saved_measured_s = row.measured_s_per_step * st.steps * saved / (per_pass * calls)
+        rows.append(row)
     full = shape_profile((frames, height, width), stage=2 if two_stage else None)
     with torch.device("meta"):
         decoder = VideoDecoderConfigurator.from_config(config)
@@ -281,7 +326,16 @@ def plan(
         "stream_blocks": stream_blocks,
         "block_gb": block_gb,
         "total_tflop": sum(r.tflop_total for r in rows),
+        "step_cache": str(step_cache),
+        "saved_tflop": sum(r.saved_tflop for r in rows),
     }
+
+
+def _step_cache_header() -> str:
+    return (
+        f"{'stage':<8} {'blocks skipped %':>16} {'saved TFLOP':>12} {'saved s':>9} {'of stage s':>11} "
+        f"{'saved s (seed-measured)':>24}"
+    )
 
 
 def format_plan(result: dict[str, Any]) -> str:
@@ -311,6 +365,16 @@ def format_plan(result: dict[str, Any]) -> str:
             f"does not fit: ~{result['peak_need_gb']:.1f} GB needed, {soc['hbm_gb']:.0f} GB available: stream "
             f"{result['stream_blocks']} of the DiT's blocks ({result['block_gb']:.2f} GB each) from host memory"
         )
+    if result["step_cache"] != "off":
+        lines += ["", f"step cache {result['step_cache']}: predicted saving (roofline seconds)", _step_cache_header()]
+        for r in (r for r in result["rows"] if r["component"].startswith("dit")):
+            measured = f"{r['saved_measured_s']:.1f}" if r["saved_measured_s"] is not None else "-"
+            lines.append(
+                f"{r['stage']:<8} {100 * r['skipped_block_fraction']:>16.1f} {r['saved_tflop']:>12,.1f} "
+                f"{r['saved_roofline_s']:>9.2f} {r['stage_roofline_s']:>11.2f} {measured:>24}"
+            )
+        share = result["saved_tflop"] / result["total_tflop"]
+        lines.append(f"saved {result['saved_tflop']:,.0f} of {result['total_tflop']:,.0f} TFLOP ({100 * share:.1f} %)")
     return "\n".join(lines)
 
 
@@ -327,6 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, help="override the SoC's peak")
     parser.add_argument("--dtype", choices=tuple(BYTES), default="bfloat16")
     parser.add_argument("--streaming", action="store_true", help="compare with the seed's block-streaming runs")
+    parser.add_argument(
+        "--step-cache",
+        default="off",
+        metavar="SPEC",
+        help="predict a step cache's saving: a block: SPEC exactly; auto with --expected-skip or an @FILE from "
+        "ltx-run --step-cache-search (its measured per-stage skip ratios)",
+    )
+    parser.add_argument("--expected-skip", type=float, metavar="RATIO", help="auto: share of block calls skipped")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON")
     args = parser.parse_args(argv)
     parse_shape(args.shape)
@@ -345,7 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         config = config_22b()
     soc = SOCS[args.soc]
     soc = Soc(soc.name, args.peak_tflops or soc.peak_tflops, args.hbm_gb or soc.hbm_gb, soc.hbm_tb_s, soc.source)
-    result = plan(args.pipeline, args.shape, config, soc, args.dtype, args.streaming)
+    step_cache = parse_spec(args.step_cache)
+    expected: dict[str, float] | float | None = args.expected_skip
+    if expected is not None and not 0 <= expected <= 1:
+        raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
+    if expected is None and args.step_cache.startswith("@"):
+        expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
+    result = plan(args.pipeline, args.shape, config, soc, args.dtype, args.streaming, step_cache, expected)
     print(format_plan(result))
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
