@@ -165,3 +165,18 @@ def test_plan_predicts_block_savings_and_needs_a_ratio_for_auto(capsys):
     )
     assert code == 0, err
     assert "predicted saving" in out
+
+
+def test_ic_lora_attention_mask_refuses_a_step_cache(tiny, tmp_path, capsys):
+    """ltx-core's whole transformer runs that stage: a cache there would silently do nothing, so it is refused."""
+    from ltx_ascend.pipelines import ic_lora
+    from tests import test_pipeline_ic_lora as IC
+
+    control = IC.write_video(tmp_path / "control.mp4")
+    mask = IC.write_video(tmp_path / "mask.mp4", gray=True)
+    argv = IC.argv_for(tiny, control, ic_lora.MASK_FLAG, str(mask), "0.7", "--skip-stage-2", "--backend", "eager")
+    argv += ["--artifacts", str(tmp_path / "a"), "--output-path", str(tmp_path / "o.mp4"), "--step-cache", "auto"]
+    code, _, err = run_cli(cli.main, argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "no block chain to cache" in err, err
+    assert not (tmp_path / "o.mp4").exists()
