@@ -212,17 +212,30 @@ def _lora_block_state(ckset: CheckpointSet, prefix: str) -> list[LoraStateDictWi
     return out
 
 
+def _read_block(f: Any, keys: list[str], ckset: CheckpointSet, index: int, dtype: torch.dtype) -> dict:
+    """Block `index` from an open checkpoint, LoRAs fused by ltx-core's `apply_loras`, in `dtype`.
+    Tensors already in `dtype` stay views of the file's memory map (safetensors' `get_tensor`)."""
+    prefix = f"{CHECKPOINT_BLOCK_PREFIX}{index}."
+    sd = {k.removeprefix(prefix): f.get_tensor(k) for k in keys if k.startswith(prefix)}
+    if ckset.loras:
+        base = StateDict(sd, torch.device("cpu"), sum(t.nbytes for t in sd.values()), set())
+        sd = apply_loras(base, _lora_block_state(ckset, prefix), dtype=dtype).sd
+    return {k: v.to(dtype).contiguous() for k, v in sd.items()}
+
+
 def stream_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype) -> Iterator[tuple[int, dict]]:
     """(block index, {param name: tensor}) one block at a time: never more than one block in memory."""
     with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
         keys = list(f.keys())
         for i in range(num_layers):
-            prefix = f"{CHECKPOINT_BLOCK_PREFIX}{i}."
-            sd = {k.removeprefix(prefix): f.get_tensor(k) for k in keys if k.startswith(prefix)}
-            if ckset.loras:
-                base = StateDict(sd, torch.device("cpu"), sum(t.nbytes for t in sd.values()), set())
-                sd = apply_loras(base, _lora_block_state(ckset, prefix), dtype=dtype).sd
-            yield i, {k: v.to(dtype).contiguous() for k, v in sd.items()}
+            yield i, _read_block(f, keys, ckset, i, dtype)
+
+
+def read_block_weights(ckset: CheckpointSet, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Block `index` alone, as `stream_block_weights` yields it. The file is opened for this block
+    only, so nothing of the checkpoint stays mapped once the returned tensors are dropped."""
+    with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
+        return _read_block(f, list(f.keys()), ckset, index, dtype)
 
 
 def write_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, folder: Path) -> list[str]:
@@ -247,11 +260,20 @@ def block_index(name: str) -> int:
 # The shell: everything of the DiT but its blocks, plus one block to trace
 
 
+def _empty_block_parameters(block: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Zero-size placeholders: the module runs only with weights bound per call (`bound_weights`)."""
+    for module in block.modules():
+        for leaf in [k for k, v in module._parameters.items() if v is not None]:
+            module._parameters[leaf] = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+
+
 def dit_shell(
-    ckset: CheckpointSet | None, config: dict[str, Any], dtype: torch.dtype, seed: int = 0
+    ckset: CheckpointSet | None, config: dict[str, Any], dtype: torch.dtype, seed: int = 0, *, with_block: bool = True
 ) -> tuple[LTXModel, BasicAVTransformerBlock]:
     """The DiT with real non-block weights and block 0 only (checkpoint streamed), or seeded
-    random weights at the config's real width. Never holds more than one block."""
+    random weights at the config's real width. Never holds more than one block. `with_block=False`
+    leaves block 0's parameters empty: the block module then only runs weights bound per call
+    (`bound_weights`), e.g. streamed ones."""
     from ltx_core.model.transformer import LTXModelConfigurator
 
     from ltx_ascend.checkpoints.tiny import randomize_
@@ -261,7 +283,10 @@ def dit_shell(
         with torch.device("cpu"):
             model = LTXModelConfigurator.from_config(one_block)
         randomize_(model, seed, "dit")
-        return model.to(dtype).eval(), model.transformer_blocks[0]
+        model = model.to(dtype).eval()
+        if not with_block:
+            _empty_block_parameters(model.transformer_blocks[0], dtype)
+        return model, model.transformer_blocks[0]
     with torch.device("meta"):
         model = LTXModelConfigurator.from_config(one_block)
     state = {}
@@ -269,8 +294,10 @@ def dit_shell(
         for key in f.keys():  # noqa: SIM118
             if key.startswith("model.diffusion_model.") and not key.startswith(CHECKPOINT_BLOCK_PREFIX):
                 state[key.removeprefix("model.diffusion_model.")] = f.get_tensor(key).to(dtype)
-    _, block0 = next(stream_block_weights(ckset, 1, dtype))
-    state |= {f"transformer_blocks.0.{k}": v for k, v in block0.items()}
+    if with_block:
+        state |= {f"transformer_blocks.0.{k}": v for k, v in read_block_weights(ckset, 0, dtype).items()}
+    else:
+        _empty_block_parameters(model.transformer_blocks[0], dtype)
     model.load_state_dict(state, strict=False, assign=True)
     left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if left:

@@ -27,7 +27,7 @@ from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
-from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice, ModelStack
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
@@ -175,6 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
             default=Path(DEFAULT_SPEC_FILE),
             help=f"where --step-cache-search writes the chosen SPEC (default {DEFAULT_SPEC_FILE})",
         )
+        run.add_argument(
+            "--dit-layout",
+            choices=("auto", "whole", "blocks"),
+            default="auto",
+            help="compiled DiT form: one graph, or input/block/output graphs with weights bound per block "
+            "(auto: ltx-export's choice; streaming needs blocks)",
+        )
+        run.add_argument(
+            "--offload",
+            choices=OFFLOAD_CHOICES,
+            default="none",
+            help="text-encoder: return Gemma's device memory right after the prompt stage; all: also keep the "
+            "VAE, upsampler and vocoder in host memory, each on the device only while it runs",
+        )
+        memory = run.add_mutually_exclusive_group()
+        memory.add_argument(
+            "--streaming-prefetch-count",
+            type=int,
+            metavar="N",
+            help="stream the DiT's block weights from host memory, N blocks ahead of the running one "
+            "(at most N + 1 blocks on the device; default: every block resident)",
+        )
+        memory.add_argument(
+            "--max-device-memory",
+            type=float,
+            metavar="GB",
+            help="keep the DiT within GB of device memory: streams with the smallest prefetch count that fits",
+        )
     return parser
 
 
@@ -249,6 +277,14 @@ def check_inputs(args: argparse.Namespace, req: Request, two_stage: bool) -> Non
         raise UserError(f"--num-inference-steps {req.num_inference_steps}: must be >= 1")
     if not (math.isfinite(req.frame_rate) and req.frame_rate > 0):
         raise UserError(f"--frame-rate {req.frame_rate:g}: must be a positive number of frames per second, e.g. 24")
+    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
+        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
+    if args.max_device_memory is not None and args.max_device_memory <= 0:
+        raise UserError(f"--max-device-memory {args.max_device_memory}: must be a positive number of GB")
+    if args.dit_layout == "whole" and (args.streaming_prefetch_count is not None or args.max_device_memory):
+        from ltx_ascend.pipelines.stack import WHOLE_CANNOT_STREAM
+
+        raise UserError(f"--dit-layout whole: {WHOLE_CANNOT_STREAM}")
     if args.enhance_prompt:
         raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
     req.images = [_check_image(image, req.num_frames) for image in req.images]
@@ -355,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             soc=args.soc,
             step_cache=spec,
             timings=timings,
+            dit_layout=args.dit_layout,
+            streaming_prefetch=args.streaming_prefetch_count,
+            max_device_memory_gb=args.max_device_memory,
+            offload=args.offload,
         )
         preflight(stack, module, args, req, two_stage)
         # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
@@ -365,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             policy.device,
             policy.dtype,
             producer=lambda: stack.producer("text_connectors", req.profile()),
+            offload=args.offload != "none",
+            device_log=stack.device_log,
         )
         return module.run(RunContext(req, stack, prompts, timings)), timings, stack
 

@@ -182,10 +182,18 @@ class DiTRunner:
 
 
 def eager_dit_runner(
-    model: LTXModel, config: dict, device: torch.device, dtype: torch.dtype, *, batch: int = 1
+    model: LTXModel,
+    config: dict,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    batch: int = 1,
+    block_weights: BlockWeights | None = None,
 ) -> DiTRunner:
     """ltx-core's transformer as a block chain: its preprocessors, its blocks (one block module runs
-    every block's weights, bound per call) and its output head, behind eager sessions."""
+    every block's weights, bound per call) and its output head, behind eager sessions. The block
+    weights are the model's own parameters unless `block_weights` gives them (then `model` may be
+    the shell `dit_blocks.dit_shell(..., with_block=False)` builds)."""
     input_graph = dit_blocks.DiTInputGraph(model)
     block_graph = dit_blocks.DiTBlockGraph(model.transformer_blocks[0])
     output_graph = dit_blocks.DiTOutputGraph(model)
@@ -194,5 +202,5 @@ def eager_dit_runner(
         "dit-block": EagerSession(block_graph, block_graph.input_names, block_graph.output_names, device, dtype),
         "dit-output": EagerSession(output_graph, output_graph.input_names, output_graph.output_names, device, dtype),
     }
-    weights = ResidentBlockWeights.from_modules(model.transformer_blocks)
+    weights = ResidentBlockWeights.from_modules(model.transformer_blocks) if block_weights is None else block_weights
     return DiTRunner(config, sessions, block_weights=weights, device=device, dtype=dtype, batch=batch)

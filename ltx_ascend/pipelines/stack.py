@@ -9,6 +9,7 @@ says why and the component runs eager (`--fallback none` makes that an error). W
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -29,6 +30,7 @@ from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_componen
 from ltx_ascend.compile.cli import compile_ort
 from ltx_ascend.compile.manifest import Manifest
 from ltx_ascend.errors import UserError
+from ltx_ascend.export import dit_blocks
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
@@ -37,7 +39,9 @@ from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import Resolution, open_sessions, resolve
+from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
+from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
 
 COMPILED = ("om", "ort", "onnx")
@@ -51,6 +55,13 @@ COMPONENTS = (
     "audio_encoder",
     "audio_decoder",
     "vocoder",
+)
+OFFLOAD_CHOICES = ("none", "text-encoder", "all")
+# --offload all: held in host memory for the run, on the device only while each one runs.
+HOST_RESIDENT = ("video_encoder", "spatial_upsampler", "video_decoder", "audio_decoder", "vocoder", "audio_encoder")
+WHOLE_CANNOT_STREAM = (
+    "a whole-DiT graph bakes its block weights in and cannot stream them: use --dit-layout blocks "
+    "(ltx-export --component dit --dit-layout blocks), or drop --streaming-prefetch-count / --max-device-memory"
 )
 
 
@@ -93,6 +104,12 @@ class ModelStack:
     log: Callable[[str], None] = print
     step_cache: StepCacheSpec = field(default_factory=StepCacheSpec)  # --step-cache (default off)
     timings: Timings | None = None  # where DiT runners count their block calls, per stage
+    dit_layout: str = "auto"  # which compiled DiT form to use: auto, whole, blocks (ltx-export's --dit-layout)
+    streaming_prefetch: int | None = None  # --streaming-prefetch-count: stream DiT blocks, N ahead
+    max_device_memory_gb: float | None = None  # --max-device-memory: pick the prefetch count that fits
+    offload: str = "none"  # --offload: none, text-encoder, all
+    device_log: list[tuple[str, str]] = field(default_factory=list)  # (component, "in"/"out") device moves
+    _host: dict = field(default_factory=dict)  # (component, dtype) -> module kept in host memory
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
 
@@ -106,11 +123,14 @@ class ModelStack:
 
     # -- locating compiled graphs --------------------------------------------------------------
 
-    def _resolution(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> Resolution | None:
+    def _resolution(
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+    ) -> Resolution | None:
         """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
         A failed resolution comes back as is (its reason says why); nothing is printed here.
         The DiT of a stage under a step cache must be a block chain: a whole-graph artifact will not do,
         so the block-chain export (`ltx-export --dit-layout blocks`) is looked up, or built."""
+        options = options or ExportOptions()
         backend = self.backends.of(component)
         if backend == "eager":
             return None
@@ -120,7 +140,6 @@ class ModelStack:
                 f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
                 "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
             )
-        options = ExportOptions()
         request = export_request(component, ckset, profile, graph_dtype, False, options)
         resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
         if component == "dit" and self.step_cache.applies_to(profile.stage):
@@ -167,8 +186,10 @@ class ModelStack:
         digest = hashlib.sha256(json.dumps(sorted(manifest.files.items())).encode()).hexdigest()[:16]
         return f"{resolution.backend}:{manifest.key}:{digest}"
 
-    def _sessions(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> dict[str, Session] | None:
-        resolution = self._resolution(component, ckset, profile)
+    def _sessions(
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+    ) -> dict[str, Session] | None:
+        resolution = self._resolution(component, ckset, profile, options)
         if resolution is None:
             self.used[component] = "eager"
             return None
@@ -182,8 +203,37 @@ class ModelStack:
         self.folders[component] = resolution.folder
         return open_sessions(resolution, device=self.device, ep=self.ep)
 
+    def _offloaded(self, component: str) -> bool:
+        return self.offload == "all" and component in HOST_RESIDENT
+
     def _load(self, component: str, ckset: CheckpointSet, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        return load_component(component, ckset, device=self.device, dtype=dtype or self.dtype)
+        """On the device; with --offload all, VAE/upsampler/vocoder modules are built once into host
+        memory instead, and `on_device` brings each to the device only for its own calls."""
+        dtype = dtype or self.dtype
+        if not self._offloaded(component):
+            return load_component(component, ckset, device=self.device, dtype=dtype)
+        key = (component, dtype)
+        if key not in self._host:
+            self._host[key] = load_component(component, ckset, device="cpu", dtype=dtype)
+        return self._host[key]
+
+    @contextlib.contextmanager
+    def on_device(self, *modules: tuple[str, torch.nn.Module | None]) -> Iterator[None]:
+        """The body runs with these (name, module) on the device; offloaded ones go back to host
+        memory afterwards and the device's cached blocks are returned to the driver."""
+        moving = [(name, m) for name, m in modules if m is not None and self._offloaded(name)]
+        for name, module in moving:
+            module.to(self.device)
+            self.device_log.append((name, "in"))
+        try:
+            yield
+        finally:
+            for name, module in moving:
+                module.to("cpu")
+                self.device_log.append((name, "out"))
+            if moving:
+                gc.collect()
+                dev.empty_cache(self.device)
 
     # -- components ----------------------------------------------------------------------------
 
@@ -191,17 +241,48 @@ class ModelStack:
         ckset = self.ckset.with_loras((*self.ckset.loras, *loras))
         config = read_model_config(ckset.checkpoint)
         cache = self.step_cache.for_stage(profile.stage, config["transformer"]["num_layers"])
-        sessions = self._sessions("dit", ckset, profile)  # a block chain when `cache` is set
+        prefetch = self._prefetch(config, profile)
+        # Streaming needs the block chain: a compiled whole-DiT graph has its block weights baked in.
+        layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
+        if prefetch is not None and layout == "whole":
+            raise UserError(WHOLE_CANNOT_STREAM)
+        sessions = self._sessions("dit", ckset, profile, ExportOptions(dit_layout=layout))  # chain if `cache`
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
-            runner = eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
+            if prefetch is None:
+                runner = eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
+            else:
+                shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
+                source = CheckpointBlockSource(ckset, config["transformer"]["num_layers"], self.dtype)
+                weights = StreamedBlockWeights(source, self.device, prefetch)
+                runner = eager_dit_runner(
+                    shell.to(self.device), config, self.device, self.dtype, block_weights=weights
+                )
         else:
-            weights = sorted(self.folders["dit"].glob("block_*.safetensors"))
+            if "dit" in sessions and prefetch is not None:
+                raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
+            files = sorted(self.folders["dit"].glob("block_*.safetensors"))
+            weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
             runner = DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
         runner.use_step_cache(cache)
         if self.timings is not None:
             runner.block_counts = self.timings.dit_counts()
         return runner
+
+    def _prefetch(self, config: dict, profile: ShapeProfile) -> int | None:
+        """The block-streaming prefetch count: as given, or the smallest that fits --max-device-memory
+        by the memory model ltx-plan uses; None keeps every block resident."""
+        if self.max_device_memory_gb is None:
+            return self.streaming_prefetch
+        bytes_per = torch.finfo(self.dtype).bits // 8
+        memory = dit_memory(config, profile, bytes_per, profile.batch)
+        prefetch = choose_prefetch(memory, self.max_device_memory_gb * 1e9)
+        chosen = "all blocks resident" if prefetch is None else f"--streaming-prefetch-count {prefetch}"
+        self.log(
+            f"--max-device-memory {self.max_device_memory_gb:g} GB: {chosen} (DiT peak ~"
+            f"{memory.peak_bytes(prefetch) / 1e9:.3g} GB; all resident ~{memory.peak_bytes(None) / 1e9:.3g} GB)"
+        )
+        return prefetch
 
     def dit_attention_masked(
         self, loras: tuple[LoraSpec, ...] = (), *, reason: str, stage: int | None = 1
@@ -225,6 +306,8 @@ class ModelStack:
             if self.fallback == "none":
                 raise UserError(f"dit: {reason}, which no compiled DiT graph takes (drop --fallback none to run eager)")
             print(f"warning: dit: {reason}, which no compiled DiT graph takes; falling back to eager", file=sys.stderr)
+        if self.streaming_prefetch is not None or self.max_device_memory_gb is not None:
+            print(f"warning: dit: {reason}: ltx-core's transformer runs whole, every block resident", file=sys.stderr)
         self.used["dit"] = "eager"
         model = X0Model(self._load("dit", self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
 
@@ -266,7 +349,12 @@ class ModelStack:
         sessions = self._sessions("video_encoder", self.ckset, profile)
         if sessions is None:
             encoder = self._load("video_encoder", self.ckset)
-            return lambda video: _no_grad(encoder)(video.to(self.device, self.dtype))
+
+            def eager(video: torch.Tensor) -> torch.Tensor:
+                with self.on_device(("video_encoder", encoder)):
+                    return _no_grad(encoder)(video.to(self.device, self.dtype))
+
+            return eager
         by_frames = {s.inputs[0].shape[2]: s for s in sessions.values()}
 
         def compiled(video: torch.Tensor) -> torch.Tensor:
@@ -283,7 +371,12 @@ class ModelStack:
         if sessions is None:
             upsampler = self._load("spatial_upsampler", self.ckset)
             encoder = self._load("video_encoder", self.ckset)
-            return lambda latent: _no_grad(upsample_video)(latent=latent, video_encoder=encoder, upsampler=upsampler)
+
+            def eager(latent: torch.Tensor) -> torch.Tensor:
+                with self.on_device(("spatial_upsampler", upsampler), ("video_encoder", encoder)):
+                    return _no_grad(upsample_video)(latent=latent, video_encoder=encoder, upsampler=upsampler)
+
+            return eager
         session = sessions["spatial_upsampler"]
         return lambda latent: session.run({"latent": latent.to(self.device, self.dtype)})["latent_x2"]
 
@@ -292,9 +385,12 @@ class ModelStack:
         sessions = self._sessions("video_decoder", self.ckset, profile)
         if sessions is None:
             decoder = self._load("video_decoder", self.ckset)
-            return lambda latent, generator: _no_grad_iter(
-                decode_video(latent, decoder, TilingConfig.default(), generator)
-            )
+
+            def eager(latent: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+                with self.on_device(("video_decoder", decoder)):
+                    yield from _no_grad_iter(decode_video(latent, decoder, TilingConfig.default(), generator))
+
+            return eager
         decoder = GraphTiledDecoder(sessions, VIDEO_SCALE_FACTORS, self.device, self.dtype)
         return lambda latent, generator: decode_video(latent, decoder, TilingConfig.default(), generator)
 
@@ -308,14 +404,16 @@ class ModelStack:
 
         def run(latent: torch.Tensor) -> Audio:
             with torch.inference_mode():
-                if decoder is not None and vocoder is not None:
+                if decoder is not None and vocoder is not None and self.offload != "all":
                     return decode_audio(latent, decoder, vocoder)
-                mel = (
-                    decoder(latent)
-                    if decoder is not None
-                    else dec_sessions["audio_decoder"].run({"audio_latent": latent.to(self.dtype)})["mel"]
-                )
-                with self.policy.vocoder_autocast():
+                # One module on the device at a time with --offload all: the decoder, then the vocoder.
+                with self.on_device(("audio_decoder", decoder)):
+                    mel = (
+                        decoder(latent)
+                        if decoder is not None
+                        else dec_sessions["audio_decoder"].run({"audio_latent": latent.to(self.dtype)})["mel"]
+                    )
+                with self.policy.vocoder_autocast(), self.on_device(("vocoder", vocoder)):
                     if vocoder is not None:
                         wave = vocoder(mel.to(self.policy.vocoder_dtype))
                         return Audio(waveform=wave.squeeze(0).float(), sampling_rate=vocoder.output_sampling_rate)
@@ -348,7 +446,8 @@ class ModelStack:
             with torch.inference_mode():
                 wave = audio.waveform.to(self.policy.complex_device)
                 mel = processor.waveform_to_mel(Audio(waveform=wave, sampling_rate=audio.sampling_rate))
-                return encoder(mel.to(device=self.device, dtype=self.dtype))
+                with self.on_device(("audio_encoder", encoder)):
+                    return encoder(mel.to(device=self.device, dtype=self.dtype))
 
         return run
 

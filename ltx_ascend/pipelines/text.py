@@ -21,6 +21,7 @@ from ltx_ascend.atomic import atomic_path
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.compile.manifest import fingerprint_file, fingerprint_tree
 from ltx_ascend.errors import UserError
+from ltx_ascend.runtime import device as dev
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class PromptEncoder:
         device: torch.device,
         dtype: torch.dtype,
         producer: Callable[[], str] = lambda: "eager",
+        *,
+        offload: bool = False,
+        device_log: list[tuple[str, str]] | None = None,
     ) -> None:
         self.ckset = ckset
         self.connectors = connectors  # built lazily: a full cache hit needs neither Gemma nor connectors
@@ -65,6 +69,8 @@ class PromptEncoder:
         self.producer = producer  # what runs the connectors: part of the cache key
         self.hits = 0
         self.text_encoder_built = False
+        self.offload = offload  # return Gemma's and the connectors' device memory to the driver after use
+        self.device_log = device_log if device_log is not None else []
 
     def _cached(self, key: str) -> PromptEmbeddings | None:
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
@@ -89,15 +95,26 @@ class PromptEncoder:
         if missing:
             self.text_encoder_built = True
             encoder = load_component("text_encoder", self.ckset, device=self.device, dtype=self.dtype)
+            self.device_log.append(("text_encoder", "in"))
             with torch.inference_mode():
                 hidden = {p: encoder.encode(p) for p in dict.fromkeys(missing)}
             del encoder
-            gc.collect()
+            self._release("text_encoder")
             run = self.connectors()
+            self.device_log.append(("text_connectors", "in"))
             for prompt, (states, mask) in hidden.items():
                 video, audio = run(states, mask)
                 emb = PromptEmbeddings(video, audio)
                 key = cache_key(prompt, self.ckset, self.dtype, producer)
                 self._store(key, emb, prompt, producer)
                 found[key] = emb
+            del run, hidden
+            self._release("text_connectors")
         return [found[k] for k in keys]
+
+    def _release(self, name: str) -> None:
+        """The caller dropped its last reference: free it, and with offload give the memory back."""
+        gc.collect()
+        if self.offload:
+            dev.empty_cache(self.device)
+        self.device_log.append((name, "out"))

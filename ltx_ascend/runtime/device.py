@@ -290,3 +290,40 @@ def new_stream(device: torch.device) -> torch.Stream | None:
 def new_event(device: torch.device, enable_timing: bool = False) -> torch.Event | None:
     """A fresh event on `device` (timing events for profiling); None on cpu."""
     return None if device.type == "cpu" else torch.Event(device=device, enable_timing=enable_timing)
+
+
+def current_stream(device: torch.device) -> torch.Stream | None:
+    """The stream compute is queued on in this thread; None on cpu."""
+    return None if device.type == "cpu" else torch.accelerator.current_stream(device)
+
+
+def on_stream(stream: torch.Stream | None) -> contextlib.AbstractContextManager[Any]:
+    """Queue the work of the `with` body on `stream` (a side stream); nothing on cpu (None)."""
+    return contextlib.nullcontext() if stream is None else stream
+
+
+def record_event(stream: torch.Stream | None) -> torch.Event | None:
+    """An event marking all work queued on `stream` so far; None on cpu."""
+    if stream is None:
+        return None
+    event = torch.Event(device=stream.device)
+    event.record(stream)
+    return event
+
+
+def wait_event(device: torch.device, event: torch.Event | None) -> None:
+    """Make this thread's current stream on `device` wait (on the device, not the host) for `event`."""
+    if event is not None:
+        current_stream(device).wait_event(event)
+
+
+def record_stream(tensor: torch.Tensor, stream: torch.Stream | None) -> None:
+    """Tell the caching allocator that `stream` uses `tensor` (allocated on another stream), so its
+    memory is not reused before the work queued on `stream` has finished."""
+    if stream is not None:
+        tensor.record_stream(stream)
+
+
+def pin(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Page-locked host copy for an asynchronous host-to-`device` copy; the tensor itself on cpu."""
+    return tensor if device.type == "cpu" else tensor.pin_memory()

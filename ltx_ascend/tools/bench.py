@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import torch
 
-from ltx_ascend.atomic import atomic_write_text, check_writable_file
+from ltx_ascend.atomic import atomic_path, atomic_write_text, check_writable_file
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
@@ -35,7 +35,7 @@ from ltx_ascend.runtime.session import Session, specs_from_manifest
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
 
-PRESETS = ("tiny", "bench", "22b-block")
+PRESETS = ("tiny", "bench", "22b-block", "22b-stream")
 PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation
 
 
@@ -184,6 +184,83 @@ def _bench_soc(soc: str | None) -> str:
     return found
 
 
+def _random_block_files(config: dict[str, Any], folder: Path) -> list[Path]:
+    """`block_XX.safetensors` with seeded random weights at the config's width (written once, cached)."""
+    from safetensors.torch import save_file
+
+    from ltx_ascend.checkpoints.tiny import randomize_
+    from ltx_ascend.export.dit_blocks import dit_shell
+
+    layers = config["transformer"]["num_layers"]
+    files = [folder / f"block_{i:02d}.safetensors" for i in range(layers)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        _, block = dit_shell(None, config, torch.float32)
+        for i, path in enumerate(files):
+            if path.is_file():
+                continue
+            print(f"writing random block {i} -> {path}", flush=True)
+            with torch.no_grad():
+                randomize_(block, i, "dit.block")
+            with atomic_path(path) as tmp:
+                save_file({n: p.detach().contiguous() for n, p in block.named_parameters()}, str(tmp))
+        del block
+    return files
+
+
+def bench_streaming(
+    shape: str, layers: int, prefetch: int | None, artifacts: Path, repeats: int, threads: int | None
+) -> dict[str, Any]:
+    """The eager block chain at the 22B width with `layers` random blocks, one pass per call: every
+    block resident (mapped from its file) or streamed `prefetch` ahead. Run one setting per process:
+    peak RSS is the process's, file-backed pages of the mapped block files included."""
+    from ltx_ascend.export import dit
+    from ltx_ascend.export.dit_blocks import dit_shell
+    from ltx_ascend.pipelines.dit_runner import eager_dit_runner
+    from ltx_ascend.runtime.block_weights import ResidentBlockWeights
+    from ltx_ascend.runtime.weight_streaming import BlockFileSource, StreamedBlockWeights
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = bench_config(layers)
+    files = _random_block_files(config, artifacts / "bench-stream" / f"{layers}-layers")
+    shell, _ = dit_shell(None, config, torch.float32, with_block=False)
+    profile = shape_profile(shape, stage=1)
+    passes = dit.sample_passes(1, layers)
+    feeds, _, _ = dit.sample_feeds(shell, profile, passes)
+    feeds |= dit.skip_masks_for(passes, layers)
+    block_bytes = max(f.stat().st_size for f in files)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    with _RssSampler() as rss:
+        if prefetch is None:
+            weights = ResidentBlockWeights.from_files(files, "cpu")
+        else:
+            weights = StreamedBlockWeights(BlockFileSource(files), "cpu", prefetch)
+        runner = eager_dit_runner(shell, config, torch.device("cpu"), torch.float32, block_weights=weights)
+        times = []
+        for _ in range(repeats + 1):  # the first call maps and faults every page in: a warm-up
+            start = time.perf_counter()
+            acts = runner.run_input(feeds)
+            runner.run_blocks(acts, feeds, 0, layers)
+            runner.run_output(acts, feeds)
+            times.append(time.perf_counter() - start)
+    return {
+        "layers": layers,
+        "prefetch": prefetch,
+        "shape": shape,
+        "video_tokens": profile.video_tokens,
+        "block_mb": block_bytes / 2**20,
+        "median_s_per_call": statistics.median(times[1:]),
+        "first_call_s": times[0],
+        "peak_rss_mb": rss.peak / 2**20,
+        "peak_rss_growth_mb": (rss.peak - before) / 2**20,
+        "peak_live_block_mb": getattr(weights, "peak_live_bytes", layers * block_bytes) / 2**20,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
     from ltx_ascend.compile.manifest import Manifest
 
@@ -237,9 +314,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="intra-op threads for both backends (default: all cores)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--layers", type=int, default=6, help="22b-stream: blocks at the 22B width (default 6)")
+    parser.add_argument(
+        "--streaming-prefetch-count",
+        type=int,
+        metavar="N",
+        help="22b-stream: stream N blocks ahead (default: resident)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    if args.preset == "22b-stream":
+        if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
+            raise UserError("--layers must be >= 1 and --streaming-prefetch-count >= 0")
+        shape = args.shape or "9x512x768"
+        row = bench_streaming(shape, args.layers, args.streaming_prefetch_count, args.artifacts, args.repeats,
+                              args.threads)  # fmt: skip
+        mode = "resident" if row["prefetch"] is None else f"N={row['prefetch']}"
+        print(
+            f"22B-width block chain, {row['layers']} layers ({row['block_mb']:.0f} MB each, float32), "
+            f"{row['video_tokens']} video tokens, 1 pass per call, {row['threads']} threads: {mode}: "
+            f"{row['median_s_per_call']:.2f} s/call (first {row['first_call_s']:.2f} s), peak RSS "
+            f"{row['peak_rss_mb']:.0f} MB (+{row['peak_rss_growth_mb']:.0f} MB while running; live block "
+            f"tensors peak {row['peak_live_block_mb']:.0f} MB)"
+        )
+        if args.json:
+            atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
+        return 0
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in ("eager", "ort", "om")]
     if unknown or not backends:

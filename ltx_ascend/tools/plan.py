@@ -1,9 +1,11 @@
 """`ltx-plan`: will it fit, and how long should a step take? From the config alone, no weights.
 
 Per component and stage: FLOPs per call and per step (every guidance pass counted), parameter
-bytes, activation peak; whether weights plus activations fit the device's memory (and how many
-DiT blocks must stream if not); and a roofline time per step at the SoC's peak, next to the published
-eager figures of the LTX-2.3 Ascend guide on a 910B for the same shape.
+bytes, activation peak; whether weights plus activations fit the device's memory (and which
+block-streaming prefetch count fits if not); a roofline time per step at the SoC's peak, next to
+the published eager figures of the LTX-2.3 Ascend guide on a 910B for the same shape; and, with
+`--streaming-prefetch-count N`, peak device memory and time per step with the DiT's blocks streamed
+over the host link (copy vs compute, overlapped).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import read_skip_ratios
+from ltx_ascend.runtime.dit_memory import (
+    USABLE_FRACTION,
+    activation_bytes,
+    choose_prefetch,
+    dit_memory,
+    meta_dit,
+    streamed_call_seconds,
+)
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -36,6 +46,7 @@ class Soc:
     hbm_gb: float
     hbm_tb_s: float
     source: str
+    h2d_gb_s: float = 32.0  # host-to-device link: PCIe 4.0 x16 (theoretical, one direction)
 
 
 # Public figures, approximate: vendors quote ranges and round; override with --peak-tflops / --hbm-gb.
@@ -44,14 +55,15 @@ SOCS = {
     "Ascend910B2": Soc("Ascend910B2", 376, 64, 1.6, "public 910B spec sheets (~376 TFLOP/s fp16, 64 GB HBM2e)"),
     "Ascend910B3": Soc("Ascend910B3", 313, 64, 1.6, "public 910B spec sheets (~313 TFLOP/s fp16, 64 GB HBM2e)"),
     "Ascend910B4": Soc("Ascend910B4", 280, 64, 1.6, "Atlas 800I A2 public specs (~280 TFLOP/s fp16, 64 GB, 1.6 TB/s)"),
-    "H100-SXM": Soc("H100-SXM", 989, 80, 3.35, "NVIDIA H100 datasheet (dense bf16)"),
-    "H200": Soc("H200", 989, 141, 4.8, "NVIDIA H200 datasheet (dense bf16)"),
+    "H100-SXM": Soc("H100-SXM", 989, 80, 3.35, "NVIDIA H100 datasheet (dense bf16)", 64.0),
+    "H200": Soc("H200", 989, 141, 4.8, "NVIDIA H200 datasheet (dense bf16)", 64.0),
 }
 
-# Published reference figures: eager LTX-2.3 on Atlas 800I A2 (910B, torch_npu 2.9, 41 frames), from the
-# LTX-2.3 Ascend guide (docs/reference-figures.md); not measured by this project. stage -> s/step.
-PUBLISHED_SOURCE = "the LTX-2.3 Ascend guide, eager torch_npu on Atlas 800I A2"
-SEED_MEASURED = {
+# Published reference figures, not measured by this project: the LTX-2.3 Ascend guide's eager torch_npu
+# runs on an Atlas 800I A2 (910B, torch_npu 2.9) at 41x1024x1536 (docs/reference-figures.md), in s/step
+# per stage; (pipeline, streamed) -> stage. "streamed" = the guide's --streaming-prefetch-count runs.
+PUBLISHED_910B_SOURCE = "LTX-2.3 Ascend guide, 910B eager torch_npu (published reference figures, not measured here)"
+PUBLISHED_910B = {
     ("ti2vid_two_stages", False): {"stage 1": 2.68, "stage 2": 2.59},
     ("ti2vid_two_stages", True): {"stage 1": 6.76, "stage 2": 2.65},
     ("ti2vid_two_stages_hq", True): {"stage 1": 11.3, "stage 2": 7.54},
@@ -88,13 +100,6 @@ PIPELINE_STAGES: dict[str, list[Stage]] = {
 
 # ------------------------------------------------------------------------------------------------
 # Counting
-
-
-def meta_dit(config: dict[str, Any]) -> torch.nn.Module:
-    from ltx_core.model.transformer import LTXModelConfigurator
-
-    with torch.device("meta"):
-        return LTXModelConfigurator.from_config(config)
 
 
 # Which token stream each top-level block submodule reads: (query side, key/value side).
@@ -250,7 +255,10 @@ def plan(
     streaming: bool = False,
     step_cache: StepCacheSpec | None = None,
     expected_skip: dict[str, float] | float | None = None,
+    prefetch: int | None = None,
 ) -> dict[str, Any]:
+    """The plan. `streaming`: compare with the published streamed figures; `prefetch` (the streaming
+    prefetch count) adds the streamed peak memory and time per stage."""
     if pipeline not in PIPELINE_STAGES:
         raise UserError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINE_STAGES)}")
     from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
@@ -263,7 +271,10 @@ def plan(
     rows: list[Row] = []
     dit = meta_dit(config)
     dit_params = param_count(dit)
-    measured = SEED_MEASURED.get((pipeline, streaming), {}) if (frames, height, width) == (41, 1024, 1536) else {}
+    at_reference_shape = (frames, height, width) == (41, 1024, 1536)
+    measured = PUBLISHED_910B.get((pipeline, streaming), {}) if at_reference_shape else {}
+    measured_streamed = PUBLISHED_910B.get((pipeline, True), {}) if at_reference_shape else {}
+    streamed_rows: list[dict[str, Any]] = []
 
     gemma_flops, gemma_weights = _gemma_flops(1024)
     rows.append(Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
@@ -275,10 +286,7 @@ def plan(
         flops = dit_flops_per_pass(dit, profile)
         per_pass = flops["total"]
         calls = st.steps * st.passes * st.evals_per_step
-        d = dit.transformer_blocks[0]
-        tv = profile.video_tokens
-        ff_inner = d.ff.net[2].in_features
-        act = (tv * (ff_inner + 9 * d.attn1.to_q.in_features)) * bytes_per * st.passes  # FF inner + AdaLN rows
+        act = activation_bytes(dit.transformer_blocks[0], profile, bytes_per, st.passes)
         step_s = per_pass * st.passes * st.evals_per_step / peak_flops
         row = Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
                   dit_params * bytes_per / 1e9, act / 1e9, step_s, measured.get(st.name))  # fmt: skip
@@ -290,6 +298,9 @@ def plan(
             if row.measured_s_per_step:
                 row.saved_measured_s = row.measured_s_per_step * st.steps * saved / (per_pass * calls)
         rows.append(row)
+        if prefetch is not None:
+            streamed_rows.append(_streamed_stage(config, profile, st, bytes_per, soc, prefetch, step_s, measured,
+                                             measured_streamed))  # fmt: skip
     full = shape_profile((frames, height, width), stage=2 if two_stage else None)
     with torch.device("meta"):
         decoder = VideoDecoderConfigurator.from_config(config)
@@ -313,7 +324,16 @@ def plan(
     biggest_stage = max((r for r in rows if r.component.startswith("dit")), key=lambda r: r.activation_gb)
     need_gb = biggest_stage.params_gb + biggest_stage.activation_gb
     block_gb = param_count(dit.transformer_blocks[0]) * bytes_per / 1e9
-    stream_blocks = 0 if need_gb <= soc.hbm_gb * 0.9 else math.ceil((need_gb - soc.hbm_gb * 0.9) / block_gb)
+    biggest = max(
+        (dit_memory(config, shape_profile((frames, height, width), stage=st.stage), bytes_per, st.passes)
+         for st in PIPELINE_STAGES[pipeline]),
+        key=lambda m: m.activation_bytes,
+    )  # fmt: skip
+    fits = need_gb <= soc.hbm_gb * USABLE_FRACTION
+    try:
+        fitting_prefetch = choose_prefetch(biggest, soc.hbm_gb * 1e9)
+    except UserError:
+        fitting_prefetch = -1  # not even one block at a time
     return {
         "pipeline": pipeline,
         "shape": shape,
@@ -321,10 +341,13 @@ def plan(
         "soc": asdict(soc),
         "dit_params_billion": dit_params / 1e9,
         "rows": [asdict(r) for r in rows],
-        "fits": stream_blocks == 0,
+        "fits": fits,
         "peak_need_gb": need_gb,
-        "stream_blocks": stream_blocks,
+        # blocks that cannot stay resident (0 when it fits); streaming keeps only prefetch + 1 on the device
+        "stream_blocks": 0 if fits else math.ceil((need_gb - soc.hbm_gb * USABLE_FRACTION) / block_gb),
+        "fitting_prefetch": fitting_prefetch,
         "block_gb": block_gb,
+        "streaming": streamed_rows,
         "total_tflop": sum(r.tflop_total for r in rows),
         "step_cache": str(step_cache),
         "saved_tflop": sum(r.saved_tflop for r in rows),
@@ -357,13 +380,19 @@ def format_plan(result: dict[str, Any]) -> str:
         )
     lines.append(f"total {result['total_tflop']:,.0f} TFLOP")
     if any(r["measured_s_per_step"] for r in result["rows"]):
-        lines.append(f"published s/step: {PUBLISHED_SOURCE} (reference figures, not measured here)")
+        lines.append(f"published s/step, resident DiT: {PUBLISHED_910B_SOURCE}")
     if result["fits"]:
         lines.append(f"fits: the largest stage needs ~{result['peak_need_gb']:.1f} GB of {soc['hbm_gb']:.0f} GB")
+    elif result["fitting_prefetch"] >= 0:
+        lines.append(
+            f"does not fit: ~{result['peak_need_gb']:.1f} GB needed, {soc['hbm_gb']:.0f} GB available: stream the "
+            f"DiT's blocks ({result['block_gb']:.2f} GB each) from host memory with "
+            f"--streaming-prefetch-count {result['fitting_prefetch']} (what --max-device-memory picks)"
+        )
     else:
         lines.append(
-            f"does not fit: ~{result['peak_need_gb']:.1f} GB needed, {soc['hbm_gb']:.0f} GB available: stream "
-            f"{result['stream_blocks']} of the DiT's blocks ({result['block_gb']:.2f} GB each) from host memory"
+            f"does not fit: ~{result['peak_need_gb']:.1f} GB needed, {soc['hbm_gb']:.0f} GB available, "
+            "even streaming one block at a time"
         )
     if result["step_cache"] != "off":
         lines += ["", f"step cache {result['step_cache']}: predicted saving (roofline seconds)", _step_cache_header()]
@@ -375,7 +404,77 @@ def format_plan(result: dict[str, Any]) -> str:
             )
         share = result["saved_tflop"] / result["total_tflop"]
         lines.append(f"saved {result['saved_tflop']:,.0f} of {result['total_tflop']:,.0f} TFLOP ({100 * share:.1f} %)")
+    if result["streaming"]:
+        lines += ["", *format_streaming(result)]
     return "\n".join(lines)
+
+
+def _streamed_stage(
+    config: dict[str, Any],
+    profile: ShapeProfile,
+    st: Stage,
+    bytes_per: int,
+    soc: Soc,
+    prefetch: int,
+    roofline_step_s: float,
+    measured: dict[str, float],
+    measured_streamed: dict[str, float],
+) -> dict[str, Any]:
+    """Memory and time per step of one stage with the DiT's blocks streamed, in two call patterns:
+    every guidance pass of a step in one call (a batched compiled graph: blocks cross the host link
+    once per step) and one pass per call (eager, as ltx-pipelines calls its transformer: once per pass).
+    Compute per step is the published resident figure where there is one, else the roofline."""
+    compute_s = measured.get(st.name) or roofline_step_s
+    out: dict[str, Any] = {"stage": st.name, "compute_s_per_step": compute_s, "compute_measured": st.name in measured}
+    for pattern, calls, passes_per_call in (
+        ("batched", st.evals_per_step, st.passes),
+        ("per_pass", st.evals_per_step * st.passes, 1),
+    ):
+        memory = dit_memory(config, profile, bytes_per, passes_per_call)
+        call_s = streamed_call_seconds(compute_s / calls, memory, soc.h2d_gb_s * 1e9, prefetch)
+        out[pattern] = {
+            "calls_per_step": calls,
+            "s_per_step": calls * call_s,
+            "copy_s_per_call": memory.num_layers * memory.block_bytes / (soc.h2d_gb_s * 1e9),
+            "peak_gb": memory.peak_bytes(prefetch) / 1e9,
+            "resident_peak_gb": memory.peak_bytes(None) / 1e9,
+            "weights_gb": memory.weight_bytes(prefetch) / 1e9,
+            "blocks_on_device": memory.resident_blocks(prefetch),
+            "num_layers": memory.num_layers,
+        }
+    out["published_streamed_s_per_step"] = measured_streamed.get(st.name)
+    out["published_resident_s_per_step"] = measured.get(st.name)
+    return out
+
+
+def format_streaming(result: dict[str, Any]) -> list[str]:
+    soc, rows = result["soc"], result["streaming"]
+    prefetch = rows[0]["batched"]["blocks_on_device"] - 1
+    lines = [
+        f"streaming the DiT's blocks: {rows[0]['batched']['blocks_on_device']} of {rows[0]['batched']['num_layers']} "
+        f"on the device ({result['block_gb']:.2f} GB each, prefetch {prefetch}), host link "
+        f"{soc['h2d_gb_s']:.0f} GB/s; a step's compute is the published resident s/step (*) where there is one, "
+        "else the roofline",
+        f"{'stage':<8} {'calls/step':>10} {'compute s/step':>15} {'copy s/call':>12} {'peak GB':>8} "
+        f"{'resident GB':>12} {'pred. s/step':>13} {'published s/step':>17}",
+    ]
+    for r in rows:
+        compute = f"{r['compute_s_per_step']:.3f}" + ("*" if r["compute_measured"] else " ")
+        for pattern, label in (("batched", "all passes per call"), ("per_pass", "one pass per call")):
+            p = r[pattern]
+            published = "-"
+            if pattern == "per_pass" and r["published_streamed_s_per_step"]:
+                published = f"{r['published_streamed_s_per_step']:.2f}"
+            lines.append(
+                f"{r['stage']:<8} {p['calls_per_step']:>10} {compute:>15} {p['copy_s_per_call']:>12.3f} "
+                f"{p['peak_gb']:>8.2f} {p['resident_peak_gb']:>12.2f} {p['s_per_step']:>13.3f} {published:>17}  "
+                f"{label}"
+            )
+    lines.append(
+        f"published: {PUBLISHED_910B_SOURCE}; its streamed figure sits on the one-pass-per-call row "
+        "(ltx-pipelines calls the transformer once per guidance pass)"
+    )
+    return lines
 
 
 @cli_entry
@@ -390,7 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hbm-gb", type=float, help="device memory (default: the SoC's)")
     parser.add_argument("--peak-tflops", type=float, help="override the SoC's peak")
     parser.add_argument("--dtype", choices=tuple(BYTES), default="bfloat16")
-    parser.add_argument("--streaming", action="store_true", help="compare with the seed's block-streaming runs")
     parser.add_argument(
         "--step-cache",
         default="off",
@@ -399,6 +497,13 @@ def main(argv: list[str] | None = None) -> int:
         "ltx-run --step-cache-search (its measured per-stage skip ratios)",
     )
     parser.add_argument("--expected-skip", type=float, metavar="RATIO", help="auto: share of block calls skipped")
+    parser.add_argument(
+        "--streaming-prefetch-count",
+        type=int,
+        metavar="N",
+        help="also predict peak device memory and s/step with the DiT's blocks streamed N ahead (ltx-run's flag)",
+    )
+    parser.add_argument("--h2d-gb-s", type=float, help="host-to-device bandwidth in GB/s (default: the SoC's link)")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON")
     args = parser.parse_args(argv)
     parse_shape(args.shape)
@@ -416,14 +521,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = config_22b()
     soc = SOCS[args.soc]
-    soc = Soc(soc.name, args.peak_tflops or soc.peak_tflops, args.hbm_gb or soc.hbm_gb, soc.hbm_tb_s, soc.source)
+    soc = Soc(
+        soc.name,
+        args.peak_tflops or soc.peak_tflops,
+        args.hbm_gb or soc.hbm_gb,
+        soc.hbm_tb_s,
+        soc.source,
+        args.h2d_gb_s or soc.h2d_gb_s,
+    )
+    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
+        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
     step_cache = parse_spec(args.step_cache)
     expected: dict[str, float] | float | None = args.expected_skip
     if expected is not None and not 0 <= expected <= 1:
         raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
     if expected is None and args.step_cache.startswith("@"):
         expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
-    result = plan(args.pipeline, args.shape, config, soc, args.dtype, args.streaming, step_cache, expected)
+    result = plan(
+        args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
+        prefetch=args.streaming_prefetch_count,
+    )  # fmt: skip
     print(format_plan(result))
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
