@@ -9,9 +9,11 @@ console script's `--help` in a child process, and names the first one that fails
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 
 # Modules whose import loads a compiled extension (import name -> distribution, for the message).
@@ -51,17 +53,21 @@ def console_scripts() -> list[str]:
     return sorted(ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("ltx_ascend."))
 
 
+def _script_help(name: str) -> str | None:
+    ep = next(e for e in entry_points(group="console_scripts") if e.name == name)
+    module, _, attr = ep.value.partition(":")
+    code = f"import sys; from {module} import {attr} as m; sys.argv[0] = {name!r}; m(['--help'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 or "usage:" not in result.stdout:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"{name} --help exited {result.returncode}: {tail}"
+    return None
+
+
 def check_scripts(names: list[str]) -> list[str]:
-    failures = []
-    for name in names:
-        ep = next(e for e in entry_points(group="console_scripts") if e.name == name)
-        module, _, attr = ep.value.partition(":")
-        code = f"import sys; from {module} import {attr} as m; sys.argv[0] = {name!r}; m(['--help'])"
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-        if result.returncode != 0 or "usage:" not in result.stdout:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            failures.append(f"{name} --help exited {result.returncode}: {tail}")
-    return failures
+    """Each script in its own interpreter (what a user's shell does), as many at once as there are cores."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return [line for line in pool.map(_script_help, names) if line]
 
 
 def main() -> int:
