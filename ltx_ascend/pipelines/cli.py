@@ -2,15 +2,20 @@
 
 Every flag of ltx-pipelines 1.0.0 keeps its name (`python -m ltx_pipelines.X ...` becomes
 `ltx-run X ...`); ours are --artifacts, --backend, --fallback, --device, --dtype, --raw-output,
---timings-json and --step-cache / --step-cache-search. With no checkpoint flags it runs on the tiny
-set under artifacts/, building it and its ONNX Runtime graphs on first use.
+--timings-json, --step-cache / --step-cache-search and --parallel. With no checkpoint flags it runs
+on the tiny set under artifacts/, building it and its ONNX Runtime graphs on first use. Under
+torchrun with --parallel, every rank runs the pipeline on its own device; rank 0 alone writes the
+outputs and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -27,12 +32,14 @@ from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
+from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
 from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice, ModelStack
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import add_fallback_arg
 from ltx_ascend.shapes import check_pixel_shape
 
@@ -154,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_fallback_arg(run)
         dev.add_device_args(run)
+        run.add_argument(
+            "--parallel",
+            type=distributed.Layout.parse,
+            default=None,
+            metavar="cfg=C,ulysses=U",
+            help="under torchrun (C x U = --nproc-per-node): guidance passes over C ranks, tokens over U",
+        )
         cache = p.add_argument_group("step cache (skip DiT blocks that repeat between steps)")
         cache.add_argument(
             "--step-cache",
@@ -354,9 +368,41 @@ def parse_and_check(argv: list[str] | None) -> Checked:
     return Checked(args, module, req, two_stage, tiny, backends, step_cache)
 
 
+class _NoProgress(io.TextIOBase):
+    """stderr of ranks other than 0: warnings and errors pass, progress bars (carriage returns) do not."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if "\r" not in text:
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     checked = parse_and_check(argv)
+    args = checked.args
+    launched = distributed.launched_ranks()
+    if launched is not None and launched[1] > 1 and args.parallel is None:
+        n = launched[1]
+        raise UserError(f"torchrun started {n} ranks: pass --parallel cfg=C,ulysses=U with C x U = {n}")
+    layout = args.parallel or distributed.Layout()
+    rank, _, _ = distributed.check_layout(layout)
+    if layout.size > 1 and args.step_cache_search is not None:
+        raise UserError("--step-cache-search calibrates on one device: run it without torchrun and --parallel")
+    if rank == 0:
+        return _main(checked, layout)
+    quiet = _NoProgress(sys.stderr)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(quiet):
+        return _main(checked, layout)  # rank 0 alone reports
+
+
+def _main(checked: Checked, layout: distributed.Layout) -> int:
     args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
     tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
     policy = dev.policy_from_args(args)
@@ -376,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
         raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
     step_cache.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
+    parallel = None
+    if layout.size > 1:
+        transformer = read_model_config(ckset.checkpoint)["transformer"]
+        heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
+        distributed.check_heads(layout, heads)
+        world = distributed.init_world(layout, policy.device)
+        policy = dev.policy_for(world.device, args.dtype)
+        parallel = Parallel(world)
 
     def run_pipeline(spec: StepCacheSpec):
         """One run of the pipeline under step cache `spec`: (output, timings, stack)."""
@@ -395,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             streaming_prefetch=args.streaming_prefetch_count,
             max_device_memory_gb=args.max_device_memory,
             offload=args.offload,
+            parallel=parallel,
         )
         preflight(stack, module, args, req, two_stage)
         # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
@@ -408,9 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             offload=args.offload != "none",
             device_log=stack.device_log,
         )
-        return module.run(RunContext(req, stack, prompts, timings)), timings, stack
+        if parallel is not None:
+            prompts = BroadcastPrompts(prompts, parallel.world)
+        main = parallel is None or parallel.world.is_main
+        return module.run(RunContext(req, stack, prompts, timings, main=main)), timings, stack
 
-    print(dev.describe(policy), flush=True)
+    print(dev.describe(policy) + (f", ranks {layout.size} ({layout})" if parallel else ""), flush=True)
     if args.step_cache_search is not None:
         search_step_cache(
             lambda spec: run_pipeline(spec)[:2],
@@ -424,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
         return 0
     output, timings, stack = run_pipeline(step_cache)
+    if parallel is not None and not parallel.world.is_main:
+        return 0
     with timings.stage("write"):
         write_mp4(args.output_path, output.frames, req.frame_rate, output.audio)
         if args.raw_output is not None:

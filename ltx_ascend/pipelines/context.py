@@ -64,6 +64,7 @@ class RunContext:
     stack: ModelStack
     prompts: PromptEncoder
     timings: Timings
+    main: bool = True  # rank 0 of a multi-device run (or the only process): the one that decodes and writes
 
     @property
     def device(self) -> torch.device:

@@ -19,6 +19,7 @@ from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.model import LTXModel
 
 from ltx_ascend.export import dit, dit_blocks
+from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
@@ -54,6 +55,7 @@ class DiTRunner:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch: int | None = None,
+        parallel: Parallel | None = None,
     ) -> None:
         with torch.device("meta"):  # RoPE needs only the preprocessors' settings, never weights
             self._meta: LTXModel = LTXModelConfigurator.from_config(config)
@@ -73,6 +75,12 @@ class DiTRunner:
         self._rope: dict[str, torch.Tensor] = {}
         self.block_counts = BlockCounts()  # this runner's (one stage's) DiT work
         self.step_cache: StepCache | None = None  # see `use_step_cache`
+        self.parallel = parallel
+        if parallel is not None and parallel.ulysses > 1:
+            block = self.sessions.get("dit-block")
+            if not isinstance(block, EagerSession) or not isinstance(block.module, dit_blocks.DiTBlockGraph):
+                raise ValueError("Ulysses sequence parallel needs the eager block chain (see eager_dit_runner)")
+            parallel.install(block.module.block)
 
     def use_step_cache(self, cache: StepCache | None) -> None:
         """Consult `cache` around the block chain from now on (None: run every block)."""
@@ -126,6 +134,8 @@ class DiTRunner:
             self.block_counts.block_calls += real * self.num_layers
             self.block_counts.seconds += time.perf_counter() - start
             return out["video_denoised"], out["audio_denoised"]
+        if self.parallel is not None:  # Ulysses: this rank's tokens in, everyone's tokens out
+            feeds = self.parallel.shard_feeds(feeds)
         acts = self.run_input(feeds)
         if self.step_cache is None:
             acts = self.run_blocks(acts, feeds, 0, self.num_layers)
@@ -133,6 +143,8 @@ class DiTRunner:
         else:
             acts = self.step_cache.run_blocks(self, acts, feeds, keys, self.block_counts)
         result = self.run_output(acts, feeds)
+        if self.parallel is not None:
+            result = self.parallel.gather_tokens(*result)
         self.block_counts.seconds += time.perf_counter() - start
         return result
 
@@ -167,17 +179,24 @@ class DiTRunner:
         return final["video_denoised"], final["audio_denoised"]
 
     def __call__(self, video, audio, passes: Sequence[Pass]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """X0 predictions (video, audio) per pass; `video`/`audio` are batch-1 ltx-core Modalities."""
+        """X0 predictions (video, audio) per pass; `video`/`audio` are batch-1 ltx-core Modalities.
+        With pass parallel this rank runs its share of `passes` and gathers the others'."""
+        mine, first = list(passes), 0
+        if self.parallel is not None:
+            mine, first = self.parallel.my_passes(passes), self.parallel.first_pass(len(passes))
         results = []
         if self.step_cache is not None:
             self.step_cache.begin_call()
-        for start in range(0, len(passes), self.batch):
-            chunk = list(passes[start : start + self.batch])
+        for start in range(0, len(mine), self.batch):
+            chunk = mine[start : start + self.batch]
             pad = self.batch - len(chunk)  # a short last chunk repeats its last pass (result dropped)
             feeds = self._feeds(video, audio, chunk + [chunk[-1]] * pad)
-            keys = [(start + i, p.kind) for i, p in enumerate(chunk)] + [None] * pad
+            keys = [(first + start + i, p.kind) for i, p in enumerate(chunk)] + [None] * pad
             v, a = self._run(feeds, keys)
             results += [(v[i : i + 1], a[i : i + 1]) for i in range(len(chunk))]
+        if self.parallel is not None:
+            like = (video.latent.to(self.device, self.dtype), audio.latent.to(self.device, self.dtype))
+            results = self.parallel.gather_passes(results, len(passes), *like)
         return results
 
 
@@ -189,6 +208,7 @@ def eager_dit_runner(
     *,
     batch: int = 1,
     block_weights: BlockWeights | None = None,
+    parallel: Parallel | None = None,
 ) -> DiTRunner:
     """ltx-core's transformer as a block chain: its preprocessors, its blocks (one block module runs
     every block's weights, bound per call) and its output head, behind eager sessions. The block
@@ -203,4 +223,6 @@ def eager_dit_runner(
         "dit-output": EagerSession(output_graph, output_graph.input_names, output_graph.output_names, device, dtype),
     }
     weights = ResidentBlockWeights.from_modules(model.transformer_blocks) if block_weights is None else block_weights
-    return DiTRunner(config, sessions, block_weights=weights, device=device, dtype=dtype, batch=batch)
+    return DiTRunner(
+        config, sessions, block_weights=weights, device=device, dtype=dtype, batch=batch, parallel=parallel
+    )

@@ -35,9 +35,11 @@ from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component, export_request
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
+from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import Resolution, open_sessions, resolve
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
@@ -112,6 +114,7 @@ class ModelStack:
     _host: dict = field(default_factory=dict)  # (component, dtype) -> module kept in host memory
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
+    parallel: Parallel | None = None  # multi-device run: how the DiT's passes and tokens are split
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +127,14 @@ class ModelStack:
     # -- locating compiled graphs --------------------------------------------------------------
 
     def _resolution(
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+    ) -> Resolution | None:
+        """`_resolve_or_build`, one rank of a multi-device run at a time (one builds, the rest find it)."""
+        world = self.parallel.world if self.parallel is not None else None
+        with distributed.host_lock(self.artifacts / ".build.lock", world):
+            return self._resolve_or_build(component, ckset, profile, options)
+
+    def _resolve_or_build(
         self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
     ) -> Resolution | None:
         """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
@@ -241,29 +252,49 @@ class ModelStack:
         ckset = self.ckset.with_loras((*self.ckset.loras, *loras))
         config = read_model_config(ckset.checkpoint)
         cache = self.step_cache.for_stage(profile.stage, config["transformer"]["num_layers"])
+        parallel = self.parallel
+        if parallel is not None:  # pass parallel: this rank's graph holds its share of a step's passes
+            profile = dataclasses.replace(profile, batch=parallel.chunk(profile.batch))
+        if parallel is not None and parallel.ulysses > 1 and cache is not None:
+            raise UserError(
+                f"--step-cache with --parallel {parallel.world.layout}: the ranks of a sequence could skip "
+                "different blocks; drop --step-cache or use cfg=N alone"
+            )
         prefetch = self._prefetch(config, profile)
         # Streaming needs the block chain: a compiled whole-DiT graph has its block weights baked in.
         layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
         if prefetch is not None and layout == "whole":
             raise UserError(WHOLE_CANNOT_STREAM)
-        sessions = self._sessions("dit", ckset, profile, ExportOptions(dit_layout=layout))  # chain if `cache`
+        if parallel is not None and parallel.ulysses > 1 and self.backends.of("dit") != "eager":
+            # Sequence parallel runs the attention cores between all-to-alls: the eager block chain only.
+            reason = f"--parallel {parallel.world.layout} runs the DiT eager (no compiled sequence-parallel graphs)"
+            if self.fallback == "none":
+                raise UserError(f"dit: {reason}; pass --backend dit=eager or drop ulysses")
+            print(f"warning: dit: {reason}; falling back to eager", file=sys.stderr)
+            sessions = None
+            self.used["dit"] = "eager"
+        else:
+            sessions = self._sessions("dit", ckset, profile, ExportOptions(dit_layout=layout))  # chain if `cache`
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:
-                runner = eager_dit_runner(self._load("dit", ckset), config, self.device, self.dtype)
+                model = self._load("dit", ckset)
+                runner = eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
             else:
                 shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
                 source = CheckpointBlockSource(ckset, config["transformer"]["num_layers"], self.dtype)
                 weights = StreamedBlockWeights(source, self.device, prefetch)
                 runner = eager_dit_runner(
-                    shell.to(self.device), config, self.device, self.dtype, block_weights=weights
+                    shell.to(self.device), config, self.device, self.dtype, block_weights=weights, parallel=parallel
                 )
         else:
             if "dit" in sessions and prefetch is not None:
                 raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
             files = sorted(self.folders["dit"].glob("block_*.safetensors"))
             weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
-            runner = DiTRunner(config, sessions, block_weights=weights, device=self.device, dtype=self.dtype)
+            runner = DiTRunner(
+                config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel
+            )
         runner.use_step_cache(cache)
         if self.timings is not None:
             runner.block_counts = self.timings.dit_counts()

@@ -327,3 +327,10 @@ def record_stream(tensor: torch.Tensor, stream: torch.Stream | None) -> None:
 def pin(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Page-locked host copy for an asynchronous host-to-`device` copy; the tensor itself on cpu."""
     return tensor if device.type == "cpu" else tensor.pin_memory()
+
+
+def require_npu_backend() -> None:
+    """torch_npu registers HCCL with torch.distributed when imported; fail with the fix if it cannot be."""
+    probe = _probe_npu()
+    if not probe.available:
+        raise UserError(f"--parallel on npu: {probe.reason}; {_NPU_FIX}")

@@ -1,0 +1,183 @@
+"""What a DiT step does differently on several devices: guidance passes split over the `cfg`
+groups, tokens split over the `ulysses` ranks of a group.
+
+Pass parallel: a guided step's passes (conditional, negative, STG, isolation) are dealt out in
+contiguous chunks of ceil(n / C); each rank runs its chunk on its own graph and the X0
+predictions are all-gathered, so every rank continues the sampling loop with all of them.
+
+Ulysses: each rank holds T / U tokens of video and of audio (padded at the end to a multiple of U),
+with the per-token inputs (latent, timesteps, RoPE tables) split the same way, so everything
+per-token (AdaLN, projections, feed-forward, text cross-attention) runs on the shard as it would on
+the whole. Around each self-attention core an all-to-all turns the token split into a head split
+(every rank attends over all tokens with H / U heads) and back. The audio-video cross-attentions
+all-gather the other modality's keys and values after their RoPE. Padding never reaches a real
+token: the attention cores see exactly the T real tokens. ltx-core's attention modules are not
+copied: the wrappers replace `Attention.attention_function` of one block module at run time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
+
+from ltx_ascend.runtime import distributed as D
+
+# DiT feeds with a token axis, and where it is: latents/timesteps [B, T, ...], RoPE [B, H, T, d] or [B, T, D].
+TOKEN_FEEDS = {
+    "video": ("video_latent", "video_timesteps"),
+    "audio": ("audio_latent", "audio_timesteps"),
+}
+ROPE_FEEDS = {m: tuple(f"{m}_{f}" for f in ("pe_cos", "pe_sin", "cross_pe_cos", "cross_pe_sin")) for m in TOKEN_FEEDS}
+
+
+class Parallel:
+    """One rank's share of a DiT step; `DiTRunner` calls it at its pass and sequence seams."""
+
+    def __init__(self, world: D.World) -> None:
+        self.world = world
+        self.cfg = world.layout.cfg
+        self.ulysses = world.layout.ulysses
+        self.lengths: dict[str, int] = {}  # real token count per modality, set by `shard_feeds`
+
+    # -- guidance passes ---------------------------------------------------------------------
+
+    def chunk(self, n: int) -> int:
+        """Passes per rank for a step of `n` passes (the graph batch a rank needs)."""
+        return math.ceil(n / self.cfg)
+
+    def my_passes(self, passes: Sequence) -> list:
+        k = self.chunk(len(passes))
+        return list(passes[self.world.cfg_rank * k : (self.world.cfg_rank + 1) * k])
+
+    def first_pass(self, n: int) -> int:
+        """Index, in the step's pass list, of this rank's first pass (keys of per-pass state)."""
+        return self.world.cfg_rank * self.chunk(n)
+
+    def gather_passes(
+        self, mine: list[tuple[torch.Tensor, torch.Tensor]], n: int, video_like: torch.Tensor, audio_like: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """All ranks' (video, audio) X0 per pass, in pass order. A rank with fewer (or no) passes
+        sends zeros in their place, shaped like `*_like`."""
+        if self.cfg == 1:
+            return mine
+        k = self.chunk(n)
+
+        def stacked(index: int, like: torch.Tensor) -> torch.Tensor:
+            rows = [r[index] for r in mine] + [torch.zeros_like(like)] * (k - len(mine))
+            return torch.cat(rows)
+
+        video = D.all_gather_cat(stacked(0, video_like), self.world.cfg_group, dim=0)
+        audio = D.all_gather_cat(stacked(1, audio_like), self.world.cfg_group, dim=0)
+        return [(video[i : i + 1], audio[i : i + 1]) for i in range(n)]
+
+    # -- sequence (Ulysses) ------------------------------------------------------------------
+
+    def _shard(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        per = math.ceil(n / self.ulysses)
+        if per * self.ulysses != n:
+            pad = [0, 0] * (t.ndim - 1 - dim % t.ndim) + [0, per * self.ulysses - n]
+            t = F.pad(t, pad)
+        return t.narrow(dim, self.world.ulysses_rank * per, per).contiguous()
+
+    def shard_feeds(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's tokens of every per-token feed; the rest (text, sigma, masks) as they are."""
+        if self.ulysses == 1:
+            return feeds
+        out = dict(feeds)
+        for m, names in TOKEN_FEEDS.items():
+            self.lengths[m] = feeds[names[0]].shape[1]
+            for name in names:
+                out[name] = self._shard(feeds[name], 1)
+            for name in ROPE_FEEDS[m]:
+                out[name] = self._shard(feeds[name], -2)
+        return out
+
+    def gather_tokens(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full [B, T, C] outputs from every rank's shard, padding dropped."""
+        if self.ulysses == 1:
+            return video, audio
+        group = self.world.ulysses_group
+        return (
+            D.all_gather_cat(video, group, dim=1)[:, : self.lengths["video"]],
+            D.all_gather_cat(audio, group, dim=1)[:, : self.lengths["audio"]],
+        )
+
+    def install(self, block: BasicAVTransformerBlock) -> None:
+        """Wrap the attention cores of ltx-core's block module (every block's weights run through it)."""
+        if self.ulysses == 1:
+            return
+        block.attn1.attention_function = SeqToHeadAttention(block.attn1.attention_function, self, "video")
+        block.audio_attn1.attention_function = SeqToHeadAttention(block.audio_attn1.attention_function, self, "audio")
+        a2v, v2a = block.audio_to_video_attn, block.video_to_audio_attn
+        a2v.attention_function = GatheredKVAttention(a2v.attention_function, self, "audio")
+        v2a.attention_function = GatheredKVAttention(v2a.attention_function, self, "video")
+
+
+def _seq_to_heads(x: torch.Tensor, heads: int, u: int, group) -> torch.Tensor:
+    """[S, B, T/U, H*d] (S stacked tensors) -> [S, B, T, H/U*d]: tokens gathered, heads split."""
+    s, b, t, hd = x.shape
+    d = hd // heads
+    x = x.view(s, b, t, u, heads // u, d).permute(3, 0, 1, 2, 4, 5)  # [U (to rank), S, B, t, h, d]
+    x = D.all_to_all(x, group)  # [U (from rank), S, B, t, h, d]
+    return x.permute(1, 2, 0, 3, 4, 5).reshape(s, b, u * t, hd // u)
+
+
+def _heads_to_seq(x: torch.Tensor, heads: int, u: int, group) -> torch.Tensor:
+    """[B, T, H/U*d] -> [B, T/U, H*d]: the inverse of `_seq_to_heads`."""
+    b, t, hd_u = x.shape
+    x = x.view(b, u, t // u, hd_u).permute(1, 0, 2, 3)  # [U (to rank: token chunk), B, t, h*d]
+    x = D.all_to_all(x, group)  # [U (from rank: head group), B, t, h*d]
+    return x.permute(1, 2, 0, 3).reshape(b, t // u, u * hd_u)
+
+
+class SeqToHeadAttention:
+    """Self-attention core over all tokens with this rank's heads (ltx-core's core inside)."""
+
+    def __init__(self, inner, parallel: Parallel, modality: str) -> None:
+        self.inner, self.parallel, self.modality = inner, parallel, modality
+
+    def __call__(self, q, k, v, heads: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise RuntimeError("sequence-parallel self-attention takes no mask (the runner refuses masked states)")
+        u, group = self.parallel.ulysses, self.parallel.world.ulysses_group
+        n = self.parallel.lengths[self.modality]
+        q, k, v = _seq_to_heads(torch.stack((q, k, v)), heads, u, group).unbind(0)
+        out = self.inner(q[:, :n], k[:, :n], v[:, :n], heads // u, None)
+        out = F.pad(out, (0, 0, 0, q.shape[1] - n))
+        return _heads_to_seq(out, heads, u, group)
+
+
+class GatheredKVAttention:
+    """A-V cross-attention: this rank's queries against all of the other modality's keys/values."""
+
+    def __init__(self, inner, parallel: Parallel, kv_modality: str) -> None:
+        self.inner, self.parallel, self.kv_modality = inner, parallel, kv_modality
+
+    def __call__(self, q, k, v, heads: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.parallel.lengths[self.kv_modality]
+        kv = D.all_gather_cat(torch.stack((k, v)), self.parallel.world.ulysses_group, dim=2)[:, :, :n]
+        return self.inner(q, kv[0], kv[1], heads, mask)
+
+
+class BroadcastPrompts:
+    """Gemma once: rank 0 encodes (or reads its prompt cache) and broadcasts the embeddings."""
+
+    def __init__(self, encoder, world: D.World) -> None:
+        self.encoder, self.world = encoder, world
+
+    def __getattr__(self, name: str):  # hits, text_encoder_built, ... of the wrapped encoder
+        return getattr(self.encoder, name)
+
+    def encode(self, prompts: Sequence[str]) -> list:
+        from ltx_ascend.pipelines.text import PromptEmbeddings
+
+        mine = None
+        if self.world.is_main:
+            mine = [t for e in self.encoder.encode(prompts) for t in (e.video, e.audio)]
+        tensors = D.broadcast_tensors(mine, self.world.device)
+        return [PromptEmbeddings(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
