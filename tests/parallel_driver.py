@@ -1,0 +1,79 @@
+"""Run under torchrun by tests/test_parallel.py: every multi-rank check in one process group.
+
+argv[1] is a JSON list of jobs, run in turn on every rank (one launch instead of one per check:
+starting ranks costs more than a tiny pipeline):
+  {"ltx-run": [argv...]}          one `ltx-run` invocation
+  {"dit-step": CHECKPOINT}        one guided DiT step, single-rank reference vs cfg=2 and ulysses=2
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, PerturbationType
+from ltx_core.model.transformer.modality import Modality
+
+from ltx_ascend.checkpoints.loader import CheckpointSet, load_component, read_model_config
+from ltx_ascend.pipelines import cli
+from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
+from ltx_ascend.pipelines.parallel import Parallel
+from ltx_ascend.runtime import distributed as D
+
+DIT_MAX_ABS_ERROR = 1e-5  # float32 rounding of GEMMs over a different number of rows
+
+
+def dit_step(checkpoint: str) -> int:
+    """13 video and 7 audio tokens (neither divides by 2: the Ulysses shards are padded), per-token
+    timesteps (two conditioned tokens), three passes (cfg=2 leaves one rank a short chunk)."""
+    ckset = CheckpointSet(Path(checkpoint))
+    config = read_model_config(ckset.checkpoint)
+    cpu = torch.device("cpu")
+    model = load_component("dit", ckset, device=cpu, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+
+    def modality(tokens: int, dims: int) -> Modality:
+        timesteps = torch.rand(1, tokens, 1, generator=g)
+        timesteps[:, :2] = 0.0
+        return Modality(
+            latent=torch.randn(1, tokens, 128, generator=g),
+            sigma=torch.tensor([0.7]),
+            timesteps=timesteps,
+            positions=torch.rand(1, dims, tokens, 2, generator=g) * 8,
+            context=torch.zeros(1),
+        )
+
+    video, audio = modality(13, 3), modality(7, 1)
+    block = model.transformer_blocks[0]
+    dims = (block.attn2.to_k.in_features, block.audio_attn2.to_k.in_features)
+    context = [tuple(torch.randn(1, 6, d, generator=g) for d in dims) for _ in range(2)]
+    stg = PerturbationConfig([Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, [1])])
+    empty = PerturbationConfig.empty()
+    passes = [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
+    reference = eager_dit_runner(model, config, cpu, torch.float32)(video, audio, passes)
+    failed = 0
+    for layout in (D.Layout(cfg=2), D.Layout(ulysses=2)):
+        world = D.init_world(layout, cpu)
+        model = load_component("dit", ckset, device=cpu, dtype=torch.float32)  # fresh attention modules
+        x0 = eager_dit_runner(model, config, cpu, torch.float32, parallel=Parallel(world))(video, audio, passes)
+        pairs = [(a, b) for got, ref in zip(x0, reference, strict=True) for a, b in zip(got, ref, strict=True)]
+        error = max((a - b).abs().max().item() for a, b in pairs)
+        if world.is_main:
+            print(f"dit step {layout}: max abs error {error:.2e} over {len(passes)} passes", flush=True)
+        failed |= error > DIT_MAX_ABS_ERROR
+    return int(failed)
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    for job in json.loads(sys.argv[1]):
+        code = cli.main(job["ltx-run"]) if "ltx-run" in job else dit_step(job["dit-step"])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
