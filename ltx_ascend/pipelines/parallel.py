@@ -9,8 +9,10 @@ Ulysses: each rank holds T / U tokens of video and of audio (padded at the end t
 with the per-token inputs (latent, timesteps, RoPE tables) split the same way, so everything
 per-token (AdaLN, projections, feed-forward, text cross-attention) runs on the shard as it would on
 the whole. Around each self-attention core an all-to-all turns the token split into a head split
-(every rank attends over all tokens with H / U heads) and back. The audio-video cross-attentions
-all-gather the other modality's keys and values after their RoPE. Padding never reaches a real
+(every rank attends over all tokens with H / U heads) and back. An audio-video cross-attention
+does the same with its queries and keys from different modalities, or, when the keys are the
+few (audio keys for video queries), all-gathers the keys and values instead: whichever sends
+fewer bytes; both after RoPE. Padding never reaches a real
 token: the attention cores see exactly the T real tokens. ltx-core's attention modules are not
 copied: the wrappers replace `Attention.attention_function` of one block module at run time.
 """
@@ -111,11 +113,13 @@ class Parallel:
         """Wrap the attention cores of ltx-core's block module (every block's weights run through it)."""
         if self.ulysses == 1:
             return
-        block.attn1.attention_function = SeqToHeadAttention(block.attn1.attention_function, self, "video")
-        block.audio_attn1.attention_function = SeqToHeadAttention(block.audio_attn1.attention_function, self, "audio")
-        a2v, v2a = block.audio_to_video_attn, block.video_to_audio_attn
-        a2v.attention_function = GatheredKVAttention(a2v.attention_function, self, "audio")
-        v2a.attention_function = GatheredKVAttention(v2a.attention_function, self, "video")
+        for attn, q, kv in (
+            (block.attn1, "video", "video"),
+            (block.audio_attn1, "audio", "audio"),
+            (block.audio_to_video_attn, "video", "audio"),
+            (block.video_to_audio_attn, "audio", "video"),
+        ):
+            attn.attention_function = UlyssesAttention(attn.attention_function, self, q, kv)
 
 
 def _seq_to_heads(x: torch.Tensor, heads: int, u: int, group) -> torch.Tensor:
@@ -135,33 +139,35 @@ def _heads_to_seq(x: torch.Tensor, heads: int, u: int, group) -> torch.Tensor:
     return x.permute(1, 2, 0, 3).reshape(b, t // u, u * hd_u)
 
 
-class SeqToHeadAttention:
-    """Self-attention core over all tokens with this rank's heads (ltx-core's core inside)."""
+def gather_kv_is_cheaper(q_tokens: int, kv_tokens: int, u: int) -> bool:
+    """Per rank, all-gathering K and V sends 2 Tk/U (U-1) rows; all-to-all of q, k, v and the
+    output sends (2 Tq + 2 Tk)/U (U-1)/U rows: gather when Tk (U-1) < Tq."""
+    return kv_tokens * (u - 1) < q_tokens
 
-    def __init__(self, inner, parallel: Parallel, modality: str) -> None:
-        self.inner, self.parallel, self.modality = inner, parallel, modality
+
+class UlyssesAttention:
+    """ltx-core's attention core over all tokens with this rank's heads (self- or A-V cross-attention)."""
+
+    def __init__(self, inner, parallel: Parallel, q_modality: str, kv_modality: str) -> None:
+        self.inner, self.parallel = inner, parallel
+        self.q_modality, self.kv_modality = q_modality, kv_modality
 
     def __call__(self, q, k, v, heads: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
-            raise RuntimeError("sequence-parallel self-attention takes no mask (the runner refuses masked states)")
+            raise RuntimeError("sequence-parallel attention takes no mask (the runner refuses masked states)")
         u, group = self.parallel.ulysses, self.parallel.world.ulysses_group
-        n = self.parallel.lengths[self.modality]
-        q, k, v = _seq_to_heads(torch.stack((q, k, v)), heads, u, group).unbind(0)
-        out = self.inner(q[:, :n], k[:, :n], v[:, :n], heads // u, None)
-        out = F.pad(out, (0, 0, 0, q.shape[1] - n))
+        nq, nk = self.parallel.lengths[self.q_modality], self.parallel.lengths[self.kv_modality]
+        if self.q_modality != self.kv_modality and gather_kv_is_cheaper(nq, nk, u):
+            kv = D.all_gather_cat(torch.stack((k, v)), group, dim=2)[:, :, :nk]
+            return self.inner(q, kv[0], kv[1], heads, None)
+        if self.q_modality == self.kv_modality:
+            q, k, v = _seq_to_heads(torch.stack((q, k, v)), heads, u, group).unbind(0)
+        else:
+            q = _seq_to_heads(q[None], heads, u, group)[0]
+            k, v = _seq_to_heads(torch.stack((k, v)), heads, u, group).unbind(0)
+        out = self.inner(q[:, :nq], k[:, :nk], v[:, :nk], heads // u, None)
+        out = F.pad(out, (0, 0, 0, q.shape[1] - nq))
         return _heads_to_seq(out, heads, u, group)
-
-
-class GatheredKVAttention:
-    """A-V cross-attention: this rank's queries against all of the other modality's keys/values."""
-
-    def __init__(self, inner, parallel: Parallel, kv_modality: str) -> None:
-        self.inner, self.parallel, self.kv_modality = inner, parallel, kv_modality
-
-    def __call__(self, q, k, v, heads: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        n = self.parallel.lengths[self.kv_modality]
-        kv = D.all_gather_cat(torch.stack((k, v)), self.parallel.world.ulysses_group, dim=2)[:, :, :n]
-        return self.inner(q, kv[0], kv[1], heads, mask)
 
 
 class BroadcastPrompts:
