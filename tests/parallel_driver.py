@@ -8,6 +8,7 @@ starting ranks costs more than a tiny pipeline):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.runtime import distributed as D
+from ltx_ascend.tools.plan import ulysses_bytes_per_pass
 
 DIT_MAX_ABS_ERROR = 1e-5  # float32 rounding of GEMMs over a different number of rows
 
@@ -57,13 +59,41 @@ def dit_step(checkpoint: str) -> int:
     for layout in (D.Layout(cfg=2), D.Layout(ulysses=2)):
         world = D.init_world(layout, cpu)
         model = load_component("dit", ckset, device=cpu, dtype=torch.float32)  # fresh attention modules
-        x0 = eager_dit_runner(model, config, cpu, torch.float32, parallel=Parallel(world))(video, audio, passes)
+        runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=Parallel(world))
+        with _counting_sent_bytes(world.size) as sent:
+            x0 = runner(video, audio, passes)
         pairs = [(a, b) for got, ref in zip(x0, reference, strict=True) for a, b in zip(got, ref, strict=True)]
         error = max((a - b).abs().max().item() for a, b in pairs)
         if world.is_main:
             print(f"dit step {layout}: max abs error {error:.2e} over {len(passes)} passes", flush=True)
         failed |= error > DIT_MAX_ABS_ERROR
+        if layout.ulysses > 1:  # ltx-plan's communication model against the bytes this rank sent
+            model_bytes = len(passes) * ulysses_bytes_per_pass(config, 14, 8, layout.ulysses, 4)  # padded counts
+            if world.is_main:
+                print(f"dit step {layout}: sent {sent[0]:.0f} bytes per rank, ltx-plan model {model_bytes:.0f}")
+            failed |= sent[0] != model_bytes
     return int(failed)
+
+
+@contextlib.contextmanager
+def _counting_sent_bytes(size: int):
+    """Bytes this rank sends through the collectives the runner calls (to all peers together)."""
+    sent = [0]
+    all_to_all, all_gather_cat = D.all_to_all, D.all_gather_cat
+
+    def counted_all_to_all(tensor, group):
+        sent[0] += tensor.numel() * tensor.element_size() * (size - 1) // size
+        return all_to_all(tensor, group)
+
+    def counted_all_gather_cat(tensor, group, dim):
+        sent[0] += tensor.numel() * tensor.element_size() * (size - 1)
+        return all_gather_cat(tensor, group, dim)
+
+    D.all_to_all, D.all_gather_cat = counted_all_to_all, counted_all_gather_cat
+    try:
+        yield sent
+    finally:
+        D.all_to_all, D.all_gather_cat = all_to_all, all_gather_cat
 
 
 def main() -> int:

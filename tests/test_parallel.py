@@ -78,6 +78,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
     print(out0)
     # the DiT step with padded shards: both layouts within float32 rounding of one process
     assert out0.count("max abs error") == 2, out0
+    assert "ltx-plan model" in out0, out0  # and ltx-plan's Ulysses byte count equals what was sent
     # rank 0 alone reports (one result line per run); rank 1 prints nothing, no progress bars
     assert out0.count(" frames -> ") == len(runs), out0
     assert out0.count("dit=ort") == 1, out0  # the ORT run ran its DiT on ORT graphs of batch 2
@@ -127,3 +128,25 @@ def test_bad_layouts_are_one_line_errors(tiny, tmp_path, capsys, monkeypatch, en
     assert code == 2, (out, err)
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_plan_parallel(capsys, tmp_path):
+    """ltx-plan --devices 8: per-rank passes, the cfg gather volume by hand, a faster predicted step."""
+    from ltx_ascend.shapes import shape_profile
+    from ltx_ascend.tools import plan
+
+    report = tmp_path / "plan.json"
+    base = ["ti2vid_two_stages", "--shape", "41x1024x1536"]
+    code, out, err = run_cli(plan.main, [*base, "--devices", "8", "--parallel", "cfg=8", "--json", str(report)], capsys)
+    assert code == 0, err
+    assert "on 8 devices, cfg=8 x ulysses=1" in out and "published" in out
+    stages = json.loads(report.read_text())["parallel"]["stages"]
+    stage1 = shape_profile("41x1024x1536", stage=1)
+    assert stages[0]["passes_per_rank"] == 1
+    gather = (stage1.video_tokens + stage1.audio_tokens) * 128 * 2 * 7  # one X0 pass sent to 7 peers, bf16
+    assert stages[0]["comm_mb_per_step"] == pytest.approx(gather / 1e6)
+    assert stages[0]["predicted_s_n"] < stages[0]["measured_s_1"] / 3  # 4 passes over 4+ ranks
+    code, _, err = run_cli(plan.main, [*base, "--devices", "8", "--parallel", "cfg=2,ulysses=2"], capsys)
+    assert code == 2 and "= 4 devices, not --devices 8" in err
+    code, _, err = run_cli(plan.main, [*base, "--devices", "6", "--parallel", "ulysses=6"], capsys)
+    assert code == 2 and "32 heads, not divisible by ulysses=6" in err
