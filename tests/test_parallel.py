@@ -150,3 +150,49 @@ def test_plan_parallel(capsys, tmp_path):
     assert code == 2 and "= 4 devices, not --devices 8" in err
     code, _, err = run_cli(plan.main, [*base, "--devices", "6", "--parallel", "ulysses=6"], capsys)
     assert code == 2 and "32 heads, not divisible by ulysses=6" in err
+
+
+def check_binding(kind: str, backend: str) -> None:
+    """Rank 5 of 8 with LOCAL_RANK 1 binds device 1 of its kind, makes it current, and opens the
+    process group with the backend that kind needs; torch.distributed and the device calls stubbed."""
+    from unittest import mock
+
+    from ltx_ascend.runtime import device as dev
+    from ltx_ascend.runtime import distributed as D
+
+    calls = {}
+    with (
+        mock.patch.dict(os.environ, {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}),
+        mock.patch.object(D.dist, "is_initialized", lambda: "backend" in calls),
+        mock.patch.object(D.dist, "init_process_group", lambda backend, device_id=None: calls.update(backend=backend)),
+        mock.patch.object(D.dist, "new_group", lambda ranks: tuple(ranks)),
+        mock.patch.object(D.atexit, "register", lambda fn: None),
+        mock.patch.object(dev, "set_current_device", lambda device: calls.update(current=device)),
+        mock.patch.object(dev, "require_npu_backend", lambda: calls.update(npu_checked=True)),
+    ):
+        world = D.init_world(D.Layout(cfg=2, ulysses=4), torch.device(kind))
+    assert calls["backend"] == backend
+    assert world.device == (torch.device("cpu") if kind == "cpu" else torch.device(kind, 1))
+    assert calls.get("current") == (None if kind == "cpu" else torch.device(kind, 1))
+    assert calls.get("npu_checked", False) == (kind == "npu")
+    # rank 5 = cfg group 1, ulysses rank 1: its sequence group is ranks 4-7, its pass group ranks 1 and 5
+    assert (world.cfg_rank, world.ulysses_rank) == (1, 1)
+    assert world.ulysses_group == (4, 5, 6, 7) and world.cfg_group == (1, 5)
+
+
+@pytest.mark.parametrize(("kind", "backend"), [("cuda", "nccl"), ("cpu", "gloo")])
+def test_rank_binds_its_local_device_and_backend(kind, backend):
+    """Contract only for cuda (no accelerator here)."""
+    check_binding(kind, backend)
+
+
+def test_npu_rank_binds_hccl():
+    """API contract only (no Ascend here): in a child process, because naming torch's PrivateUse1
+    backend "npu" (what torch_npu does) cannot be undone."""
+    code = (
+        "import torch; torch.utils.rename_privateuse1_backend('npu'); "
+        "from tests.test_parallel import check_binding; check_binding('npu', 'hccl'); print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -139,7 +139,9 @@ def init_world(layout: Layout, device: torch.device) -> World:
         backend = PROCESS_GROUP_BACKENDS[device.type]
         if device.type == "npu":  # torch_npu registers the hccl backend with torch.distributed on import
             dev.require_npu_backend()
-        dist.init_process_group(backend=backend, device_id=None if device.type == "cpu" else device)
+        # the device is already current (bind_device): torch_npu's documented pattern is set_device, then
+        # init_process_group("hccl"); NCCL also takes the device to bind its communicator eagerly
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
         atexit.register(close)  # a process group left open aborts the interpreter at exit
     return World(layout, rank, local_rank, device)
 
