@@ -167,7 +167,7 @@ def check_binding(kind: str, backend: str) -> None:
         mock.patch.object(D.dist, "init_process_group", lambda backend, device_id=None: calls.update(backend=backend)),
         mock.patch.object(D.dist, "new_group", lambda ranks: tuple(ranks)),
         mock.patch.object(D.atexit, "register", lambda fn: None),
-        mock.patch.object(dev, "set_current_device", lambda device: calls.update(current=device)),
+        mock.patch.object(dev, "set_device", lambda device: calls.update(current=device)),
         mock.patch.object(dev, "require_npu_backend", lambda: calls.update(npu_checked=True)),
     ):
         world = D.init_world(D.Layout(cfg=2, ulysses=4), torch.device(kind))
