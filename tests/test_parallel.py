@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 FRAMES_PSNR_DB = 60.0
 AUDIO_MAX_ERROR = 1e-4
+# Ulysses runs each attention core over a different number of queries per call; float32 SDPA then
+# rounds differently (~1e-7 at the DiT's X0, e.g. the text cross-attention of 9 of 18 queries),
+# and the tiny set's random VAE and vocoder amplify that to ~1e-4 on the waveform (measured
+# 0.6e-4 to 1.3e-4 here). A split bug costs 0.2 to 0.8 at X0 (checked by breaking the all-to-all).
+ULYSSES_AUDIO_MAX_ERROR = 3e-4
 # 17 frames: 18 video tokens at stage 1, 72 at stage 2, 18 audio tokens (the padded case, tokens
 # not divisible by U, is checked at the DiT step below, where rounding is not amplified by decoders)
 STEPS = 2
@@ -58,7 +63,7 @@ def _assert_same(name: str, single: dict, parallel: dict) -> None:
     audio_error = (single["audio"] - parallel["audio"]).abs().max().item()
     print(f"{name}: frames {frames.psnr_db:.1f} dB, audio max error {audio_error:.2e}")
     assert frames.psnr_db >= FRAMES_PSNR_DB, (name, frames)
-    assert audio_error <= AUDIO_MAX_ERROR, (name, audio_error)
+    assert audio_error <= (ULYSSES_AUDIO_MAX_ERROR if "-uly-" in name else AUDIO_MAX_ERROR), (name, audio_error)
 
 
 def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
