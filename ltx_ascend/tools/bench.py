@@ -261,6 +261,65 @@ def bench_streaming(
     }
 
 
+def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | None) -> dict[str, Any] | None:
+    """One guided DiT step (4 passes, the bench preset's geometry) on the eager block chain, split
+    as `--parallel` says over the ranks torchrun started (cfg=1,ulysses=1 without torchrun: the base).
+    Every rank times the same steps between barriers; rank 0 reports (None on the others)."""
+    from ltx_core.types import VideoPixelShape
+
+    from ltx_ascend.export.dit import random_dit, sample_passes
+    from ltx_ascend.pipelines import sampling
+    from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
+    from ltx_ascend.pipelines.parallel import Parallel
+    from ltx_ascend.runtime import distributed as D
+    from ltx_ascend.shapes import parse_shape
+
+    layout = D.Layout.parse(layout_text)
+    cpu = torch.device("cpu")
+    config = bench_config()
+    transformer = config["transformer"]
+    D.check_heads(layout, {m: transformer[f"{p}num_attention_heads"] for m, p in (("video", ""), ("audio", "audio_"))})
+    world = D.init_world(layout, cpu)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    frames, height, width = parse_shape(shape)
+    pixels = VideoPixelShape(batch=1, frames=frames, height=height // 2, width=width // 2, fps=24.0)  # stage 1
+    g = torch.Generator().manual_seed(0)
+    states = []
+    for tools in (sampling.video_tools(pixels), sampling.audio_tools(pixels)):
+        state = tools.create_initial_state(cpu, torch.float32)
+        states.append(sampling.modality(state, torch.zeros(1), torch.tensor(0.5)))
+    video, audio = (dataclasses.replace(m, latent=torch.randn(m.latent.shape, generator=g)) for m in states)
+    profile = shape_profile(shape, stage=1)
+    model = random_dit(config, torch.float32)
+    block = model.transformer_blocks[0]
+    contexts = [
+        torch.randn(1, profile.text_tokens, block.attn2.to_k.in_features, generator=g),
+        torch.randn(1, profile.text_tokens, block.audio_attn2.to_k.in_features, generator=g),
+    ]
+    passes = [Pass(p, *contexts) for p in sample_passes(PASSES_PER_STEP, transformer["num_layers"])]
+    parallel = Parallel(world) if layout.size > 1 else None
+    runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
+    times = []
+    for i in range(repeats + 1):  # the first is the warm-up
+        world.barrier()
+        start = time.perf_counter()
+        runner(video, audio, passes)
+        world.barrier()
+        if i:
+            times.append(time.perf_counter() - start)
+    if not world.is_main:
+        return None
+    return {
+        "layout": str(layout),
+        "ranks": layout.size,
+        "threads_per_rank": torch.get_num_threads(),
+        "video_tokens": video.latent.shape[1],
+        "audio_tokens": audio.latent.shape[1],
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+    }
+
+
 def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
     from ltx_ascend.compile.manifest import Manifest
 
@@ -321,9 +380,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="22b-stream: stream N blocks ahead (default: resident)",
     )
+    parser.add_argument(
+        "--parallel",
+        metavar="cfg=C,ulysses=U",
+        help="bench preset only: time one DiT step on the eager block chain split over torchrun's ranks",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    if args.parallel:
+        if args.preset != "bench":
+            raise UserError("--parallel times the bench preset's DiT step: pass --preset bench")
+        row = bench_parallel(args.parallel, args.shape or "41x1024x1536", args.repeats, args.threads)
+        if row is not None:
+            print(
+                f"DiT step ({PASSES_PER_STEP} passes, eager block chain, {row['video_tokens']} video + "
+                f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
+                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
+            )
+            if args.json:
+                atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
+        return 0
     if args.preset == "22b-stream":
         if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
             raise UserError("--layers must be >= 1 and --streaming-prefetch-count >= 0")

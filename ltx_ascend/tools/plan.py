@@ -59,6 +59,12 @@ SOCS = {
     "H200": Soc("H200", 989, 141, 4.8, "NVIDIA H200 datasheet (dense bf16)", 64.0),
 }
 
+# Device-to-device link of the multi-device plan. A published figure, not measured here: Huawei's
+# Atlas 800 A2 material describes the 8 NPUs of a node as an HCCS full mesh (7 links per NPU),
+# quoted as 56 GB/s per link (392 GB/s per NPU). --link-gb-s overrides.
+HCCS_LINK_GB_S = 56.0
+HCCS_SOURCE = "HCCS full mesh, 56 GB/s per link (published Atlas 800 A2 figure, not measured here)"
+
 # Published reference figures, not measured by this project: the LTX-2.3 Ascend guide's eager torch_npu
 # runs on an Atlas 800I A2 (910B, torch_npu 2.9) at 41x1024x1536 (docs/reference-figures.md), in s/step
 # per stage; (pipeline, streamed) -> stage. "streamed" = the guide's --streaming-prefetch-count runs.
@@ -361,6 +367,94 @@ def _step_cache_header() -> str:
     )
 
 
+def ulysses_bytes_per_pass(config: dict[str, Any], tv: int, ta: int, ulysses: int, bytes_per: int) -> float:
+    """Bytes one rank sends for one DiT pass under Ulysses (U ranks, tv video and ta audio tokens):
+    per block the all-to-alls of q, k, v and the output of each self-attention, for each A-V
+    cross-attention the same or the all-gather of its K/V (whichever the runner picks), and the
+    final all-gather of the X0 tokens."""
+    from ltx_ascend.pipelines.parallel import gather_kv_is_cheaper
+
+    if ulysses == 1:
+        return 0.0
+    dit = meta_dit(config)
+    block = dit.transformer_blocks[0]
+    inner_v = block.attn1.heads * block.attn1.dim_head
+    inner_a = block.audio_attn1.heads * block.audio_attn1.dim_head
+    inner_av = block.audio_to_video_attn.heads * block.audio_to_video_attn.dim_head
+    share = (ulysses - 1) / ulysses
+    self_attn = 4 * (tv * inner_v + ta * inner_a) / ulysses * share
+    av = 0.0
+    for tq, tk in ((tv, ta), (ta, tv)):  # A-to-V, V-to-A
+        gather = gather_kv_is_cheaper(tq, tk, ulysses)
+        av += (2 * tk * (ulysses - 1) if gather else (2 * tq + 2 * tk) * share) / ulysses * inner_av
+    latent_rows = tv * dit.patchify_proj.in_features + ta * dit.audio_patchify_proj.in_features
+    out_gather = latent_rows / ulysses * (ulysses - 1)
+    return (len(dit.transformer_blocks) * (self_attn + av) + out_gather) * bytes_per
+
+
+def parallel_plan(
+    result: dict[str, Any], config: dict[str, Any], cfg: int, ulysses: int, link_gb_s: float
+) -> list[dict[str, Any]]:
+    """Per DiT stage on cfg x ulysses devices: bytes each rank sends per step and the predicted time.
+
+    Passes: each cfg group runs ceil(passes / C) of them, then all-gathers the X0 predictions.
+    Ulysses: per pass and block, the all-to-alls of q, k, v and the attention output of every
+    attention, or for an A-V cross-attention with few keys the all-gather of its K/V, whichever
+    is smaller (the choice `ltx_ascend.pipelines.parallel` makes). Compute divides by U; in a
+    full mesh a rank's traffic spreads over its (group size - 1) links; no overlap with compute
+    is assumed (an upper bound)."""
+    bytes_per = BYTES[result["dtype"]]
+    frames, height, width = parse_shape(result["shape"])
+    rows = []
+    for r in result["rows"]:
+        if not r["component"].startswith("dit"):
+            continue
+        st = next(s for s in PIPELINE_STAGES[result["pipeline"]] if s.name == r["stage"])
+        profile = shape_profile((frames, height, width), stage=st.stage)
+        tv, ta = profile.video_tokens, profile.audio_tokens
+        mine = math.ceil(st.passes / cfg)
+        per_pass = ulysses_bytes_per_pass(config, tv, ta, ulysses, bytes_per)
+        ulysses_bytes = per_pass * mine * st.evals_per_step
+        cfg_bytes = mine * (tv + ta) * 128 * bytes_per * (cfg - 1) * st.evals_per_step
+        comm_s = 0.0
+        if ulysses > 1:
+            comm_s += ulysses_bytes / (link_gb_s * 1e9 * (ulysses - 1))
+        if cfg > 1:
+            comm_s += cfg_bytes / (link_gb_s * 1e9 * (cfg - 1))
+        compute = mine / st.passes / ulysses
+        measured = r["measured_s_per_step"]
+        rows.append(
+            {
+                "stage": r["stage"],
+                "passes_per_rank": mine,
+                "comm_mb_per_step": (ulysses_bytes + cfg_bytes) / 1e6,
+                "comm_s": comm_s,
+                "roofline_s_1": r["roofline_s"],
+                "roofline_s_n": r["roofline_s"] * compute + comm_s,
+                "measured_s_1": measured,
+                "predicted_s_n": measured * compute + comm_s if measured else None,
+            }
+        )
+    return rows
+
+
+def format_parallel(rows: list[dict[str, Any]], cfg: int, ulysses: int, link_gb_s: float) -> str:
+    lines = [
+        f"on {cfg * ulysses} devices, cfg={cfg} x ulysses={ulysses}: link {link_gb_s:g} GB/s ({HCCS_SOURCE})",
+        f"{'stage':<8} {'passes/rank':>11} {'comm MB/step':>13} {'comm s/step':>12} {'roofline 1 dev':>15} "
+        f"{'roofline N dev':>15} {'published 1 dev':>16} {'predicted N dev':>16} {'speedup':>8}",
+    ]
+    for r in rows:
+        measured = f"{r['measured_s_1']:.2f}" if r["measured_s_1"] else "-"
+        predicted = f"{r['predicted_s_n']:.2f}" if r["predicted_s_n"] else "-"
+        lines.append(
+            f"{r['stage']:<8} {r['passes_per_rank']:>11} {r['comm_mb_per_step']:>13,.1f} {r['comm_s']:>12.3f} "
+            f"{r['roofline_s_1']:>15.3f} {r['roofline_s_n']:>15.3f} {measured:>16} {predicted:>16} "
+            f"{r['roofline_s_1'] / r['roofline_s_n']:>7.2f}x"
+        )
+    return "\n".join(lines)
+
+
 def format_plan(result: dict[str, Any]) -> str:
     soc = result["soc"]
     lines = [
@@ -505,8 +599,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--h2d-gb-s", type=float, help="host-to-device bandwidth in GB/s (default: the SoC's link)")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON")
+    parser.add_argument("--devices", type=int, default=1, help="devices of a multi-device run (with --parallel)")
+    parser.add_argument("--parallel", default=None, metavar="cfg=C,ulysses=U", help="layout of the --devices")
+    parser.add_argument("--link-gb-s", type=float, default=HCCS_LINK_GB_S, help="device-to-device GB/s per link")
     args = parser.parse_args(argv)
     parse_shape(args.shape)
+    from ltx_ascend.runtime.distributed import Layout, check_heads
+
+    layout = Layout.parse(args.parallel) if args.parallel else Layout(cfg=args.devices)
+    if layout.size != args.devices:
+        raise UserError(
+            f"--parallel {layout} is {layout.cfg} x {layout.ulysses} = {layout.size} devices, not --devices "
+            f"{args.devices}: make C x U equal --devices"
+        )
     if args.json is not None:
         from ltx_ascend.atomic import check_writable_file
 
@@ -537,11 +642,24 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
     if expected is None and args.step_cache.startswith("@"):
         expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
+    transformer = config["transformer"]
+    heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
+    check_heads(layout, heads)
     result = plan(
         args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
         prefetch=args.streaming_prefetch_count,
     )  # fmt: skip
     print(format_plan(result))
+    if layout.size > 1:
+        result["parallel"] = {
+            "cfg": layout.cfg,
+            "ulysses": layout.ulysses,
+            "link_gb_s": args.link_gb_s,
+            "link_source": HCCS_SOURCE,
+            "stages": parallel_plan(result, config, layout.cfg, layout.ulysses, args.link_gb_s),
+        }
+        print()
+        print(format_parallel(result["parallel"]["stages"], layout.cfg, layout.ulysses, args.link_gb_s))
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
 
