@@ -36,6 +36,7 @@ from ltx_ascend.compile.lint import Violation, format_violations, lint_onnx
 from ltx_ascend.compile.manifest import MANIFEST, Manifest, file_hashes, file_sizes, request_key
 from ltx_ascend.compile.ort import PROVIDERS, optimize_for_ort, uses_external_data
 from ltx_ascend.errors import EXIT_USAGE, OneLineParser, UserError, cli_entry
+from ltx_ascend.export.components import ort_only
 
 # Graphs above this size keep their .om weights in a weight/ folder beside the model.
 EXTERNAL_WEIGHT_BYTES = 1 << 30
@@ -63,8 +64,27 @@ def graphs_of(folder: Path) -> tuple[Manifest, list[Graph]]:
     return manifest, graphs
 
 
-def lint_graphs(graphs: list[Graph]) -> list[tuple[Graph, list[Violation]]]:
-    return [(g, lint_onnx(g.path)) for g in graphs]
+def graph_variant(folder: Path) -> str:
+    return Manifest.read(folder).variant
+
+
+def lint_graphs(graphs: list[Graph], target: str = "om") -> list[tuple[Graph, list[Violation]]]:
+    """ATC lint for every graph; an ORT-only variant gets the ORT lint for `--target ort`, and for
+    `--target om` one violation saying ATC cannot take it."""
+    out = []
+    for g in graphs:
+        variant = graph_variant(g.folder)
+        if not ort_only(variant):
+            out.append((g, lint_onnx(g.path)))
+        elif target == "ort":
+            out.append((g, lint_onnx(g.path, target="ort")))
+        else:
+            detail = (
+                f"the {variant!r} variant is ONNX Runtime-only (com.microsoft fused ops / MatMulInteger); "
+                "for ATC re-export without --ort-fused (add --npu-ops for Ascend's fused and W8A8 ops)"
+            )
+            out.append((g, [Violation("variant", "<model>", detail)]))
+    return out
 
 
 def target_request(export: Manifest, target: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             raise UserError(f"{folder}: not a folder; pass artifact folders written by ltx-export")
         all_graphs += graphs_of(folder)[1]
-    linted = lint_graphs(all_graphs)
+    linted = lint_graphs(all_graphs, "om" if args.lint or args.target == "om" else "ort")
     bad = [(g, v) for g, v in linted if v]
     for g, violations in linted:
         print(f"lint {g.path}: {'clean' if not violations else f'{len(violations)} violations'}")

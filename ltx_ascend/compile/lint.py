@@ -23,8 +23,12 @@ from onnx import GraphProto, ModelProto, TensorProto
 
 from ltx_ascend.errors import UserError
 
-ALLOWED_OPSETS = (17, 18)
-"""ai.onnx opsets we export to: ATC registers standard ops up to 18, and LayerNormalization needs 17."""
+ALLOWED_OPSETS = (16, 17, 18)
+"""ai.onnx opsets we export to: ATC registers standard ops up to 18 and LayerNormalization from 17; the
+Ascend W8A8 DiT is exported at 16, the last opset CANN registers QuantBatchMatMul for."""
+
+ORT_DOMAINS = ("ai.onnx", "com.microsoft")
+"""Domains an ONNX Runtime-only graph (`ort-fused`, ORT's w8a8) may use; ATC's registry does not apply."""
 
 MODEL = "<model>"
 
@@ -166,6 +170,17 @@ def _check_ops(model: ModelProto, opsets: dict[str, int]) -> list[Violation]:
     return found
 
 
+def _check_ort_domains(model: ModelProto) -> list[Violation]:
+    found: list[Violation] = []
+    for prefix, graph in _walk_graphs(model.graph):
+        for index, node in enumerate(graph.node):
+            domain = _domain(node.domain)
+            if domain not in ORT_DOMAINS:
+                name = prefix + (node.name or f"{node.op_type}_{index}")
+                found.append(Violation("op", name, f"{domain}::{node.op_type} is not an ONNX Runtime op"))
+    return found
+
+
 def _value_type(value: onnx.ValueInfoProto) -> int | None:
     if value.type.HasField("tensor_type"):
         return value.type.tensor_type.elem_type
@@ -291,12 +306,17 @@ def _check_external_data(model: ModelProto, base_dir: Path) -> list[Violation]:
     return found
 
 
-def lint_onnx(path: str | os.PathLike[str], *, max_protobuf_bytes: int = 2**31 - 1) -> list[Violation]:
+def lint_onnx(
+    path: str | os.PathLike[str], *, max_protobuf_bytes: int = 2**31 - 1, target: str = "atc"
+) -> list[Violation]:
     """Check an .onnx file against what ATC accepts; an empty list means ATC should parse it.
 
     Rules: `opset`, `op`, `dtype`, `shape`, `size`, `external_data` (see the module docstring). Graph inputs
-    that are also initializers count as constants, not runtime inputs.
+    that are also initializers count as constants, not runtime inputs. `target="ort"` lints an ONNX
+    Runtime-only variant: the same rules, but ops are checked against ORT's domains, not ATC's registry.
     """
+    if target not in ("atc", "ort"):
+        raise ValueError(f"lint target must be atc or ort, not {target!r}")
     path = Path(path)
     model, early = _load(path, max_protobuf_bytes)
     if model is None:
@@ -304,7 +324,7 @@ def lint_onnx(path: str | os.PathLike[str], *, max_protobuf_bytes: int = 2**31 -
     opsets = _opset_versions(model)
     initializer_names = {t.name for t in model.graph.initializer}
     violations = _check_opset(opsets)
-    violations += _check_ops(model, opsets)
+    violations += _check_ops(model, opsets) if target == "atc" else _check_ort_domains(model)
     violations += _check_dtypes(model, initializer_names)
     violations += _check_shapes(model, initializer_names)
     proto_size = model.ByteSize()

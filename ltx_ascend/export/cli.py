@@ -34,6 +34,22 @@ def _read_config(path: Path | None) -> dict:
         raise UserError(f"--config {path}: not valid JSON ({exc.msg})") from None
 
 
+def add_quantization_args(parser: argparse.ArgumentParser) -> None:
+    """--quantization / --quantization-skip, shared by ltx-export and ltx-run."""
+    parser.add_argument(
+        "--quantization",
+        default="",
+        help="w8a8: int8 weights (per output channel) and activations (per token) in the DiT blocks' linears",
+    )
+    parser.add_argument(
+        "--quantization-skip",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="keep block linears matching this fnmatch pattern in float (e.g. 'attn2.*'); repeatable",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ltx-export", description=__doc__)
     parser.add_argument("--component", required=True, help=f"one of {', '.join(EXPORTABLE)}, or all")
@@ -44,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS, help="prompt length (ltx-core pads to 1024)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="graph dtype (default float32)")
     parser.add_argument("--npu-ops", action="store_true", help="emit npu::NPURmsNorm (ATC-only graph, not for ORT)")
+    parser.add_argument(
+        "--ort-fused",
+        action="store_true",
+        help="DiT for ONNX Runtime only: com.microsoft MultiHeadAttention + SimplifiedLayerNormalization (not for ATC)",
+    )
+    add_quantization_args(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artifact store (default artifacts/)")
     parser.add_argument("--force", action="store_true", help="re-export even when a matching artifact exists")
     parser.add_argument("--verify", action="store_true", help="run each graph on ONNX Runtime and compare with eager")
@@ -59,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="export the DiT with seeded random weights at --config's sizes (no checkpoint; no block weight files)",
     )
     parser.add_argument("--config", type=Path, help="model config JSON for --random-weights (default: LTX-2.3 22B)")
+    parser.add_argument(
+        "--smooth-alpha",
+        type=float,
+        help="w8a8: SmoothQuant per-channel smoothing of activations into weights (0..1, typically 0.5)",
+    )
     add_checkpoint_args(parser, required=False)
     return parser
 
@@ -120,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         conditioning_tokens=args.conditioning_tokens,
     )
     dtype = DTYPES[args.dtype]
-    options = ExportOptions(dit_layout=args.dit_layout)
+    variant = {
+        "ort_fused": args.ort_fused,
+        "quantization": args.quantization,
+        "quantization_skip": tuple(args.quantization_skip),
+        "smooth_alpha": args.smooth_alpha,
+    }
+    options = ExportOptions(dit_layout=args.dit_layout, **variant)
     if args.random_weights:
         if args.checkpoint_path is not None:
             raise UserError("--random-weights and --checkpoint-path exclude each other: pick one")
         if args.component != "dit":
             raise UserError("--random-weights exports only the DiT: pass --component dit")
-        options = ExportOptions(dit_layout=args.dit_layout, random_config=_read_config(args.config))
+        options = ExportOptions(dit_layout=args.dit_layout, random_config=_read_config(args.config), **variant)
         ckset = None
     else:
         ckset = resolve_checkpoint_set(args, distilled=args.stage == 2)

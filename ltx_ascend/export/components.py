@@ -84,6 +84,23 @@ class ExportOptions:
     dit_layout: str = "auto"  # "whole", "blocks", or "auto" (blocks above WHOLE_DIT_MAX_BYTES of weights)
     random_config: dict[str, Any] | None = None  # export with seeded random weights at this config's sizes
     seed: int = 0
+    ort_fused: bool = False  # ORT-only graph: com.microsoft::MultiHeadAttention, SimplifiedLayerNormalization
+    quantization: str = ""  # "" (float) or "w8a8" (the DiT blocks' linear layers; export/quantize.py)
+    quantization_skip: tuple[str, ...] = ()  # fnmatch patterns of block linears kept float
+    smooth_alpha: float | None = None  # SmoothQuant migration strength (w8a8 only), calibrated on the sample
+
+
+def variant_name(options: ExportOptions, npu_ops: bool = False) -> str:
+    """The graph variant a request names: "" (portable), "npu-ops", "ort-fused", each optionally "+w8a8"."""
+    base = "npu-ops" if npu_ops else "ort-fused" if options.ort_fused else ""
+    if not options.quantization:
+        return base
+    return f"{base}+{options.quantization}" if base else options.quantization
+
+
+def ort_only(variant: str) -> bool:
+    """Variants ATC cannot compile: com.microsoft fused ops, or ORT's MatMulInteger lowering of w8a8."""
+    return variant.startswith("ort-fused") or variant == "w8a8"
 
 
 class ItemBuilder(Protocol):

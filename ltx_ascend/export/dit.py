@@ -316,11 +316,20 @@ def build_items(
     if layout == "blocks" or (ckset is None and options.dit_layout == "auto"):
         from ltx_ascend.export.dit_blocks import build_block_items
 
-        return build_block_items(ckset, config, profile, dtype, options.seed)
+        return build_block_items(ckset, config, profile, dtype, options.seed, options)
     model = load_component("dit", ckset, dtype=dtype) if ckset is not None else random_dit(config, dtype, options.seed)
     passes = sample_passes(profile.batch, len(model.transformer_blocks))
     single = dataclasses.replace(profile, batch=1)
     feeds, video_pos, audio_pos = sample_feeds(model, single, passes, dtype=dtype)
+    if options.quantization:  # LoRAs are already fused into the float weights load_component returned
+        from ltx_ascend.export.quantize import quantize_dit_
+
+        quantize_dit_(
+            model,
+            options.quantization_skip,
+            calibrate=lambda: DiTGraph(model)(*(feeds[n] for n in DIT_INPUTS)),
+            smooth_alpha=options.smooth_alpha,
+        )
 
     def reference(f: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -334,6 +343,10 @@ def build_items(
             output_names=DIT_OUTPUTS,
             sample=feeds,
             reference=reference,
-            notes={"guidance_passes": len(passes), "num_layers": len(model.transformer_blocks)},
+            notes={
+                "guidance_passes": len(passes),
+                "num_layers": len(model.transformer_blocks),
+                **({"quantization": options.quantization} if options.quantization else {}),
+            },
         )
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from ltx_core.utils import to_denoised
 from safetensors.torch import save_file
 
 from ltx_ascend.checkpoints.loader import CheckpointSet
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.errors import UserError
+from ltx_ascend.export.components import ExportItem, ExportOptions
 from ltx_ascend.export.dit import SKIP_INPUTS, MaskPerturbations, _host_rope
 from ltx_ascend.shapes import ShapeProfile
 
@@ -223,12 +224,20 @@ def _read_block(f: Any, keys: list[str], ckset: CheckpointSet, index: int, dtype
     return {k: v.to(dtype).contiguous() for k, v in sd.items()}
 
 
-def stream_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype) -> Iterator[tuple[int, dict]]:
-    """(block index, {param name: tensor}) one block at a time: never more than one block in memory."""
+def stream_block_weights(
+    ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, quantize: Sequence[str] = ()
+) -> Iterator[tuple[int, dict]]:
+    """(block index, {param name: tensor}) one block at a time: never more than one block in memory.
+    `quantize`: the block's linear layers to turn into W8A8 parameters, after the LoRAs are fused."""
     with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
         keys = list(f.keys())
         for i in range(num_layers):
-            yield i, _read_block(f, keys, ckset, i, dtype)
+            sd = _read_block(f, keys, ckset, i, dtype)
+            if quantize:
+                from ltx_ascend.export.quantize import quantize_state_dict
+
+                sd = {k: v.contiguous() for k, v in quantize_state_dict(sd, quantize).items()}
+            yield i, sd
 
 
 def read_block_weights(ckset: CheckpointSet, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -238,10 +247,12 @@ def read_block_weights(ckset: CheckpointSet, index: int, dtype: torch.dtype) -> 
         return _read_block(f, list(f.keys()), ckset, index, dtype)
 
 
-def write_block_weights(ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, folder: Path) -> list[str]:
-    """`block_00.safetensors` ... : one file per block (0.77 GB in bf16 for LTX-2.3 22B)."""
+def write_block_weights(
+    ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, folder: Path, quantize: Sequence[str] = ()
+) -> list[str]:
+    """`block_00.safetensors` ... : one file per block (0.77 GB in bf16 for LTX-2.3 22B; W8A8 about half)."""
     names = []
-    for i, weights in stream_block_weights(ckset, num_layers, dtype):
+    for i, weights in stream_block_weights(ckset, num_layers, dtype, quantize):
         name = f"block_{i:02d}.safetensors"
         save_file(weights, str(folder / name), metadata={"block": str(i)})
         names.append(name)
@@ -306,11 +317,22 @@ def dit_shell(
 
 
 def build_block_items(
-    ckset: CheckpointSet | None, config: dict[str, Any], profile: ShapeProfile, dtype: torch.dtype, seed: int = 0
+    ckset: CheckpointSet | None,
+    config: dict[str, Any],
+    profile: ShapeProfile,
+    dtype: torch.dtype,
+    seed: int = 0,
+    options: ExportOptions | None = None,
 ) -> list[ExportItem]:
     """dit-input, dit-block (weights as inputs), dit-output; block weights stream to files."""
     from ltx_ascend.export.dit import sample_feeds, sample_passes
 
+    options = options or ExportOptions()
+    if options.smooth_alpha is not None and ckset is not None:
+        raise UserError(
+            "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
+            "export: use --dit-layout whole, or drop --smooth-alpha"
+        )
     model, block = dit_shell(ckset, config, dtype, seed)
     num_layers = config["transformer"]["num_layers"]
     passes = sample_passes(profile.batch, 1)  # STG on block 0: the traced block is perturbed in the sample
@@ -321,6 +343,17 @@ def build_block_items(
     with torch.no_grad():
         activations = dict(zip(INPUT_GRAPH_OUTPUTS, input_graph(*in_feeds.values()), strict=True))
     activations |= {n: feeds[n] for n in feeds if n.endswith(PE_FIELDS)} | block_skip_columns(feeds, 0)
+    quantized: list[str] = []
+    if options.quantization:
+        from ltx_ascend.export.quantize import quantizable, quantize_module_, smooth_scales
+
+        quantized = quantizable(block, options.quantization_skip)
+        smooth = None
+        if options.smooth_alpha is not None:
+            float_feeds = block_feeds(block, activations)
+            smooth = smooth_scales(block, lambda: block_graph(*float_feeds.values()), quantized, options.smooth_alpha)
+        quantize_module_(block, options.quantization_skip, smooth)
+        block_graph = DiTBlockGraph(block)
     b_feeds = block_feeds(block, activations)
     with torch.no_grad():
         vx, ax = block_graph(*b_feeds.values())
@@ -356,9 +389,13 @@ def build_block_items(
             return output_graph(*(f[n] for n in OUTPUT_GRAPH_INPUTS))
 
     def write_weights(folder: Path) -> list[str]:
-        return write_block_weights(ckset, num_layers, dtype, folder) if ckset is not None else []
+        if ckset is None:
+            return []
+        return write_block_weights(ckset, num_layers, dtype, folder, quantized)
 
     layout = {"layout": "blocks", "num_layers": num_layers, "weights": "block_XX.safetensors" if ckset else "random"}
+    if quantized:
+        layout["quantized_linears"] = quantized
     return [
         ExportItem(
             "dit",

@@ -32,8 +32,10 @@ from ltx_ascend.compile.manifest import (
     request_key,
 )
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, ExportOptions, build_items, dtype_name
+from ltx_ascend.export.components import ExportItem, ExportOptions, build_items, dtype_name, ort_only, variant_name
 from ltx_ascend.export.onnx_writer import OPSET, export_onnx
+from ltx_ascend.export.quantize import ASCEND_W8A8_OPSET
+from ltx_ascend.export.quantize import SCHEMES as QUANT_SCHEMES
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.shapes import ShapeProfile
 
@@ -67,16 +69,45 @@ def export_request(
     options: ExportOptions | None = None,
 ) -> dict[str, Any]:
     options = options or ExportOptions()
-    return {
+    check_variant(component, npu_ops, options)
+    request = {
         "component": component,
         "dit_layout": options.dit_layout if component == "dit" else None,
         "profile": profile.to_dict(),
         "dtype": dtype_name(dtype),
-        "opset": OPSET,
+        "opset": export_opset(npu_ops, options) if component == "dit" else OPSET,
         "npu_ops": npu_ops,
         "graph_form": GRAPH_FORM_VERSION,
         "source": source_fingerprint(component, ckset, options),
     }
+    # Only non-default variants add keys, so the portable graphs keep their cache keys.
+    variant = variant_name(options, npu_ops) if component == "dit" else ""
+    if variant:
+        request["variant"] = variant
+    if options.quantization and component == "dit":
+        request["quantization"] = {
+            "scheme": options.quantization,
+            "skip": list(options.quantization_skip),
+            "smooth_alpha": options.smooth_alpha,
+        }
+    return request
+
+
+def check_variant(component: str, npu_ops: bool, options: ExportOptions) -> None:
+    """One line for combinations that cannot be built."""
+    if npu_ops and options.ort_fused:
+        raise UserError("--npu-ops and --ort-fused exclude each other: one graph is for ATC, the other for ORT")
+    if options.quantization and options.quantization not in QUANT_SCHEMES:
+        raise UserError(f"--quantization {options.quantization}: choose {', '.join(QUANT_SCHEMES)}")
+    if options.smooth_alpha is not None and not (0.0 < options.smooth_alpha < 1.0):
+        raise UserError(f"--smooth-alpha {options.smooth_alpha}: choose a value between 0 and 1, e.g. 0.5")
+    if options.smooth_alpha is not None and not options.quantization:
+        raise UserError("--smooth-alpha smooths activations for quantization: add --quantization w8a8")
+
+
+def export_opset(npu_ops: bool, options: ExportOptions) -> int:
+    """ai.onnx opset: 18, or 16 for the Ascend W8A8 graph (CANN registers QuantBatchMatMul up to 16)."""
+    return ASCEND_W8A8_OPSET if npu_ops and options.quantization else OPSET
 
 
 def artifact_dir(out: Path, component: str, profile: ShapeProfile, dtype: torch.dtype, request: dict) -> Path:
@@ -197,6 +228,10 @@ def _build(
     request: dict[str, Any],
     building: Path,
 ) -> list[GraphReport]:
+    options = options or ExportOptions()
+    variant = request.get("variant", "")
+    if component != "dit":  # the variants change only the DiT graph
+        options = ExportOptions(dit_layout=options.dit_layout, random_config=options.random_config, seed=options.seed)
     items = build_items(component, ckset, profile, dtype, options)
     graphs_io: dict[str, Any] = {}
     reports = []
@@ -204,13 +239,22 @@ def _build(
         file = f"{item.name}.onnx"
         start = time.perf_counter()
         path = export_onnx(
-            item.module, item.args(), item.input_names, item.output_names, building / file, npu_ops=npu_ops
+            item.module,
+            item.args(),
+            item.input_names,
+            item.output_names,
+            building / file,
+            npu_ops=npu_ops,
+            ort_fused=options.ort_fused,
+            opset=request["opset"],
         )
         seconds = time.perf_counter() - start
-        violations = lint_onnx(path)
+        lint_target = "ort" if ort_only(variant) else "atc"
+        violations = lint_onnx(path, target=lint_target)
         if violations:  # our exporter's fault, not the user's input: an internal error with a traceback
             raise RuntimeError(
-                f"{item.name}: the exported graph fails the ATC lint ({len(violations)} violations, first: "
+                f"{item.name}: the exported graph fails the {lint_target.upper()} lint "
+                f"({len(violations)} violations, first: "
                 f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
                 "exporter, please report it with `ltx-compile --lint` output"
             )
@@ -240,7 +284,7 @@ def _build(
     manifest = Manifest(
         kind="onnx",
         component=component,
-        variant="",
+        variant=variant,
         request=request,
         io={"graphs": graphs_io},
         files=file_hashes(building, names),

@@ -5,6 +5,12 @@ inference on this model (docs/reference-figures.md), and the TorchScript one onl
 opset 23, which we give a symbolic: decomposed into Pow/ReduceMean/Add/Sqrt/Div (every op in
 ATC's registry), or `npu::NPURmsNorm` with `npu_ops`. Attention is exported from
 `scaled_dot_product_attention` as MatMul/Softmax/MatMul by torch's own symbolic.
+
+`ort_fused` writes a graph for ONNX Runtime only: RMSNorm as `SimplifiedLayerNormalization` and
+mask-free attention as `com.microsoft::MultiHeadAttention` on ltx-core's [B, T, heads*dim] tensors
+(ORT's CPU kernel is a flash-style loop: no [B, heads, Tq, Tk] scores, 2 x 10.9 GB in float32 at
+9,216 tokens otherwise). ORT's own transformer optimizer cannot produce these here: its attention
+fusions match BERT/GPT-2/T5/UNet subgraph shapes, and LTX's (QK-norm, split RoPE, gating) is none.
 """
 
 from __future__ import annotations
@@ -101,15 +107,96 @@ def _sdpa_npu(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fal
     return out
 
 
+def _rms_norm_ort(g, x, normalized_shape, weight, eps):
+    """ORT's contrib `SimplifiedLayerNormalization` (ai.onnx domain, version 1): RMSNorm in one kernel."""
+    rank = _normalized_rank(normalized_shape)
+    eps_value = symbolic_helper._maybe_get_const(eps, "f")
+    eps_value = 1e-6 if eps_value is None or symbolic_helper._is_none(eps) else eps_value
+    if symbolic_helper._is_none(weight):  # the scale input is required: ones over the normalised dims
+        sizes = symbolic_helper._get_tensor_sizes(x)
+        if sizes is None or any(s is None for s in sizes[-rank:]):
+            return _rms_norm_decomposed(g, x, normalized_shape, weight, eps)
+        weight = g.op("Constant", value_t=torch.ones(sizes[-rank:], dtype=torch.float32))
+        weight = g.op("CastLike", weight, x)
+    out = g.op("SimplifiedLayerNormalization", x, weight, axis_i=-rank, epsilon_f=eps_value, stash_type_i=1)
+    out.setType(x.type())
+    return out
+
+
+class _OrtMultiHeadAttention(torch.autograd.Function):
+    """ltx-core's mask-free attention on [B, T, heads*dim], traced as one com.microsoft node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads, head_dim):
+        b, _, inner = q.shape
+        q4, k4, v4 = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4)
+        return out.transpose(1, 2).reshape(b, -1, inner)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads, head_dim):
+        # ORT's default scale is 1/sqrt(head_size), as torch's SDPA
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=int(heads))
+        out.setType(q.type())
+        return out
+
+
+class _NpuFlashAttentionBSH(_OrtMultiHeadAttention):
+    """The same call as `npu::NPUPromptFlashAttention` in BSH layout, heads known from Python: used
+    where the traced shapes are unknown to the exporter (after the Ascend W8A8 matmuls)."""
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads, head_dim):
+        out = g.op(
+            "npu::NPUPromptFlashAttention",
+            q,
+            k,
+            v,
+            num_heads_i=int(heads),
+            scale_value_f=float(1.0 / int(head_dim) ** 0.5),
+            pre_tokens_i=2**31 - 1,
+            next_tokens_i=2**31 - 1,
+            input_layout_s="BSH",
+            num_key_value_heads_i=int(heads),
+        )
+        out.setType(q.type())
+        return out
+
+
 @contextlib.contextmanager
-def export_symbolics(opset: int = OPSET, npu_ops: bool = False) -> Iterator[None]:
-    """Register our symbolics for the duration of one export."""
-    fn = _rms_norm_npu if npu_ops else _rms_norm_decomposed
+def _fused_attention(function: type[torch.autograd.Function]) -> Iterator[None]:
+    """Route ltx-core's PyTorch attention (mask-free calls) through `function` ([B, T, heads*dim])."""
+    from ltx_core.model.transformer import attention
+
+    original = attention.PytorchAttention.__call__
+
+    def call(self, q, k, v, heads, mask=None):
+        if mask is not None:
+            return original(self, q, k, v, heads, mask)
+        return function.apply(q, k, v, heads, int(q.shape[-1]) // heads)
+
+    attention.PytorchAttention.__call__ = call
+    try:
+        yield
+    finally:
+        attention.PytorchAttention.__call__ = original
+
+
+@contextlib.contextmanager
+def export_symbolics(
+    opset: int = OPSET, npu_ops: bool = False, ort_fused: bool = False, npu_bsh: bool = False
+) -> Iterator[None]:
+    """Register our symbolics (and the fused-attention route) for the duration of one export."""
+    if npu_ops and ort_fused:
+        raise ValueError("npu_ops and ort_fused exclude each other")
+    fn = _rms_norm_npu if npu_ops else _rms_norm_ort if ort_fused else _rms_norm_decomposed
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", fn, opset)
     if npu_ops:
         torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _sdpa_npu, opset)
     try:
-        yield
+        route = _OrtMultiHeadAttention if ort_fused else _NpuFlashAttentionBSH if npu_bsh else None
+        with _fused_attention(route) if route else contextlib.nullcontext():
+            yield
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::rms_norm", opset)
         if npu_ops:
@@ -125,6 +212,7 @@ def export_onnx(
     *,
     opset: int = OPSET,
     npu_ops: bool = False,
+    ort_fused: bool = False,
     external_data: bool | None = None,
 ) -> Path:
     """Export `module(*args)` to `path`; weights go to one `<name>.data` file when external.
@@ -144,7 +232,16 @@ def export_onnx(
         hook = module.register_forward_hook(lambda _m, _i, out: shapes.extend(
             tuple(t.shape) for t in (out if isinstance(out, tuple) else (out,))
         ))  # fmt: skip
-        with export_symbolics(opset, npu_ops), export_patches(), torch.no_grad(), warnings.catch_warnings():
+        from ltx_ascend.export.quantize import lowering
+
+        with (
+            # The Ascend W8A8 graph (opset 16) loses traced shapes after its matmuls: BSH attention there.
+            export_symbolics(opset, npu_ops, ort_fused, npu_bsh=npu_ops and opset < OPSET),
+            lowering("npu" if npu_ops else "ort"),
+            export_patches(),
+            torch.no_grad(),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(
                 module.eval(),
@@ -159,9 +256,13 @@ def export_onnx(
             )
         hook.remove()
         model = onnx.load(str(traced), load_external_data=True)
+        if ort_fused:
+            _declare_domain(model, "com.microsoft")
         if npu_ops:
-            _declare_npu_domain(model)
-            # ONNX shape inference knows no npu:: op: restore the static output shapes the trace saw.
+            _declare_domain(model, "npu")
+        _move_alias_to_default_domain(model)
+        if npu_ops or ort_fused:
+            # ONNX shape inference knows no npu:: / com.microsoft op: restore the static output shapes the trace saw.
             _set_output_shapes(model, shapes[: len(output_names)])
         final = tmp_dir / path.name
         data_name = path.name + ".data"
@@ -197,6 +298,21 @@ def _set_output_shapes(model: onnx.ModelProto, shapes: Sequence[tuple[int, ...]]
             dims.add().dim_value = int(size)
 
 
-def _declare_npu_domain(model: onnx.ModelProto) -> None:
-    if not any(o.domain == "npu" for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid("npu", 1))
+def _move_alias_to_default_domain(model: onnx.ModelProto) -> None:
+    """Ops traced under quantize.AI_ONNX_ALIAS belong to ai.onnx (Ascend's names registered there)."""
+    from ltx_ascend.export.quantize import AI_ONNX_ALIAS
+
+    moved = False
+    for node in model.graph.node:
+        if node.domain == AI_ONNX_ALIAS:
+            node.domain = ""
+            moved = True
+    kept = [o for o in model.opset_import if o.domain != AI_ONNX_ALIAS]
+    if moved or len(kept) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+
+
+def _declare_domain(model: onnx.ModelProto, domain: str) -> None:
+    if not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))

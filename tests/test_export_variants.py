@@ -1,0 +1,147 @@
+"""DiT graph variants: ort-fused (ORT's fused attention and RMSNorm), W8A8 for ORT and for Ascend."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from ltx_ascend.compile.lint import lint_onnx, op_histogram
+from ltx_ascend.errors import UserError
+from ltx_ascend.export import dit, quantize
+from ltx_ascend.export.components import ExportOptions, ort_only, variant_name
+from ltx_ascend.export.exporter import export_component, export_request
+from ltx_ascend.metrics import TOLERANCES, compare
+from ltx_ascend.shapes import shape_profile
+
+PROFILE = shape_profile("9x64x96", text_tokens=64)
+
+
+def _run(path, item):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(list(item.output_names), {n: item.sample[n].numpy() for n in item.input_names})
+
+
+def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path):
+    """MultiHeadAttention + SimplifiedLayerNormalization, no Softmax: float32 parity with eager ltx-core,
+    and a perturbed input leaves tolerance (the comparison can fail)."""
+    options = ExportOptions(dit_layout="whole", ort_fused=True)
+    result = export_component("dit", tiny.checkpoint_set(), PROFILE, out=tmp_path, options=options, verify=True)
+    (graph,) = result.graphs
+    assert all(c.passes(TOLERANCES["float32"]) for c in graph.comparisons.values()), graph.comparisons
+    assert graph.ops["MultiHeadAttention"] == 12 and graph.ops["SimplifiedLayerNormalization"] > 0
+    assert "Softmax" not in graph.ops and "ReduceMean" not in graph.ops
+    path = result.folder / graph.file
+    assert lint_onnx(path, target="ort") == []
+    atc = lint_onnx(path)  # the ATC lint refuses com.microsoft ops
+    assert any("com.microsoft" in v.detail for v in atc)
+    (item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, options)
+    broken = dataclasses.replace(item, sample={**item.sample, "video_latent": item.sample["video_latent"] * -1.0})
+    out = _run(path, broken)
+    assert not compare(item.reference(item.sample)[0], torch.from_numpy(out[0])).passes(TOLERANCES["float32"])
+
+
+def test_variant_names_and_request_keys(tiny):
+    """The portable request is unchanged (same cache keys as before variants existed); variants differ."""
+    ckset = tiny.checkpoint_set()
+    plain = export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions())
+    assert "variant" not in plain and "quantization" not in plain and plain["opset"] == 18
+    fused = export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions(ort_fused=True))
+    quant = export_request("dit", ckset, PROFILE, torch.float32, True, ExportOptions(quantization="w8a8"))
+    assert fused["variant"] == "ort-fused" and quant["variant"] == "npu-ops+w8a8" and quant["opset"] == 16
+    assert variant_name(ExportOptions(ort_fused=True, quantization="w8a8")) == "ort-fused+w8a8"
+    assert ort_only("ort-fused") and ort_only("w8a8") and not ort_only("npu-ops+w8a8") and not ort_only("")
+    with pytest.raises(UserError, match="exclude each other"):
+        export_request("dit", ckset, PROFILE, torch.float32, True, ExportOptions(ort_fused=True))
+    with pytest.raises(UserError, match="--quantization int4"):
+        export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions(quantization="int4"))
+
+
+def test_w8a8_reference_arithmetic():
+    """Per-channel symmetric weights, per-token symmetric activations; one outlier token does not
+    change the other tokens' result (it would under a per-tensor activation scale)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 128)
+    x = torch.randn(2, 64, 256)
+    q = quantize.QuantLinear(linear)
+    assert q.weight.dtype == torch.int8 and q.weight_scale.shape == (128,)
+    assert q.weight.abs().amax(dim=1).eq(127).all()  # every output channel uses its full range
+    with torch.no_grad():
+        ref, out = linear(x), q(x)
+        assert compare(ref, out).cosine > 0.999
+        spiky = x.clone()
+        spiky[0, 0] *= 1000.0
+        assert torch.allclose(q(spiky)[:, 1:], out[:, 1:])
+        wrong = quantize.w8a8_reference(x, q.weight, q.weight_scale * 1.5, q.bias)  # a broken rescale
+        assert compare(ref, out).rel_l2 < 0.02 and compare(ref, wrong).rel_l2 > 0.2
+
+
+def test_quantization_skip_and_state_dict_agree():
+    attn = torch.nn.ModuleDict({"to_q": torch.nn.Linear(32, 32)})
+    block = torch.nn.ModuleDict({"attn1": attn, "ff": torch.nn.Linear(32, 16)})
+    assert quantize.quantizable(block, ("attn1.*",)) == ["ff"]
+    state = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    names = quantize.quantize_module_(block, ("attn1.*",))
+    assert isinstance(block["ff"], quantize.QuantLinear) and isinstance(block["attn1"]["to_q"], torch.nn.Linear)
+    streamed = quantize.quantize_state_dict(state, names)  # the block files are written this way
+    for name, param in block.named_parameters():
+        assert torch.equal(streamed[name], param), name
+
+
+def test_w8a8_blocks_on_ort_match_eager_w8a8(tiny, tmp_path):
+    """ORT's lowering (per-token uint8 + MatMulInteger) equals the eager W8A8 reference; weights are
+    int8 inputs with a float32 scale per output channel; norms, AdaLN and attention stay float."""
+    options = ExportOptions(dit_layout="blocks", ort_fused=True, quantization="w8a8")
+    result = export_component("dit", tiny.checkpoint_set(), PROFILE, out=tmp_path, options=options, verify=True)
+    graphs = {g.name: g for g in result.graphs}
+    for g in graphs.values():
+        assert all(c.passes(TOLERANCES["float32"]) for c in g.comparisons.values()), (g.name, g.comparisons)
+    block = graphs["dit-block"]
+    model = onnx.load(str(result.folder / block.file))
+    weights = {i.name: i.type.tensor_type.elem_type for i in model.graph.input if i.name.startswith("w.")}
+    int8 = [n for n, t in weights.items() if t == onnx.TensorProto.INT8]
+    assert len(int8) == block.ops["MatMulInteger"] == 34
+    assert all(weights[n + "_scale"] == onnx.TensorProto.FLOAT for n in int8)
+    assert "MatMulInteger" not in graphs["dit-input"].ops and "MatMulInteger" not in graphs["dit-output"].ops
+    assert block.ops["MultiHeadAttention"] == 6
+    manifest = (result.folder / "manifest.json").read_text()
+    assert '"variant": "ort-fused+w8a8"' in manifest
+
+
+def test_w8a8_whole_dit_close_to_float(tiny):
+    """Information, asserted loosely: the quantized tiny DiT's X0 stays close to the float one."""
+    (float_item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions(dit_layout="whole"))
+    (quant_item,) = dit.build_items(
+        tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions(dit_layout="whole", quantization="w8a8")
+    )
+    ref, out = float_item.reference(float_item.sample), quant_item.reference(quant_item.sample)
+    assert compare(ref[0], out[0]).cosine > 0.99
+    assert not torch.equal(ref[0], out[0])
+
+
+def test_ascend_w8a8_graph_contract(tiny, tmp_path):
+    """Contract only (no CANN here): opset 16 (CANN registers ai.onnx::QuantBatchMatMul for 8-16),
+    ai.onnx NPUDynamicQuant -> QuantBatchMatMul(x1, x2 [N, K] transposed, scale, -, bias,
+    pertoken_scale), BSH fused attention, ATC-lint clean."""
+    options = ExportOptions(dit_layout="blocks", quantization="w8a8")
+    result = export_component("dit", tiny.checkpoint_set(), PROFILE, out=tmp_path, options=options, npu_ops=True)
+    path = result.folder / "dit-block.onnx"
+    assert lint_onnx(path) == []
+    model = onnx.load(str(path))
+    assert {o.domain: o.version for o in model.opset_import} == {"": 16, "npu": 1}
+    ops = op_histogram(path)
+    assert ops["NPUDynamicQuant"] == ops["QuantBatchMatMul"] == 34 and ops["NPUPromptFlashAttention"] == 6
+    assert "MatMulInteger" not in ops and "Softmax" not in ops
+    matmul = next(n for n in model.graph.node if n.op_type == "QuantBatchMatMul")
+    quant = next(n for n in model.graph.node if n.output[0] == matmul.input[0])
+    assert matmul.domain == "" and quant.op_type == "NPUDynamicQuant" and quant.domain == ""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in matmul.attribute}
+    assert attrs == {"dtype": 0, "transpose_x1": 0, "transpose_x2": 1}
+    assert len(matmul.input) == 6 and matmul.input[3] == "" and matmul.input[5] == quant.output[1]
+    assert matmul.input[1].startswith("w.") and matmul.input[2] == matmul.input[1] + "_scale"
+    fa = next(n for n in model.graph.node if n.op_type == "NPUPromptFlashAttention")
+    fa_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in fa.attribute}
+    assert fa_attrs["input_layout"] == b"BSH" and fa_attrs["scale_value"] == pytest.approx(16**-0.5)
