@@ -145,3 +145,19 @@ def test_ascend_w8a8_graph_contract(tiny, tmp_path):
     fa = next(n for n in model.graph.node if n.op_type == "NPUPromptFlashAttention")
     fa_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in fa.attribute}
     assert fa_attrs["input_layout"] == b"BSH" and fa_attrs["scale_value"] == pytest.approx(16**-0.5)
+
+
+def test_quantization_report_per_block_cosine(tiny):
+    """ltx-verify --quantization's rows (tiny width here; the real width is the CLI's default): W8A8
+    close to float; outlier channels cost cosine on the block's own update, SmoothQuant wins it back."""
+    from ltx_ascend.checkpoints.loader import read_model_config
+    from ltx_ascend.tools.quant_report import quantization_report
+
+    config = read_model_config(tiny.checkpoint)
+    rows = quantization_report(config, PROFILE)
+    assert [r["output"] for r in rows] == ["video_x_out", "video_x_out - x", "audio_x_out", "audio_x_out - x"]
+    assert all(r["cosine"] > 0.99 for r in rows)
+    spiky = quantization_report(config, PROFILE, outlier_channels=2, outlier_scale=200.0)
+    smoothed = quantization_report(config, PROFILE, outlier_channels=2, outlier_scale=200.0, smooth_alpha=0.5)
+    update = lambda rs: min(r["cosine"] for r in rs if r["output"].endswith(" - x"))  # noqa: E731
+    assert update(spiky) < update(rows) and update(smoothed) > update(spiky)

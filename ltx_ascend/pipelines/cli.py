@@ -33,7 +33,7 @@ from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
 from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
-from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice, ModelStack
+from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice, ModelStack, check_quantization
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager")
         run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
         run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
+        run.add_argument(
+            "--quantization",
+            default="",
+            help="w8a8: int8 DiT linears on every backend; fp8-cast|fp8-scaled-mm: ltx-core's FP8 (CUDA eager)",
+        )
+        run.add_argument(
+            "--quantization-skip", action="append", default=[], metavar="PATTERN", help="w8a8: keep these linears float"
+        )
         run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
         if hasattr(module, "add_arguments"):
             module.add_arguments(p.add_argument_group(f"{name}"))
@@ -406,6 +414,7 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
     args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
     tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
     policy = dev.policy_from_args(args)
+    check_quantization(args.quantization, BackendChoice.parse(args.backend or "ort").of("dit"), policy.device)
     start = time.perf_counter()
 
     if tiny:
@@ -450,6 +459,8 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
             max_device_memory_gb=args.max_device_memory,
             offload=args.offload,
             parallel=parallel,
+            quantization=args.quantization,
+            quantization_skip=tuple(args.quantization_skip),
         )
         preflight(stack, module, args, req, two_stage)
         # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.

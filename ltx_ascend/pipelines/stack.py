@@ -65,6 +65,20 @@ WHOLE_CANNOT_STREAM = (
     "a whole-DiT graph bakes its block weights in and cannot stream them: use --dit-layout blocks "
     "(ltx-export --component dit --dit-layout blocks), or drop --streaming-prefetch-count / --max-device-memory"
 )
+W8A8 = "w8a8"
+FP8 = ("fp8-cast", "fp8-scaled-mm")  # ltx-pipelines' names: ltx-core's FP8 policies (CUDA; scaled-mm needs TRT-LLM)
+QUANTIZATIONS = ("", W8A8, *FP8)
+
+
+def check_quantization(quantization: str, backend: str, device: torch.device) -> None:
+    """One line for a quantization this backend/device cannot run."""
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"--quantization {quantization}: choose w8a8 (any backend) or fp8-cast|fp8-scaled-mm (CUDA)")
+    if quantization in FP8 and (backend != "eager" or device.type != "cuda"):
+        raise UserError(
+            f"--quantization {quantization} is ltx-core's FP8 path for CUDA eager only (here: --backend {backend} on "
+            f"{device.type}); use --quantization w8a8, which runs on every backend"
+        )
 
 
 @dataclass
@@ -112,6 +126,8 @@ class ModelStack:
     offload: str = "none"  # --offload: none, text-encoder, all
     device_log: list[tuple[str, str]] = field(default_factory=list)  # (component, "in"/"out") device moves
     _host: dict = field(default_factory=dict)  # (component, dtype) -> module kept in host memory
+    quantization: str = ""  # "", "w8a8" (every backend), "fp8-cast"/"fp8-scaled-mm" (CUDA eager)
+    quantization_skip: tuple[str, ...] = ()
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
     parallel: Parallel | None = None  # multi-device run: how the DiT's passes and tokens are split
@@ -125,6 +141,39 @@ class ModelStack:
         return self.policy.dtype
 
     # -- locating compiled graphs --------------------------------------------------------------
+
+    def _variants(
+        self, component: str, backend: str, options: ExportOptions
+    ) -> list[tuple[bool, ExportOptions]]:
+        """(npu_ops, options) of the graph variants that can serve `backend`, preferred first: on ORT
+        the fused variant, then the portable one; W8A8 asks for the quantized variant only (on om:
+        the Ascend ops)."""
+        if component != "dit":
+            return [(False, options)]
+        quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
+        if self.quantization != W8A8:
+            quant = {}
+        if backend in ("ort", "onnx"):  # both run on ONNX Runtime
+            return [
+                (False, dataclasses.replace(options, ort_fused=True, **quant)),
+                (False, dataclasses.replace(options, **quant)),
+            ]
+        if backend == "om" and quant:
+            return [(True, dataclasses.replace(options, **quant))]
+        return [(False, dataclasses.replace(options, **quant))]
+
+    def _find(
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, variants: list
+    ) -> Resolution:
+        """The first variant found, else the preferred one's failed resolution (its reason is reported)."""
+        resolution = None
+        for npu_ops, options in variants:
+            request = export_request(component, ckset, profile, dtype, npu_ops, options)
+            found = resolve(request, self.artifacts, self.backends.of(component), ep=self.ep, soc=self.soc)
+            if found.ok:
+                return found
+            resolution = resolution or found
+        return resolution
 
     def _resolution(
         self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
@@ -143,6 +192,8 @@ class ModelStack:
         so the block-chain export (`ltx-export --dit-layout blocks`) is looked up, or built."""
         options = options or ExportOptions()
         backend = self.backends.of(component)
+        if component == "dit":
+            check_quantization(self.quantization, backend, self.device)
         if backend == "eager":
             return None
         graph_dtype = torch.float32 if component == "vocoder" else self.dtype
@@ -151,17 +202,19 @@ class ModelStack:
                 f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
                 "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
             )
-        request = export_request(component, ckset, profile, graph_dtype, False, options)
-        resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+        variants = self._variants(component, backend, options)
+        resolution = self._find(component, ckset, profile, graph_dtype, variants)
         if component == "dit" and self.step_cache.applies_to(profile.stage):
             if not resolution.ok or "dit" in resolution.graphs:
-                options = ExportOptions(dit_layout="blocks")
-                request = export_request(component, ckset, profile, graph_dtype, False, options)
-                resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
+                variants = [(n, dataclasses.replace(o, dit_layout="blocks")) for n, o in variants]
+                resolution = self._find(component, ckset, profile, graph_dtype, variants)
             if not resolution.ok:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
                 resolution = dataclasses.replace(resolution, reason=why)
         if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
+            # Build what plain runs always built (the portable graph) unless a quantized one was asked for.
+            npu_ops, options = variants[0] if self.quantization == W8A8 else variants[-1]
+            request = export_request(component, ckset, profile, graph_dtype, npu_ops, options)
             start = time.perf_counter()
             self.log(f"building {component} for {backend} at {profile.key} ...")
             result = export_component(
@@ -210,12 +263,45 @@ class ModelStack:
             print(f"warning: {component}: {resolution.reason}; falling back to eager", file=sys.stderr)
             self.used[component] = "eager"
             return None
-        self.used[component] = resolution.backend
+        variant = Manifest.read(resolution.folder).variant  # the variant that runs, for the backends line
+        self.used[component] = f"{resolution.backend} ({variant})" if variant else resolution.backend
         self.folders[component] = resolution.folder
         return open_sessions(resolution, device=self.device, ep=self.ep)
 
     def _offloaded(self, component: str) -> bool:
         return self.offload == "all" and component in HOST_RESIDENT
+    def _load_dit(self, ckset: CheckpointSet) -> torch.nn.Module:
+        """The eager DiT, quantized as asked: W8A8 (export/quantize.py, LoRAs fused first) or ltx-core's
+        FP8 policies (CUDA), built the way ltx-pipelines' model ledger builds them."""
+        if self.quantization in FP8:
+            from dataclasses import replace
+
+            from ltx_core.loader.sd_ops import SDOps
+            from ltx_core.quantization import QuantizationPolicy
+
+            from ltx_ascend.checkpoints.loader import builder_for
+
+            policy = QuantizationPolicy.fp8_cast() if self.quantization == "fp8-cast" else None
+            if policy is None:
+                try:
+                    policy = QuantizationPolicy.fp8_scaled_mm()
+                except ImportError as exc:
+                    raise UserError(f"--quantization fp8-scaled-mm: {exc}; use fp8-cast or w8a8") from None
+            builder = builder_for("dit", ckset)
+            sd_ops = builder.model_sd_ops
+            if policy.sd_ops is not None:
+                mapping = (*sd_ops.mapping, *policy.sd_ops.mapping) if sd_ops else policy.sd_ops.mapping
+                sd_ops = SDOps(name=f"{sd_ops.name if sd_ops else 'none'}+{policy.sd_ops.name}", mapping=mapping)
+            builder = replace(builder, module_ops=(*builder.module_ops, *policy.module_ops), model_sd_ops=sd_ops)
+            self.used["dit"] = f"eager ({self.quantization})"
+            return builder.build(device=self.device).eval()
+        model = self._load("dit", ckset)
+        if self.quantization == W8A8:
+            from ltx_ascend.export.quantize import quantize_dit_
+
+            quantize_dit_(model, self.quantization_skip)
+            self.used["dit"] = f"{self.used.get('dit', 'eager')} ({W8A8})"
+        return model
 
     def _load(self, component: str, ckset: CheckpointSet, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """On the device; with --offload all, VAE/upsampler/vocoder modules are built once into host
@@ -265,6 +351,11 @@ class ModelStack:
         layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
         if prefetch is not None and layout == "whole":
             raise UserError(WHOLE_CANNOT_STREAM)
+        if prefetch is not None and self.quantization:
+            raise UserError(
+                f"--quantization {self.quantization} with block streaming is not supported yet: drop "
+                "--streaming-prefetch-count / --max-device-memory, or the quantization"
+            )
         if parallel is not None and parallel.ulysses > 1 and self.backends.of("dit") != "eager":
             # Sequence parallel runs the attention cores between all-to-alls: the eager block chain only.
             reason = f"--parallel {parallel.world.layout} runs the DiT eager (no compiled sequence-parallel graphs)"
@@ -278,7 +369,7 @@ class ModelStack:
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:
-                model = self._load("dit", ckset)
+                model = self._load_dit(ckset)
                 runner = eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
             else:
                 shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
@@ -340,7 +431,7 @@ class ModelStack:
         if self.streaming_prefetch is not None or self.max_device_memory_gb is not None:
             print(f"warning: dit: {reason}: ltx-core's transformer runs whole, every block resident", file=sys.stderr)
         self.used["dit"] = "eager"
-        model = X0Model(self._load("dit", self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
+        model = X0Model(self._load_dit(self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
 
         def run(video, audio, passes) -> list[tuple[torch.Tensor, torch.Tensor]]:
             with torch.inference_mode():

@@ -1,9 +1,15 @@
 """`ltx-bench`: is it faster? Every backend on the same inputs, in the same run, against eager.
 
 Per component: median and min seconds per call after a warm-up, peak host RSS while it ran (and
-device memory where there is a device), and the ratio to eager. For the DiT, one call is one
-sampling step with every guidance pass in the batch, and achieved FLOP/s is shown next to this
-machine's matmul peak in the same dtype, timed in the same run.
+device memory where there is a device), and the ratio to eager. Each backend runs in its own
+process, so its peak is its own and not the high-water mark of the backends before it. For the
+DiT, one call is one sampling step with every guidance pass in the batch, and achieved FLOP/s is
+shown next to this machine's matmul peak: the better of torch's and ONNX Runtime's own float32
+GEMM, timed in the same run.
+
+Backends: `eager` (ltx-core, float32), `ort` (the portable graph, ORT_ENABLE_ALL), `ort-fused`
+(`--ort-fused`: MultiHeadAttention, SimplifiedLayerNormalization), `ort-w8a8` (ort-fused with
+`--quantization w8a8`), `eager-w8a8` (the eager W8A8 reference), `om` (Ascend hosts only).
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ from ltx_ascend.shapes import shape_profile
 from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
 
 PRESETS = ("tiny", "bench", "22b-block", "22b-stream")
-PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation
+PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation (stage 1); stage 2 is distilled: 1
+# backend key -> (runs on, ExportOptions fields of its graph variant)
+BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "eager": ("eager", {}),
+    "eager-w8a8": ("eager", {"quantization": "w8a8"}),
+    "ort": ("ort", {}),
+    "ort-fused": ("ort", {"ort_fused": True}),
+    "ort-w8a8": ("ort", {"ort_fused": True, "quantization": "w8a8"}),
+    "om": ("om", {}),
+}
 
 
 def bench_config(layers: int = 1) -> dict[str, Any]:
@@ -89,8 +104,36 @@ def time_session(session: Session, feeds: dict[str, torch.Tensor], repeats: int,
     }
 
 
+def ort_matmul_gflops(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """ONNX Runtime's own float32 GEMM (MLAS) at n^3 on the CPU provider."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {x: rng.standard_normal((n, n), dtype=np.float32) for x in ("a", "b")}
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """This machine's dense matmul throughput in `dtype`: the roof to compare the DiT step against."""
+    """This machine's dense matmul throughput in `dtype` with torch."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
@@ -104,7 +147,9 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, 
     return 2 * n**3 / best / 1e9
 
 
-def _items(preset: str, component: str, shape: str, artifacts: Path, dtype: torch.dtype) -> tuple[Any, list]:
+def _items(
+    preset: str, component: str, shape: str, artifacts: Path, dtype: torch.dtype, stage: int = 1
+) -> tuple[Any, list]:
     """(checkpoint set or None, export options, profile) for a preset."""
     if preset == "tiny":
         tiny = ensure_tiny_set(artifacts / "tiny")
@@ -116,10 +161,56 @@ def _items(preset: str, component: str, shape: str, artifacts: Path, dtype: torc
         ckset, options = None, ExportOptions(dit_layout="blocks", random_config=config_22b())
     if preset != "tiny" and component != "dit":
         raise UserError(f"--preset {preset} benchmarks the DiT only: pass --component dit")
-    stage = 1 if component in ("dit", "spatial_upsampler") else None
-    batch = PASSES_PER_STEP if component == "dit" else 1
+    stage = stage if component in ("dit", "spatial_upsampler") else None
+    batch = (PASSES_PER_STEP if stage == 1 else 1) if component == "dit" else 1
     profile = shape_profile(shape, stage=stage, batch=batch)
     return ckset, options, profile
+
+
+def _measure_backend(
+    backend: str,
+    component: str,
+    preset: str,
+    shape: str,
+    stage: int,
+    artifacts: Path,
+    repeats: int,
+    threads: int | None,
+    soc: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One backend (in its own process, but om): build its items, export/compile if compiled, time every graph."""
+    policy = dev.policy_for("cpu", "float32")
+    runs_on, fields = BACKENDS[backend]
+    ckset, options, profile = _items(preset, component, shape, artifacts, policy.dtype, stage)
+    options = dataclasses.replace(options, **fields) if component == "dit" else options
+    if threads:
+        torch.set_num_threads(threads)
+    items = build_items(component, ckset, profile, policy.dtype, options)
+    if preset == "22b-block":
+        items = [i for i in items if i.variant == "block"]
+    folder = None
+    if runs_on == "om":
+        result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
+        folder, _ = compile_om(result.folder, _bench_soc(soc), None, force=False, dry_run=False)
+    elif runs_on == "ort" and preset != "22b-block":
+        result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
+        folder, _ = compile_ort(result.folder, "cpu", force=False)
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        feeds, device = item.sample, policy.device
+        if runs_on == "eager":
+            session: Session = EagerSession.from_item(item)
+        elif runs_on == "om":
+            session = _om_session(folder, item)
+            device = session.torch_device  # type: ignore[attr-defined]
+            feeds = {k: v.to(device) for k, v in feeds.items()}  # NPU feeds are bound, not copied
+        elif folder is None:  # 22b-block: only the block graph is timed, so only it is exported
+            session = _block_session(item, options, profile, artifacts / "bench" / "22b-block", threads)
+        else:
+            session = _ort_session(folder, item, threads)
+        out[item.name] = time_session(session, feeds, repeats, device)
+        session.close()
+    return out
 
 
 def bench_component(
@@ -130,48 +221,62 @@ def bench_component(
     artifacts: Path,
     repeats: int,
     threads: int | None,
+    stage: int = 1,
     soc: str | None = None,
 ) -> dict[str, Any]:
-    policy = dev.policy_for("cpu", "float32")
-    ckset, options, profile = _items(preset, component, shape, artifacts, policy.dtype)
-    items = build_items(component, ckset, profile, policy.dtype, options)
-    if preset == "22b-block":
-        items = [i for i in items if i.variant == "block"]
-    results: dict[str, dict[str, Any]] = {}
-    exported: Path | None = None
-    compiled: dict[str, Path] = {}
-
-    def export() -> Path:
-        nonlocal exported
-        if exported is None:
-            exported = export_component(component, ckset, profile, out=artifacts / "bench", options=options).folder
-        return exported
+    """Every backend in a fresh subprocess (spawned), one after the other, same seeded inputs; om runs
+    in this process (its ACL context and device belong to the caller)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     for backend in backends:
-        for item in items:
-            key = item.name
-            feeds, device = item.sample, policy.device
-            if backend == "eager":
-                torch.set_num_threads(threads or torch.get_num_threads())
-                session: Session = EagerSession.from_item(item)
-            elif backend == "ort":
-                if "ort" not in compiled:
-                    compiled["ort"] = compile_ort(export(), "cpu", force=False)[0]
-                session = _ort_session(compiled["ort"], item, threads)
-            else:
-                if "om" not in compiled:
-                    target = _bench_soc(soc)
-                    compiled["om"] = compile_om(export(), target, None, force=False, dry_run=False)[0]
-                session = _om_session(compiled["om"], item)
-                device = session.torch_device  # type: ignore[attr-defined]
-                feeds = {k: v.to(device) for k, v in feeds.items()}  # NPU feeds are bound, not copied
-            results.setdefault(key, {})[backend] = time_session(session, feeds, repeats, device)
-            session.close()
+        if backend not in BACKENDS:
+            raise UserError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
+        if component != "dit" and BACKENDS[backend][1]:
+            raise UserError(f"--backends {backend} is a DiT graph variant: pass --component dit")
+    _, _, profile = _items(preset, component, shape, artifacts, torch.float32, stage)
+    results: dict[str, dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    for backend in backends:
+        print(f"  {backend} ...", flush=True)
+        args = (backend, component, preset, shape, stage, artifacts, repeats, threads, soc)
+        if backend == "om":
+            for key, stats in _measure_backend(*args).items():
+                results.setdefault(key, {})[backend] = stats
+            continue
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                measured = pool.submit(_measure_backend, *args).result()
+            except BrokenProcessPool:  # killed (out of memory): say so in the table, go on with the others
+                print(f"  {backend}: its process died (out of memory?); no numbers", flush=True)
+                continue
+        for key, stats in measured.items():
+            results.setdefault(key, {})[backend] = stats
     for row in results.values():
         eager = row.get("eager", {}).get("median_s")
         for stats in row.values():
             stats["speedup_vs_eager"] = (eager / stats["median_s"]) if eager else None
-    return {"results": results, "profile": dataclasses.asdict(profile), "items": items}
+    return {"results": results, "profile": dataclasses.asdict(profile)}
+
+
+def _block_session(
+    item: ExportItem, options: ExportOptions, profile: Any, folder: Path, threads: int | None
+) -> OrtSession:
+    """The 22B block graph alone (0.2 MB: its weights are inputs), exported once; the session applies
+    ORT_ENABLE_ALL at load, as `ltx-compile --target ort` would."""
+    from ltx_ascend.export.components import variant_name
+    from ltx_ascend.export.exporter import graph_outputs
+    from ltx_ascend.export.onnx_writer import export_onnx
+    from ltx_ascend.runtime.session import TensorSpec
+
+    folder = folder / f"{variant_name(options) or 'portable'}-{profile.key}"
+    path = folder / "dit-block.onnx"
+    if not path.is_file():
+        export_onnx(item.module, item.args(), item.input_names, item.output_names, path, ort_fused=options.ort_fused)
+    inputs = [TensorSpec.from_dict(i) for i in item.io_spec()["inputs"]]
+    outputs = [TensorSpec.from_dict(o) for o in graph_outputs(path)]
+    return OrtSession(path, inputs, outputs, threads=threads)
 
 
 def _bench_soc(soc: str | None) -> str:
@@ -336,14 +441,22 @@ def _om_session(folder: Path, item: ExportItem) -> Session:
     return OmSession(folder / graph["file"], inputs, outputs)
 
 
+def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
+    from ltx_ascend.compile.manifest import Manifest
+
+    graph = Manifest.read(folder).io["graphs"][item.name]
+    inputs, outputs = specs_from_manifest(graph)
+    return OrtSession(folder / graph["file"], inputs, outputs, threads=threads)
+
+
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'component':<28} {'backend':<7} {'median s':>10} {'min s':>10} {'peak MB':>9} {'vs eager':>9}"]
+    lines = [f"{'component':<28} {'backend':<10} {'median s':>10} {'min s':>10} {'peak MB':>9} {'vs eager':>9}"]
     lines.append("-" * len(lines[0]))
     for name, row in report["components"].items():
         for backend, s in row.items():
             ratio = f"{s['speedup_vs_eager']:.2f}x" if s.get("speedup_vs_eager") else "-"
             lines.append(
-                f"{name:<28} {backend:<7} {s['median_s']:>10.4f} {s['min_s']:>10.4f} "
+                f"{name:<28} {backend:<10} {s['median_s']:>10.4f} {s['min_s']:>10.4f} "
                 f"{s['peak_mem_mb']:>9.0f} {ratio:>9}"
             )
     if report.get("dit_step"):
@@ -351,8 +464,13 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"DiT step ({report['dit_passes']} guidance passes, {report['dit_step_tflop']:.3f} TFLOP):")
         for backend, s in report["dit_step"].items():
             share = s["gflops"] / report["matmul_peak_gflops"]
-            lines.append(f"  {backend:<7} {s['median_s']:.3f} s/step  {s['gflops']:.1f} GFLOP/s = {share:.0%} of peak")
-    lines.append(f"matmul peak (2048^3, float32, this machine): {report['matmul_peak_gflops']:.1f} GFLOP/s")
+            lines.append(f"  {backend:<10} {s['median_s']:.3f} s/step  {s['gflops']:.1f} GFLOP/s = {share:.0%} of peak")
+    peaks = report.get("matmul_gflops", {})
+    detail = ", ".join(f"{k} {v:.1f}" for k, v in peaks.items())
+    lines.append(
+        f"matmul peak (2048^3, float32, this machine, best of {detail or 'torch'}): "
+        f"{report['matmul_peak_gflops']:.1f} GFLOP/s"
+    )
     return "\n".join(lines)
 
 
@@ -366,8 +484,19 @@ def main(argv: list[str] | None = None) -> int:
         help="tiny: the tiny set; bench: LTX-2.3 head geometry, 1 layer; 22b-block: one 22B block",
     )
     parser.add_argument("--component", default="dit", help=f"one of {', '.join(EXPORTABLE)}, or all (tiny)")
-    parser.add_argument("--backends", default="eager,ort", help="comma list of eager, ort, om")
+    parser.add_argument(
+        "--backends",
+        default="eager,ort",
+        help=f"comma list of {', '.join(BACKENDS)} (e.g. eager,ort,ort-fused,ort-w8a8)",
+    )
     parser.add_argument("--soc", help="ATC --soc_version for --backends om (default: this host's)")
+    parser.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="DiT profile: 1 (half size, 4 guidance passes per step) or 2 (full size, 1 distilled pass)",
+    )
     parser.add_argument("--shape", help="FxHxW (default: 41x1024x1536 for bench/22b-block, 25x256x384 for tiny)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="intra-op threads for both backends (default: all cores)")
@@ -419,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
         return 0
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in ("eager", "ort", "om")]
+    unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
-        raise UserError(f"--backends {args.backends}: use a comma list of eager, ort, om")
+        raise UserError(f"--backends {args.backends}: use a comma list of {', '.join(BACKENDS)}")
     if "om" in backends:  # before any export: a host without CANN gets one line at once
         args.soc = _bench_soc(args.soc)
         if find_atc() is None:
@@ -437,17 +566,29 @@ def main(argv: list[str] | None = None) -> int:
     components = EXPORTABLE if args.component == "all" else (args.component,)
     if args.component != "all" and args.component not in EXPORTABLE:
         raise UserError(f"--component {args.component}: choose one of {', '.join(EXPORTABLE)} or all")
-    report: dict[str, Any] = {"preset": args.preset, "shape": shape, "components": {}}
+    report: dict[str, Any] = {
+        "preset": args.preset,
+        "shape": shape,
+        "stage": args.stage,
+        "threads": args.threads or torch.get_num_threads(),
+        "components": {},
+    }
     dit_items = None
     for component in components:
         print(f"benchmarking {component} ({args.preset}, {shape}) ...", flush=True)
         out = bench_component(
-            component, args.preset, shape, backends, args.artifacts, args.repeats, args.threads, args.soc
+            component, args.preset, shape, backends, args.artifacts, args.repeats, args.threads, args.stage, args.soc
         )
         report["components"] |= out["results"]
         if component == "dit":
-            dit_items, profile = out["items"], out["profile"]
-    report["matmul_peak_gflops"] = matmul_peak_gflops(torch.float32, torch.device("cpu"))
+            dit_items, profile = True, out["profile"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report["matmul_gflops"] = {
+        "torch": matmul_peak_gflops(torch.float32, torch.device("cpu")),
+        "onnxruntime": ort_matmul_gflops(threads=args.threads),
+    }
+    report["matmul_peak_gflops"] = max(report["matmul_gflops"].values())
     if dit_items is not None:
         config = bench_config() if args.preset == "bench" else None
         if args.preset == "tiny":
@@ -456,9 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             config = read_model_config(ensure_tiny_set(args.artifacts / "tiny").checkpoint)
         elif args.preset == "22b-block":
             config = {**config_22b(), "transformer": {**config_22b()["transformer"], "num_layers": 1}}
-        per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=1))["total"]
+        per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))["total"]
         if args.preset == "22b-block":  # one block's share: drop the embedding/output part
-            per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=1))
+            per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))
             per_pass = per_pass["linear"] + per_pass["attention"]
         step_flops = per_pass * profile["batch"]
         report["dit_passes"] = profile["batch"]

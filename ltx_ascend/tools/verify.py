@@ -288,6 +288,39 @@ def markdown(results: list[GraphResult], loras: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _quantization_main(args: argparse.Namespace) -> int:
+    from ltx_ascend.checkpoints.presets import config_22b
+    from ltx_ascend.shapes import shape_profile
+    from ltx_ascend.tools.quant_report import MIN_COSINE, format_rows, quantization_report
+
+    if args.quantization != "w8a8":
+        raise UserError(f"--quantization {args.quantization}: ltx-verify reports w8a8 only")
+    if args.blocks < 1:
+        raise UserError(f"--blocks {args.blocks}: must be >= 1")
+    profile = shape_profile(args.shape, stage=args.stage, text_tokens=1024)
+    torch.manual_seed(0)
+    rows = quantization_report(
+        config_22b(),
+        profile,
+        blocks=args.blocks,
+        skip=tuple(args.quantization_skip),
+        smooth_alpha=args.smooth_alpha,
+        outlier_channels=args.outlier_channels,
+    )
+    title = (
+        f"W8A8 vs float32, LTX-2.3 block at the real width, random weights, {profile.video_tokens} video tokens"
+        f"{f', {args.outlier_channels} outlier channels x50' if args.outlier_channels else ''}"
+        f"{f', SmoothQuant alpha {args.smooth_alpha}' if args.smooth_alpha is not None else ''}"
+    )
+    text = format_rows(rows, title)
+    print(text)
+    if args.report:
+        atomic_write_text(args.report, text + "\n")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"w8a8_blocks": rows}, indent=2) + "\n")
+    return 0 if all(r["cosine"] >= MIN_COSINE for r in rows) else 1
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="ltx-verify", description=__doc__.splitlines()[0])
@@ -301,8 +334,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="report a LoRA: rank, alpha, touched weights, device-vs-CPU merge")  # fmt: skip
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
+    quant = parser.add_argument_group("--quantization w8a8: per-block cosine of W8A8 vs float at the real width")
+    quant.add_argument("--quantization", help="w8a8: random-weight LTX-2.3 blocks, quantized vs float (no artifacts)")
+    quant.add_argument("--shape", default="41x1024x1536", help="pixel shape of the token profile")
+    quant.add_argument("--stage", type=int, choices=(1, 2), default=1, help="token profile stage (1: half size)")
+    quant.add_argument("--blocks", type=int, default=1, help="how many blocks (one seed each)")
+    quant.add_argument("--quantization-skip", action="append", default=[], metavar="PATTERN")
+    quant.add_argument("--smooth-alpha", type=float, help="SmoothQuant strength, calibrated on the sample")
+    quant.add_argument("--outlier-channels", type=int, default=0, help="scale this many hidden channels (outliers)")
     dev.add_device_args(parser)
     args = parser.parse_args(argv)
+    if args.quantization is not None:
+        return _quantization_main(args)
     if not args.artifacts and not args.lora:
         raise UserError("nothing to verify: pass ARTIFACT_DIR... and/or --lora PATH STRENGTH")
     inputs = None if args.inputs == "random" else Path(args.inputs)
