@@ -253,6 +253,8 @@ def bench_component(
                 continue
         for key, stats in measured.items():
             results.setdefault(key, {})[backend] = stats
+            line = f"  {backend} {key}: median {stats['median_s']:.3f} s, peak {stats['peak_mem_mb']:.0f} MB"
+            print(line, flush=True)
     for row in results.values():
         eager = row.get("eager", {}).get("median_s")
         for stats in row.values():
