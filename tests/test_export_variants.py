@@ -25,7 +25,7 @@ def _run(path, item):
     return session.run(list(item.output_names), {n: item.sample[n].numpy() for n in item.input_names})
 
 
-def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path):
+def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path, capsys):
     """MultiHeadAttention + SimplifiedLayerNormalization, no Softmax: float32 parity with eager ltx-core,
     and a perturbed input leaves tolerance (the comparison can fail)."""
     options = ExportOptions(dit_layout="whole", ort_fused=True)
@@ -42,6 +42,14 @@ def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path):
     broken = dataclasses.replace(item, sample={**item.sample, "video_latent": item.sample["video_latent"] * -1.0})
     out = _run(path, broken)
     assert not compare(item.reference(item.sample)[0], torch.from_numpy(out[0])).passes(TOLERANCES["float32"])
+    # ltx-compile: ATC refuses the ORT-only variant in one line; the ORT target compiles it
+    from ltx_ascend.compile import cli as compile_cli
+    from tests.conftest import run_cli
+
+    code, out_text, _ = run_cli(compile_cli.main, ["--target", "om", "--dry-run", str(result.folder)], capsys)
+    assert code == 2 and "ONNX Runtime-only" in out_text
+    code, out_text, err = run_cli(compile_cli.main, ["--target", "ort", str(result.folder)], capsys)
+    assert code == 0 and (result.folder / "ort-cpu" / "dit.onnx").is_file(), err
 
 
 def test_variant_names_and_request_keys(tiny):
