@@ -116,7 +116,7 @@ def compile_ort(folder: Path, provider: str, *, force: bool) -> tuple[Path, bool
         Manifest(
             kind="ort",
             component=export.component,
-            variant="",
+            variant=export.variant,
             request=request,
             io=export.io,
             files=file_hashes(out, names),
@@ -216,7 +216,7 @@ def compile_om(
     Manifest(
         kind="om",
         component=export.component,
-        variant="",
+        variant=export.variant,
         request=request,
         io=io,
         files=file_hashes(out, sorted(written.values())),

@@ -9,6 +9,7 @@ LoRA file holds and how its merge on the target device compares with the merge o
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
