@@ -33,14 +33,14 @@ def test_bench_tiny_dit_json_schema(tmp_path, capsys):
 
 
 def test_bench_variants_side_by_side(tmp_path, capsys):
-    """ort-fused and ort-w8a8 are backend keys; each backend ran in its own process (its own peak)."""
+    """Variants are backend keys (ort-w8a8 here: ort-fused + W8A8); each backend ran in its own process."""
     js = tmp_path / "bench.json"
     argv = ["--preset", "tiny", "--component", "dit", "--repeats", "1", "--shape", "9x128x192",
-            "--backends", "eager,ort-fused,ort-w8a8", "--artifacts", str(tmp_path), "--json", str(js)]  # fmt: skip
+            "--backends", "eager,ort-w8a8", "--artifacts", str(tmp_path), "--json", str(js)]  # fmt: skip
     code, out, err = run_cli(bench.main, argv, capsys)
     assert code == 0, err
     row = json.loads(js.read_text())["components"]["dit"]
-    assert set(row) == {"eager", "ort-fused", "ort-w8a8"}
+    assert set(row) == {"eager", "ort-w8a8"}
     assert all(s["median_s"] > 0 and s["speedup_vs_eager"] > 0 and s["peak_mem_mb"] > 0 for s in row.values())
     assert "ort-w8a8" in out
     code, _, err = run_cli(bench.main, ["--preset", "tiny", "--backends", "eager,int4"], capsys)
