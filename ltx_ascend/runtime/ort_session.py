@@ -118,7 +118,9 @@ class OrtSession(Session):
         )
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.enable_mem_pattern = True
-        options.enable_cpu_mem_arena = True
+        # No CPU arena: it grows in powers of two and keeps every chunk, which doubled the working set
+        # of one 22B block (measured: +6.9 GB with the arena, +3.4 GB without, same speed).
+        options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
