@@ -120,6 +120,8 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
         ({"RANK": "0", "WORLD_SIZE": "4"}, "ulysses=4", "has 2 heads, not divisible by ulysses=4"),
         ({"RANK": "0", "WORLD_SIZE": "2"}, None, "torchrun started 2 ranks: pass --parallel"),
         ({}, "cfg=two", "expected cfg=C,ulysses=U with positive integers"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "ulysses=2 --step-cache auto", "ranks of a sequence could skip"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "cfg=2 --step-cache-search 40", "calibrates on one device"),
     ],
 )
 def test_bad_layouts_are_one_line_errors(tiny, tmp_path, capsys, monkeypatch, env, parallel, expected):
@@ -129,7 +131,8 @@ def test_bad_layouts_are_one_line_errors(tiny, tmp_path, capsys, monkeypatch, en
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     argv = _argv("ti2vid_two_stages", tiny, tmp_path, "bad", "eager")
-    code, out, err = run_cli(cli.main, [*argv, *(("--parallel", parallel) if parallel else ())], capsys)
+    extra = ["--parallel", *parallel.split()] if parallel else []
+    code, out, err = run_cli(cli.main, [*argv, *extra], capsys)
     assert code == 2, (out, err)
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "bad.mp4").exists()

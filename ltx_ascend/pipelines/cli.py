@@ -403,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     rank, _, _ = distributed.check_layout(layout)
     if layout.size > 1 and args.step_cache_search is not None:
         raise UserError("--step-cache-search calibrates on one device: run it without torchrun and --parallel")
+    if layout.ulysses > 1 and checked.step_cache.active:
+        raise UserError(
+            f"--step-cache with --parallel {layout}: the ranks of a sequence could skip different blocks; "
+            "drop --step-cache or use cfg=N alone"
+        )
     if rank == 0:
         return _main(checked, layout)
     quiet = _NoProgress(sys.stderr)
