@@ -341,11 +341,6 @@ class ModelStack:
         parallel = self.parallel
         if parallel is not None:  # pass parallel: this rank's graph holds its share of a step's passes
             profile = dataclasses.replace(profile, batch=parallel.chunk(profile.batch))
-        if parallel is not None and parallel.ulysses > 1 and cache is not None:
-            raise UserError(
-                f"--step-cache with --parallel {parallel.world.layout}: the ranks of a sequence could skip "
-                "different blocks; drop --step-cache or use cfg=N alone"
-            )
         prefetch = self._prefetch(config, profile)
         # Streaming needs the block chain: a compiled whole-DiT graph has its block weights baked in.
         layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
