@@ -33,7 +33,13 @@ from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
 from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
 from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
-from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice, ModelStack, check_quantization
+from ltx_ascend.pipelines.stack import (
+    OFFLOAD_CHOICES,
+    WHOLE_CANNOT_STREAM,
+    BackendChoice,
+    ModelStack,
+    check_quantization,
+)
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
@@ -304,8 +310,6 @@ def check_inputs(args: argparse.Namespace, req: Request, two_stage: bool) -> Non
     if args.max_device_memory is not None and args.max_device_memory <= 0:
         raise UserError(f"--max-device-memory {args.max_device_memory}: must be a positive number of GB")
     if args.dit_layout == "whole" and (args.streaming_prefetch_count is not None or args.max_device_memory):
-        from ltx_ascend.pipelines.stack import WHOLE_CANNOT_STREAM
-
         raise UserError(f"--dit-layout whole: {WHOLE_CANNOT_STREAM}")
     if args.enhance_prompt:
         raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
