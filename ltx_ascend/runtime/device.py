@@ -21,22 +21,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ltx_ascend import dtypes
 from ltx_ascend.errors import UserError
 
 BACKENDS = ("npu", "cuda", "cpu")  # preference order for --device auto
 
 _SPEC_RE = re.compile(r"^(cpu|cuda|npu)(?::(\d+))?$")
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")  # what --dtype offers
 
@@ -153,14 +144,7 @@ class DevicePolicy:
 
 
 def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise UserError(f"--dtype {dtype}: unsupported; use one of {', '.join(DTYPE_CHOICES)}")
-        return dtype
-    key = dtype.strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise UserError(f"--dtype {dtype}: unknown dtype; use one of {', '.join(DTYPE_CHOICES)}")
-    return _DTYPES[key]
+    return dtypes.parse(dtype, dtypes.COMPUTE_DTYPES, offered=DTYPE_CHOICES)
 
 
 def policy_for(device: torch.device | str, dtype: str | torch.dtype | None = None) -> DevicePolicy:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds, dtype_str
+from ltx_ascend import dtypes
+from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds
 
 if TYPE_CHECKING:
     from ltx_ascend.export.components import ExportItem
@@ -52,7 +53,7 @@ class EagerSession(Session):
         floats = [t.dtype for t in item.sample.values() if t.is_floating_point()]
         dtype = dtype or (floats[0] if floats else torch.float32)
         inputs = [
-            TensorSpec(n, tuple(t.shape), dtype_str(t.dtype))
+            TensorSpec(n, tuple(t.shape), dtypes.name(t.dtype))
             for n, t in ((n, item.sample[n]) for n in item.input_names)
         ]
         return cls(item.module, item.input_names, item.output_names, device, dtype, inputs=inputs, name=item.name)

@@ -16,24 +16,8 @@ from typing import Any
 
 import torch
 
+from ltx_ascend import dtypes
 from ltx_ascend.errors import UserError
-
-# Manifest dtype names (torch names for inputs, numpy names for outputs: they agree) -> torch dtypes.
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
-
-def dtype_str(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -52,9 +36,9 @@ class TensorSpec:
     def torch_dtype(self) -> torch.dtype:
         if self.dtype is None:
             raise ValueError(f"{self.name}: dtype unknown")
-        if self.dtype not in TORCH_DTYPES:
+        if self.dtype not in dtypes.TORCH:
             raise UserError(f"graph tensor {self.name} has dtype {self.dtype}, which the runtime does not handle")
-        return TORCH_DTYPES[self.dtype]
+        return dtypes.TORCH[self.dtype]
 
     @property
     def nbytes(self) -> int:
@@ -102,8 +86,8 @@ def check_feeds(specs: Iterable[TensorSpec], feeds: Mapping[str, torch.Tensor], 
         if spec.shape is not None and tuple(value.shape) != spec.shape:
             want = "x".join(map(str, spec.shape)) or "scalar"
             raise UserError(f"{graph}: input {spec.name} has shape {_shape(value)}, expected {want}")
-        if spec.dtype is not None and dtype_str(value.dtype) != spec.dtype:
-            raise UserError(f"{graph}: input {spec.name} has dtype {dtype_str(value.dtype)}, expected {spec.dtype}")
+        if spec.dtype is not None and dtypes.name(value.dtype) != spec.dtype:
+            raise UserError(f"{graph}: input {spec.name} has dtype {dtypes.name(value.dtype)}, expected {spec.dtype}")
 
 
 class Session(abc.ABC):

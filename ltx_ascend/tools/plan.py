@@ -21,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
@@ -35,8 +36,6 @@ from ltx_ascend.runtime.dit_memory import (
     streamed_call_seconds,
 )
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
-
-BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -270,7 +269,7 @@ def plan(
     from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
     from ltx_core.model.video_vae import VideoDecoderConfigurator
 
-    bytes_per = BYTES[dtype]
+    bytes_per = dtypes.itemsize(dtype)
     peak_flops = soc.peak_tflops * 1e12
     frames, height, width = parse_shape(shape)
     two_stage = any(s.stage is not None for s in PIPELINE_STAGES[pipeline])
@@ -403,7 +402,7 @@ def parallel_plan(
     is smaller (the choice `ltx_ascend.pipelines.parallel` makes). Compute divides by U; in a
     full mesh a rank's traffic spreads over its (group size - 1) links; no overlap with compute
     is assumed (an upper bound)."""
-    bytes_per = BYTES[result["dtype"]]
+    bytes_per = dtypes.itemsize(result["dtype"])
     frames, height, width = parse_shape(result["shape"])
     rows = []
     for r in result["rows"]:
@@ -582,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soc", default="Ascend910B4", choices=tuple(SOCS))
     parser.add_argument("--hbm-gb", type=float, help="device memory (default: the SoC's)")
     parser.add_argument("--peak-tflops", type=float, help="override the SoC's peak")
-    parser.add_argument("--dtype", choices=tuple(BYTES), default="bfloat16")
+    parser.add_argument("--dtype", choices=tuple(dtypes.GRAPH_DTYPES), default="bfloat16")
     parser.add_argument(
         "--step-cache",
         default="off",
