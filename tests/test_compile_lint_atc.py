@@ -27,9 +27,9 @@ from ltx_ascend.compile.atc import (
     parse_npu_smi_board,
     run_atc,
 )
-from ltx_ascend.compile.lint import Violation, format_violations, lint_onnx, op_histogram
 from ltx_ascend.compile.ort import optimize_for_ort
 from ltx_ascend.errors import UserError
+from ltx_ascend.graph_lint import Violation, format_violations, lint_onnx, op_histogram
 from tests.fake_cann import FAKE_ATC, FAKE_ATC_ALWAYS_SUFFIX, FakeAcl
 
 IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 would otherwise write 14
@@ -639,7 +639,7 @@ def test_optimize_for_ort_cuda_unavailable(tmp_path: Path, monkeypatch: pytest.M
 def test_cast_to_complex_or_double_inside_the_graph_is_flagged(tmp_path):
     from onnx import TensorProto, helper
 
-    from ltx_ascend.compile.lint import lint_onnx
+    from ltx_ascend.graph_lint import lint_onnx
 
     for to in (TensorProto.COMPLEX128, TensorProto.DOUBLE):
         graph = helper.make_graph(

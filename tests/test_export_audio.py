@@ -6,8 +6,8 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from ltx_ascend.compile.lint import op_histogram
 from ltx_ascend.export import audio
+from ltx_ascend.graph_lint import op_histogram
 from ltx_ascend.shapes import shape_profile
 from tests.parity import export_and_compare
 

@@ -11,11 +11,11 @@ import pytest
 
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.compile import cli as compile_cli
-from ltx_ascend.compile.manifest import MANIFEST, Manifest, check_matches
+from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import cli as export_cli
-from ltx_ascend.export.exporter import export_request
 from ltx_ascend.shapes import shape_profile
+from ltx_ascend.store import MANIFEST, Manifest, artifact_dir, check_matches
 from tests.conftest import run_cli
 
 SHAPE = ["--shape", "9x128x192", "--stage", "1"]
@@ -43,7 +43,7 @@ def exported(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported")
     code = export_cli.main(["--component", "dit", *SHAPE, "--out", str(out), *_ckpt_args(tiny)])
     assert code == 0
-    (folder,) = (out / "dit").iterdir()
+    (folder,) = (out / "dit").glob("*/*")
     return folder
 
 
@@ -78,7 +78,7 @@ def test_changed_lora_strength_misses_cache_and_stale_artifact_is_refused(tiny, 
     ckset = tiny.checkpoint_set(LoraSpec(tiny.distilled_lora, 0.6))
     import torch
 
-    request = export_request("dit", ckset, shape_profile("9x128x192", stage=1), torch.float32, False)
+    request = request_for("dit", ckset, shape_profile("9x128x192", stage=1), torch.float32)
     assert check_matches(b, request).component == "dit"
     with pytest.raises(UserError, match=r"source\.loras\[0\]\.strength"):
         check_matches(a, request)
@@ -87,7 +87,7 @@ def test_changed_lora_strength_misses_cache_and_stale_artifact_is_refused(tiny, 
 def test_manifest_round_trip_and_tamper_detection(exported, tmp_path):
     folder = _copy(exported, tmp_path)
     manifest = Manifest.read(folder)
-    assert manifest.key in folder.name
+    assert artifact_dir(exported.parents[2], manifest.request) == exported  # the layout is the request's
     body = json.loads((folder / MANIFEST).read_text())
     body["request"]["dtype"] = "float16"
     (folder / MANIFEST).write_text(json.dumps(body))

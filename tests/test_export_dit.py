@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ltx_ascend.checkpoints.loader import LoraSpec, load_component
-from ltx_ascend.export import dit
+from ltx_ascend.export import dit, dit_layouts
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.shapes import shape_profile
 from tests.parity import export_and_compare
@@ -33,7 +33,7 @@ def test_graph_form_equals_ltx_core_exactly(tiny):
 
 
 def test_dit_all_guidance_passes_on_ort_match_eager(tiny, tmp_path):
-    items = dit.build_items(
+    items = dit_layouts.build_items(
         tiny.checkpoint_set(), shape_profile("9x128x192", stage=1, batch=4), torch.float32, ExportOptions()
     )
     (item,) = items
@@ -44,7 +44,7 @@ def test_dit_all_guidance_passes_on_ort_match_eager(tiny, tmp_path):
 
 def test_stage2_dit_with_distilled_lora_fused(tiny, tmp_path):
     ckset = tiny.checkpoint_set(LoraSpec(tiny.distilled_lora, 0.8))
-    (item,) = dit.build_items(ckset, shape_profile("9x128x192", stage=2), torch.float32, ExportOptions())
+    (item,) = dit_layouts.build_items(ckset, shape_profile("9x128x192", stage=2), torch.float32, ExportOptions())
     export_and_compare(item, tmp_path)
 
 
@@ -53,10 +53,10 @@ def test_npu_ops_graph_uses_ascend_fused_kernels(tiny, tmp_path):
     (BNSD), both registered in ATC's ONNX parser; ATC-only (ONNX Runtime has no npu domain)."""
     import onnx
 
-    from ltx_ascend.compile.lint import lint_onnx, op_histogram
     from ltx_ascend.export.onnx_writer import export_onnx
+    from ltx_ascend.graph_lint import lint_onnx, op_histogram
 
-    (item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions())
+    (item,) = dit_layouts.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions())
     path = export_onnx(item.module, item.args(), item.input_names, item.output_names, tmp_path / "d.onnx", npu_ops=True)
     assert lint_onnx(path) == []
     ops = op_histogram(path)

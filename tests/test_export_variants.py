@@ -9,13 +9,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ltx_ascend.compile.lint import lint_onnx, op_histogram
+from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
-from ltx_ascend.export import dit, quantize
-from ltx_ascend.export.components import ExportOptions, ort_only, variant_name
-from ltx_ascend.export.exporter import export_component, export_request
+from ltx_ascend.export import dit_layouts, quantize
+from ltx_ascend.export.components import ExportOptions
+from ltx_ascend.export.exporter import export_component
+from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, compare
 from ltx_ascend.shapes import shape_profile
+from ltx_ascend.store import Variant
 
 PROFILE = shape_profile("9x64x96", text_tokens=64)
 
@@ -38,7 +40,7 @@ def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path, capsys
     assert lint_onnx(path, target="ort") == []
     atc = lint_onnx(path)  # the ATC lint refuses com.microsoft ops
     assert any("com.microsoft" in v.detail for v in atc)
-    (item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, options)
+    (item,) = dit_layouts.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, options)
     broken = dataclasses.replace(item, sample={**item.sample, "video_latent": item.sample["video_latent"] * -1.0})
     out = _run(path, broken)
     assert not compare(item.reference(item.sample)[0], torch.from_numpy(out[0])).passes(TOLERANCES["float32"])
@@ -55,17 +57,18 @@ def test_ort_fused_whole_dit_matches_eager_without_scores(tiny, tmp_path, capsys
 def test_variant_names_and_request_keys(tiny):
     """The portable request is unchanged (same cache keys as before variants existed); variants differ."""
     ckset = tiny.checkpoint_set()
-    plain = export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions())
+    plain = request_for("dit", ckset, PROFILE, torch.float32, Variant())
     assert "variant" not in plain and "quantization" not in plain and plain["opset"] == 18
-    fused = export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions(ort_fused=True))
-    quant = export_request("dit", ckset, PROFILE, torch.float32, True, ExportOptions(quantization="w8a8"))
+    fused = request_for("dit", ckset, PROFILE, torch.float32, Variant(ort_fused=True))
+    quant = request_for("dit", ckset, PROFILE, torch.float32, Variant(npu_ops=True, quantization="w8a8"))
     assert fused["variant"] == "ort-fused" and quant["variant"] == "npu-ops+w8a8" and quant["opset"] == 16
-    assert variant_name(ExportOptions(ort_fused=True, quantization="w8a8")) == "ort-fused+w8a8"
-    assert ort_only("ort-fused") and ort_only("w8a8") and not ort_only("npu-ops+w8a8") and not ort_only("")
+    assert Variant(ort_fused=True, quantization="w8a8").name == "ort-fused+w8a8"
+    for label, ort_only in {"ort-fused": True, "w8a8": True, "npu-ops+w8a8": False, "portable": False}.items():
+        assert Variant.parse(label).label == label and Variant.parse(label).ort_only == ort_only
     with pytest.raises(UserError, match="exclude each other"):
-        export_request("dit", ckset, PROFILE, torch.float32, True, ExportOptions(ort_fused=True))
+        request_for("dit", ckset, PROFILE, torch.float32, Variant(npu_ops=True, ort_fused=True))
     with pytest.raises(UserError, match="--quantization int4"):
-        export_request("dit", ckset, PROFILE, torch.float32, False, ExportOptions(quantization="int4"))
+        request_for("dit", ckset, PROFILE, torch.float32, Variant(quantization="int4"))
 
 
 def test_w8a8_reference_arithmetic():
@@ -121,8 +124,9 @@ def test_w8a8_blocks_on_ort_match_eager_w8a8(tiny, tmp_path):
 
 def test_w8a8_whole_dit_close_to_float(tiny):
     """Information, asserted loosely: the quantized tiny DiT's X0 stays close to the float one."""
-    (float_item,) = dit.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions(dit_layout="whole"))
-    (quant_item,) = dit.build_items(
+    whole = ExportOptions(dit_layout="whole")
+    (float_item,) = dit_layouts.build_items(tiny.checkpoint_set(), PROFILE, torch.float32, whole)
+    (quant_item,) = dit_layouts.build_items(
         tiny.checkpoint_set(), PROFILE, torch.float32, ExportOptions(dit_layout="whole", quantization="w8a8")
     )
     ref, out = float_item.reference(float_item.sample), quant_item.reference(quant_item.sample)
@@ -134,8 +138,8 @@ def test_ascend_w8a8_graph_contract(tiny, tmp_path):
     """Contract only (no CANN here): opset 16 (CANN registers ai.onnx::QuantBatchMatMul for 8-16),
     ai.onnx NPUDynamicQuant -> QuantBatchMatMul(x1, x2 [N, K] transposed, scale, -, bias,
     pertoken_scale), BSH fused attention, ATC-lint clean."""
-    options = ExportOptions(dit_layout="blocks", quantization="w8a8")
-    result = export_component("dit", tiny.checkpoint_set(), PROFILE, out=tmp_path, options=options, npu_ops=True)
+    options = ExportOptions(npu_ops=True, dit_layout="blocks", quantization="w8a8")
+    result = export_component("dit", tiny.checkpoint_set(), PROFILE, out=tmp_path, options=options)
     path = result.folder / "dit-block.onnx"
     assert lint_onnx(path) == []
     model = onnx.load(str(path))

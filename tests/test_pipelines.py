@@ -64,10 +64,10 @@ def _break_text_connectors_graph(tiny, artifacts: Path) -> Path:
     import torch
     from onnx import numpy_helper
 
-    from ltx_ascend.compile.cli import compile_ort
-    from ltx_ascend.compile.manifest import VERIFIED, Manifest, file_hashes, file_sizes
+    from ltx_ascend.compile.compiler import compile_ort
     from ltx_ascend.export.exporter import export_component
     from ltx_ascend.shapes import shape_profile
+    from ltx_ascend.store import VERIFIED, Manifest, file_hashes, file_sizes
 
     s = H.SETTINGS
     profile = shape_profile((s["num_frames"], s["height"], s["width"]), fps=s["frame_rate"])

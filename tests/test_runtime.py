@@ -8,18 +8,20 @@ import pytest
 import torch
 
 from ltx_ascend.checkpoints.loader import LoraSpec
-from ltx_ascend.compile.cli import compile_ort
+from ltx_ascend.compile.compiler import compile_ort
+from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
-from ltx_ascend.export import dit
+from ltx_ascend.export import dit_layouts
 from ltx_ascend.export.components import ExportOptions
-from ltx_ascend.export.exporter import export_component, export_request
+from ltx_ascend.export.exporter import export_component
 from ltx_ascend.metrics import TOLERANCES, compare
 from ltx_ascend.runtime import artifacts
-from ltx_ascend.runtime.artifacts import find_compiled, open_or_fallback, open_sessions, resolve
+from ltx_ascend.runtime.artifacts import open_component, open_sessions
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.ort_session import OrtSession
 from ltx_ascend.runtime.session import TensorSpec, check_feeds, specs_from_manifest
 from ltx_ascend.shapes import shape_profile
+from ltx_ascend.store import find_compiled, resolve
 
 PROFILE = shape_profile("9x128x192", stage=1)
 STRENGTH = 0.8
@@ -30,7 +32,7 @@ def _ckset(tiny, strength=STRENGTH):
 
 
 def _request(tiny, strength=STRENGTH):
-    return export_request("dit", _ckset(tiny, strength), PROFILE, torch.float32, False)
+    return request_for("dit", _ckset(tiny, strength), PROFILE, torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def artifact(tiny, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def item(tiny):
-    (item,) = dit.build_items(_ckset(tiny), PROFILE, torch.float32, ExportOptions())
+    (item,) = dit_layouts.build_items(_ckset(tiny), PROFILE, torch.float32, ExportOptions())
     return item
 
 
@@ -133,21 +135,20 @@ def test_resolve_names_the_stale_field(tiny, artifact):
 
 def test_fallback_policy(tiny, artifact, capsys):
     out = artifact[0]
-    sentinel = {"dit": "eager sessions"}
-    opened = open_or_fallback(_request(tiny), out, "ort", fallback="none", eager=lambda: sentinel, threads=1)
+    opened = open_component(resolve(_request(tiny), out, "ort"), fallback="none", threads=1)
     assert isinstance(opened["dit"], OrtSession) and opened["dit"].preoptimized
     opened["dit"].close()
     assert capsys.readouterr().err == ""
 
     stale = _request(tiny, strength=0.5)
-    assert open_or_fallback(stale, out, "ort", fallback="eager", eager=lambda: sentinel) is sentinel
+    assert open_component(resolve(stale, out, "ort"), fallback="eager") is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: dit: stale: ")
     assert err.endswith("; falling back to eager\n") and "source.loras[0].strength" in err
     with pytest.raises(UserError, match=r"^dit: stale: .*source\.loras\[0\]\.strength"):
-        open_or_fallback(stale, out, "ort", fallback="none", eager=lambda: sentinel)
+        open_component(resolve(stale, out, "ort"), fallback="none")
 
-    assert open_or_fallback(_request(tiny), out, "om", eager=lambda: sentinel) is sentinel
+    assert open_component(resolve(_request(tiny), out, "om")) is None
     assert capsys.readouterr().err.startswith("warning: dit: not compiled for om: run ltx-compile --target om")
 
 
@@ -156,7 +157,7 @@ def test_a_fixable_open_failure_falls_back_too(tiny, artifact, capsys, monkeypat
         raise UserError("cannot import pyACL's `acl` module (No module named 'acl'); pyACL comes with CANN")
 
     monkeypatch.setattr(artifacts, "open_sessions", no_pyacl)
-    assert open_or_fallback(_request(tiny), artifact[0], "ort", eager=lambda: {}) == {}
+    assert open_component(resolve(_request(tiny), artifact[0], "ort")) is None
     err = capsys.readouterr().err
     assert (
         err == "warning: dit: cannot import pyACL's `acl` module (No module named 'acl'); pyACL comes with CANN"

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ltx_ascend.export import cli as export_cli
 from ltx_ascend.export.components import ExportItem
+from ltx_ascend.store import Manifest, file_hashes, file_sizes
 from ltx_ascend.tools import verify
 from tests.conftest import run_cli
 
@@ -23,7 +24,7 @@ def block_artifact(tiny, tmp_path_factory):
     argv = ["--component", "dit", "--shape", "9x128x192", "--stage", "1", "--dit-layout", "blocks",
             "--checkpoint-path", str(tiny.checkpoint), "--out", str(out)]  # fmt: skip
     assert export_cli.main(argv) == 0
-    (folder,) = (out / "dit").iterdir()
+    (folder,) = (out / "dit").glob("*/*")
     return folder
 
 
@@ -39,12 +40,23 @@ def test_good_artifact_passes_with_json_report(block_artifact, tmp_path, capsys)
     assert "| dit-output |" in report.read_text()
 
 
+def _reseal(folder):
+    """Record the edited files in the manifest, as an exporter that wrote wrong numbers would have: the
+    integrity check passes and only the numerical comparison can catch it."""
+    manifest = Manifest.read(folder)
+    manifest.files = file_hashes(folder, list(manifest.files))
+    manifest.sizes = file_sizes(folder, list(manifest.files))
+    manifest.write(folder)
+    (folder / ".verified.json").unlink(missing_ok=True)
+
+
 def test_per_block_scan_finds_the_first_bad_block(block_artifact, tmp_path, capsys):
     folder = tmp_path / block_artifact.name
     shutil.copytree(block_artifact, folder)
     weights = load_file(str(folder / "block_01.safetensors"))
     weights["attn1.to_out.0.weight"] = weights["attn1.to_out.0.weight"] * 3  # a bad compile of block 1
     save_file(weights, str(folder / "block_01.safetensors"))
+    _reseal(folder)
     # eager reads the checkpoint, the compiled chain the (now wrong) block file: block 1 must be flagged
     results = verify.verify_artifact(folder, backend="onnx", per_block=True)
     block = next(r for r in results if r.graph == "dit-block")
@@ -60,6 +72,7 @@ def test_broken_graph_fails_with_exit_1(block_artifact, tmp_path, capsys):
     biggest = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
     biggest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(biggest) * 1.5, biggest.name))
     onnx.save(model, str(path))
+    _reseal(folder)
     code, out, _ = run_cli(verify.main, [str(folder), "--backend", "onnx"], capsys)
     assert code == 1 and "**no**" in out
 

@@ -53,12 +53,15 @@ import torch.nn.functional as F
 from ltx_core.model.audio_vae import AudioDecoder
 from ltx_core.model.audio_vae import vocoder as ltx_vocoder
 
+from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
-from ltx_ascend.export.components import ExportItem, dtype_name, seeded
+from ltx_ascend.components import REGISTRY
+from ltx_ascend.export.components import ExportItem, seeded
 from ltx_ascend.shapes import ShapeProfile
 
 AUDIO_PEAK = 2.0  # the waveform is clamped to [-1, 1]
-VOCODER_DTYPE = torch.float32  # on NPU the vocoder runs in float32, no autocast (docs/reference-figures.md)
+# On NPU the vocoder runs in float32, no autocast (docs/reference-figures.md): the registry fixes its graph dtype.
+VOCODER_DTYPE = REGISTRY["vocoder"].graph_dtype
 LATENT_SEED = 0
 
 _torch_pad = F.pad  # the real one, for the eager path and the modes we leave alone
@@ -238,8 +241,8 @@ def build_vocoder_items(ckset: CheckpointSet, profile: ShapeProfile, dtype: torc
             return (vocoder(feeds["mel"]),)
 
     notes = {
-        "dtype": dtype_name(VOCODER_DTYPE),
-        "requested_dtype": dtype_name(dtype),
+        "dtype": dtypes.name(VOCODER_DTYPE),
+        "requested_dtype": dtypes.name(dtype),
         "dtype_reason": "the vocoder runs in float32 on NPU without autocast; cast the decoder's mel to float32",
         "mel_shape": list(mel.shape),
         "output_sampling_rate": vocoder.output_sampling_rate,

@@ -13,10 +13,12 @@ from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, validate_set
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.components import EXPORTABLE, REGISTRY
+from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export.components import DTYPES, EXPORTABLE, ExportOptions
+from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
-from ltx_ascend.shapes import TEXT_TOKENS, parse_shape, shape_profile
+from ltx_ascend.shapes import TEXT_TOKENS, parse_shape
 
 DEFAULT_OUT = Path("artifacts")
 TINY_DISTILLED_LORA_STRENGTH = 0.8  # the strength Lightricks' two-stage examples use
@@ -58,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1, help="rows per call (e.g. 4: all guidance passes at once)")
     parser.add_argument("--conditioning-tokens", type=int, default=0, help="keyframe / IC-LoRA tokens appended")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS, help="prompt length (ltx-core pads to 1024)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="graph dtype (default float32)")
+    parser.add_argument("--dtype", choices=tuple(GRAPH_DTYPES), default="float32", help="graph dtype (default float32)")
     parser.add_argument("--npu-ops", action="store_true", help="emit npu::NPURmsNorm (ATC-only graph, not for ORT)")
     parser.add_argument(
         "--ort-fused",
@@ -137,17 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in components:
         if name not in EXPORTABLE:
             raise UserError(f"--component {name}: choose one of {', '.join(EXPORTABLE)} or all")
-    frames, height, width = parse_shape(args.shape)
-    common = {"batch": 1, "text_tokens": args.text_tokens}
-    profile = shape_profile(
-        (frames, height, width),
-        stage=args.stage,
-        batch=args.batch,
-        text_tokens=args.text_tokens,
-        conditioning_tokens=args.conditioning_tokens,
-    )
-    dtype = DTYPES[args.dtype]
+    shape = parse_shape(args.shape)
+    dtype = GRAPH_DTYPES[args.dtype]
     variant = {
+        "npu_ops": args.npu_ops,
         "ort_fused": args.ort_fused,
         "quantization": args.quantization,
         "quantization_skip": tuple(args.quantization_skip),
@@ -166,25 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     start = time.perf_counter()
     for name in components:
-        if name == "spatial_upsampler" and ckset is not None and ckset.spatial_upsampler is None:
+        spec = REGISTRY[name]
+        if spec.needs and ckset is not None and getattr(ckset, spec.needs) is None:
             if args.component == "all":
                 continue
-            raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
+            raise UserError(f"--component {name} needs --{spec.needs.replace('_', '-')}-path")
         # The DiT carries the batch (guidance passes) and conditioning tokens; the others run once per call.
-        if name == "dit":
-            component_profile = profile
-        elif name == "spatial_upsampler":  # reads the stage-1 latent of a two-stage pipeline
-            component_profile = shape_profile((frames, height, width), stage=1, **common)
-        else:
-            component_profile = shape_profile((frames, height, width), stage=args.stage, **common)
+        component_profile = spec.profile_at(
+            shape,
+            args.stage,
+            batch=args.batch,
+            text_tokens=args.text_tokens,
+            conditioning_tokens=args.conditioning_tokens,
+        )
         print(f"exporting {name} at {component_profile.key} ({args.dtype}) ...", flush=True)
         result = export_component(
             name,
             ckset,
             component_profile,
             out=args.out,
-            dtype=dtype,
-            npu_ops=args.npu_ops,
+            dtype=spec.graph_dtype_for(dtype),
             force=args.force,
             verify=args.verify,
             options=options,

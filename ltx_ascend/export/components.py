@@ -1,13 +1,15 @@
 """The stage graph interface: what each component exports, with which named tensors.
 
-Every component module provides `build_items(ckset, profile, dtype) -> list[ExportItem]`: the
-graph-form module (positional tensors in, tuple out), its input and output names, sample feeds at
-the profile's static shapes, and the eager ltx-core reference on those feeds. The exporter,
-the verifier and the parity tests all consume this one description.
+Every component's export builder (named in its `ComponentSpec`) provides
+`build_items(ckset, profile, dtype) -> list[ExportItem]`: the graph-form module (positional tensors
+in, tuple out), its input and output names, sample feeds at the profile's static shapes, and the
+eager ltx-core reference on those feeds. The exporter, the verifier and the parity tests all
+consume this one description.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,27 +18,12 @@ from typing import Any, Protocol
 
 import torch
 
+from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import CheckpointSet
+from ltx_ascend.components import EXPORTABLE, REGISTRY, RandomWeights
 from ltx_ascend.errors import UserError
 from ltx_ascend.shapes import ShapeProfile
-
-# Component name -> "module:function" building its export items. Imported lazily.
-BUILDERS: dict[str, str] = {
-    "dit": "ltx_ascend.export.dit:build_items",
-    "video_encoder": "ltx_ascend.export.video_vae:build_encoder_items",
-    "video_decoder": "ltx_ascend.export.video_vae:build_decoder_items",
-    "audio_decoder": "ltx_ascend.export.audio:build_audio_decoder_items",
-    "vocoder": "ltx_ascend.export.audio:build_vocoder_items",
-    "spatial_upsampler": "ltx_ascend.export.upsampler:build_items",
-    "text_connectors": "ltx_ascend.export.text_connectors:build_items",
-}
-EXPORTABLE = tuple(BUILDERS)
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from ltx_ascend.store import Variant
 
 
 @dataclass
@@ -62,13 +49,13 @@ class ExportItem:
     def io_spec(self, outputs: Sequence[torch.Tensor] | None = None) -> dict[str, list[dict[str, Any]]]:
         """Names, shapes and dtypes of the graph boundary (outputs from a reference run)."""
         inputs = [
-            {"name": n, "shape": list(self.sample[n].shape), "dtype": dtype_name(self.sample[n].dtype)}
+            {"name": n, "shape": list(self.sample[n].shape), "dtype": dtypes.name(self.sample[n].dtype)}
             for n in self.input_names
         ]
         spec: dict[str, list[dict[str, Any]]] = {"inputs": inputs}
         if outputs is not None:
             spec["outputs"] = [
-                {"name": n, "shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+                {"name": n, "shape": list(t.shape), "dtype": dtypes.name(t.dtype)}
                 for n, t in zip(self.output_names, outputs, strict=True)
             ]
         return spec
@@ -78,29 +65,19 @@ class ExportItem:
 
 
 @dataclass(frozen=True)
-class ExportOptions:
-    """Choices only some components read (today: the DiT)."""
+class ExportOptions(Variant):
+    """The variant to build, plus seeded random weights when there is no checkpoint (`--random-weights`)."""
 
-    dit_layout: str = "auto"  # "whole", "blocks", or "auto" (blocks above WHOLE_DIT_MAX_BYTES of weights)
     random_config: dict[str, Any] | None = None  # export with seeded random weights at this config's sizes
     seed: int = 0
-    ort_fused: bool = False  # ORT-only graph: com.microsoft::MultiHeadAttention, SimplifiedLayerNormalization
-    quantization: str = ""  # "" (float) or "w8a8" (the DiT blocks' linear layers; export/quantize.py)
-    quantization_skip: tuple[str, ...] = ()  # fnmatch patterns of block linears kept float
-    smooth_alpha: float | None = None  # SmoothQuant migration strength (w8a8 only), calibrated on the sample
 
+    @property
+    def variant(self) -> Variant:
+        return Variant(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Variant)})
 
-def variant_name(options: ExportOptions, npu_ops: bool = False) -> str:
-    """The graph variant a request names: "" (portable), "npu-ops", "ort-fused", each optionally "+w8a8"."""
-    base = "npu-ops" if npu_ops else "ort-fused" if options.ort_fused else ""
-    if not options.quantization:
-        return base
-    return f"{base}+{options.quantization}" if base else options.quantization
-
-
-def ort_only(variant: str) -> bool:
-    """Variants ATC cannot compile: com.microsoft fused ops, or ORT's MatMulInteger lowering of w8a8."""
-    return variant.startswith("ort-fused") or variant == "w8a8"
+    @property
+    def random(self) -> RandomWeights | None:
+        return None if self.random_config is None else RandomWeights(self.random_config, self.seed)
 
 
 class ItemBuilder(Protocol):
@@ -108,9 +85,10 @@ class ItemBuilder(Protocol):
 
 
 def builder(component: str) -> ItemBuilder:
-    if component not in BUILDERS:
+    target = REGISTRY[component].export if component in REGISTRY else None
+    if target is None:
         raise UserError(f"--component {component}: choose one of {', '.join(EXPORTABLE)} or all")
-    module_name, fn = BUILDERS[component].split(":")
+    module_name, fn = target.split(":")
     return getattr(importlib.import_module(module_name), fn)
 
 

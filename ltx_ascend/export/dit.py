@@ -28,8 +28,7 @@ from ltx_core.tools import AudioLatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, VideoLatentShape, VideoPixelShape
 from ltx_core.utils import to_denoised
 
-from ltx_ascend.checkpoints.loader import CheckpointSet, load_component, read_model_config
-from ltx_ascend.errors import UserError
+from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.export.components import ExportItem, ExportOptions
 from ltx_ascend.shapes import LATENT_CHANNELS, ShapeProfile
 
@@ -303,20 +302,10 @@ def random_dit(config: dict, dtype: torch.dtype, seed: int = 0) -> LTXModel:
     return model.to(dtype).eval()
 
 
-def build_items(
-    ckset: CheckpointSet | None, profile: ShapeProfile, dtype: torch.dtype, options: ExportOptions
+def build_whole_items(
+    ckset: CheckpointSet | None, config: dict, profile: ShapeProfile, dtype: torch.dtype, options: ExportOptions
 ) -> list[ExportItem]:
-    """The whole DiT as one graph, or as blocks (input / shared block / output) when it is big."""
-    config = options.random_config if ckset is None else read_model_config(ckset.checkpoint)
-    if config is None:
-        raise UserError("the DiT needs --checkpoint-path, or --random-weights with a config")
-    layout = options.dit_layout
-    if layout == "auto":
-        layout = "blocks" if dit_weight_bytes(config, dtype) > WHOLE_DIT_MAX_BYTES else "whole"
-    if layout == "blocks" or (ckset is None and options.dit_layout == "auto"):
-        from ltx_ascend.export.dit_blocks import build_block_items
-
-        return build_block_items(ckset, config, profile, dtype, options.seed, options)
+    """The whole DiT as one graph (`export/dit_layouts.py` chooses between this and the block chain)."""
     model = load_component("dit", ckset, dtype=dtype) if ckset is not None else random_dit(config, dtype, options.seed)
     passes = sample_passes(profile.batch, len(model.transformer_blocks))
     single = dataclasses.replace(profile, batch=1)

@@ -18,20 +18,19 @@ from typing import Any
 
 import safetensors
 import torch
-from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraStateDictWithStrength, StateDict, apply_loras
 from ltx_core.model.transformer.model import LTXModel
 from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
 from ltx_core.model.transformer.transformer_args import TransformerArgs
 from ltx_core.utils import to_denoised
 from safetensors.torch import save_file
 
+from ltx_ascend.checkpoints.blocks import CHECKPOINT_BLOCK_PREFIX, read_block, read_block_weights
 from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportItem, ExportOptions
-from ltx_ascend.export.dit import SKIP_INPUTS, MaskPerturbations, _host_rope
+from ltx_ascend.export.dit import SKIP_INPUTS, MaskPerturbations, _host_rope, sample_feeds, sample_passes
 from ltx_ascend.shapes import ShapeProfile
 
-CHECKPOINT_BLOCK_PREFIX = "model.diffusion_model.transformer_blocks."
 WEIGHT_PREFIX = "w."  # block graph inputs named w.<parameter name>
 
 # TransformerArgs field -> graph tensor name (per modality) that the input graph produces and
@@ -197,33 +196,6 @@ def block_feeds(
 # Streaming per-block weights out of the checkpoint
 
 
-def _lora_block_state(ckset: CheckpointSet, prefix: str) -> list[LoraStateDictWithStrength]:
-    """The LoRA A/B pairs of one block, keyed as the model's state dict keys are (ltx-core's ops)."""
-    out = []
-    model_prefix = prefix.removeprefix("model.diffusion_model.")
-    for lora in ckset.loras:
-        sd = {}
-        with safetensors.safe_open(str(lora.path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                mapped = LTXV_LORA_COMFY_RENAMING_MAP.apply_to_key(key)
-                if mapped is not None and mapped.startswith(model_prefix):
-                    sd[mapped.removeprefix(model_prefix)] = f.get_tensor(key)
-        size = sum(t.nbytes for t in sd.values())
-        out.append(LoraStateDictWithStrength(StateDict(sd, torch.device("cpu"), size, set()), lora.strength))
-    return out
-
-
-def _read_block(f: Any, keys: list[str], ckset: CheckpointSet, index: int, dtype: torch.dtype) -> dict:
-    """Block `index` from an open checkpoint, LoRAs fused by ltx-core's `apply_loras`, in `dtype`.
-    Tensors already in `dtype` stay views of the file's memory map (safetensors' `get_tensor`)."""
-    prefix = f"{CHECKPOINT_BLOCK_PREFIX}{index}."
-    sd = {k.removeprefix(prefix): f.get_tensor(k) for k in keys if k.startswith(prefix)}
-    if ckset.loras:
-        base = StateDict(sd, torch.device("cpu"), sum(t.nbytes for t in sd.values()), set())
-        sd = apply_loras(base, _lora_block_state(ckset, prefix), dtype=dtype).sd
-    return {k: v.to(dtype).contiguous() for k, v in sd.items()}
-
-
 def stream_block_weights(
     ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, quantize: Sequence[str] = ()
 ) -> Iterator[tuple[int, dict]]:
@@ -232,19 +204,12 @@ def stream_block_weights(
     with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
         keys = list(f.keys())
         for i in range(num_layers):
-            sd = _read_block(f, keys, ckset, i, dtype)
+            sd = read_block(f, keys, ckset, i, dtype)
             if quantize:
                 from ltx_ascend.export.quantize import quantize_state_dict
 
                 sd = {k: v.contiguous() for k, v in quantize_state_dict(sd, quantize).items()}
             yield i, sd
-
-
-def read_block_weights(ckset: CheckpointSet, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Block `index` alone, as `stream_block_weights` yields it. The file is opened for this block
-    only, so nothing of the checkpoint stays mapped once the returned tensors are dropped."""
-    with safetensors.safe_open(str(ckset.checkpoint), framework="pt") as f:
-        return _read_block(f, list(f.keys()), ckset, index, dtype)
 
 
 def write_block_weights(
@@ -325,7 +290,6 @@ def build_block_items(
     options: ExportOptions | None = None,
 ) -> list[ExportItem]:
     """dit-input, dit-block (weights as inputs), dit-output; block weights stream to files."""
-    from ltx_ascend.export.dit import sample_feeds, sample_passes
 
     options = options or ExportOptions()
     if options.smooth_alpha is not None and ckset is not None:

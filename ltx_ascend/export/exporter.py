@@ -6,8 +6,6 @@ The folder name is derived from the request key, so the same request finds the s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import tempfile
 import time
@@ -19,99 +17,17 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ltx_ascend import dtypes
 from ltx_ascend.atomic import file_lock, replace_dir
 from ltx_ascend.checkpoints.loader import CheckpointSet
-from ltx_ascend.compile.lint import lint_onnx, op_histogram
-from ltx_ascend.compile.manifest import (
-    MANIFEST,
-    Manifest,
-    file_hashes,
-    file_sizes,
-    fingerprint_file,
-    fingerprint_tree,
-    request_key,
-)
+from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, ExportOptions, build_items, dtype_name, ort_only, variant_name
-from ltx_ascend.export.onnx_writer import OPSET, export_onnx
-from ltx_ascend.export.quantize import ASCEND_W8A8_OPSET
-from ltx_ascend.export.quantize import SCHEMES as QUANT_SCHEMES
+from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
+from ltx_ascend.export.onnx_writer import export_onnx
+from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.shapes import ShapeProfile
-
-# Bump when a graph form changes (inputs, outputs, patches): old artifacts stop matching.
-GRAPH_FORM_VERSION = 1
-
-
-def source_fingerprint(component: str, ckset: CheckpointSet | None, options: ExportOptions) -> dict[str, Any]:
-    """What the component's weights come from; LoRAs only matter to the DiT."""
-    if ckset is None:
-        config = json.dumps(options.random_config, sort_keys=True).encode()
-        return {"random_weights": {"config_sha256": hashlib.sha256(config).hexdigest(), "seed": options.seed}}
-    if component == "spatial_upsampler":
-        if ckset.spatial_upsampler is None:
-            raise UserError("--component spatial_upsampler needs --spatial-upsampler-path")
-        return {"spatial_upsampler": fingerprint_file(ckset.spatial_upsampler)}
-    source: dict[str, Any] = {"checkpoint": fingerprint_file(ckset.checkpoint)}
-    if component == "dit":
-        source["loras"] = [{**fingerprint_file(lora.path), "strength": lora.strength} for lora in ckset.loras]
-    if component == "text_connectors" and ckset.gemma_root is not None:
-        source["gemma_config"] = fingerprint_tree(ckset.gemma_root, ("config.json",))
-    return source
-
-
-def export_request(
-    component: str,
-    ckset: CheckpointSet | None,
-    profile: ShapeProfile,
-    dtype: torch.dtype,
-    npu_ops: bool,
-    options: ExportOptions | None = None,
-) -> dict[str, Any]:
-    options = options or ExportOptions()
-    check_variant(component, npu_ops, options)
-    request = {
-        "component": component,
-        "dit_layout": options.dit_layout if component == "dit" else None,
-        "profile": profile.to_dict(),
-        "dtype": dtype_name(dtype),
-        "opset": export_opset(npu_ops, options) if component == "dit" else OPSET,
-        "npu_ops": npu_ops,
-        "graph_form": GRAPH_FORM_VERSION,
-        "source": source_fingerprint(component, ckset, options),
-    }
-    # Only non-default variants add keys, so the portable graphs keep their cache keys.
-    variant = variant_name(options, npu_ops) if component == "dit" else ""
-    if variant:
-        request["variant"] = variant
-    if options.quantization and component == "dit":
-        request["quantization"] = {
-            "scheme": options.quantization,
-            "skip": list(options.quantization_skip),
-            "smooth_alpha": options.smooth_alpha,
-        }
-    return request
-
-
-def check_variant(component: str, npu_ops: bool, options: ExportOptions) -> None:
-    """One line for combinations that cannot be built."""
-    if npu_ops and options.ort_fused:
-        raise UserError("--npu-ops and --ort-fused exclude each other: one graph is for ATC, the other for ORT")
-    if options.quantization and options.quantization not in QUANT_SCHEMES:
-        raise UserError(f"--quantization {options.quantization}: choose {', '.join(QUANT_SCHEMES)}")
-    if options.smooth_alpha is not None and not (0.0 < options.smooth_alpha < 1.0):
-        raise UserError(f"--smooth-alpha {options.smooth_alpha}: choose a value between 0 and 1, e.g. 0.5")
-    if options.smooth_alpha is not None and not options.quantization:
-        raise UserError("--smooth-alpha smooths activations for quantization: add --quantization w8a8")
-
-
-def export_opset(npu_ops: bool, options: ExportOptions) -> int:
-    """ai.onnx opset: 18, or 16 for the Ascend W8A8 graph (CANN registers QuantBatchMatMul up to 16)."""
-    return ASCEND_W8A8_OPSET if npu_ops and options.quantization else OPSET
-
-
-def artifact_dir(out: Path, component: str, profile: ShapeProfile, dtype: torch.dtype, request: dict) -> Path:
-    return Path(out) / component / f"{profile.key}-{dtype_name(dtype)}-{request_key(request)}"
+from ltx_ascend.store import MANIFEST, Manifest, artifact_dir, file_hashes, file_sizes, request_key
 
 
 @dataclass
@@ -173,7 +89,6 @@ def export_component(
     options: ExportOptions | None = None,
     out: Path,
     dtype: torch.dtype = torch.float32,
-    npu_ops: bool = False,
     force: bool = False,
     verify: bool = False,
 ) -> ExportResult:
@@ -182,8 +97,9 @@ def export_component(
     Builds take a lock per artifact folder, so concurrent runs wanting the same artifact take turns and
     the later one finds the earlier one's result. A build is written into a temporary folder beside
     the artifact and swapped in at the end: a failed `force` rebuild leaves the previous one in place."""
-    request = export_request(component, ckset, profile, dtype, npu_ops, options)
-    folder = artifact_dir(out, component, profile, dtype, request)
+    options = options or ExportOptions()
+    request = request_for(component, ckset, profile, dtype, options.variant, options.random)
+    folder = artifact_dir(out, request)
     if not force and (hit := _cached_export(component, folder, request)) is not None:
         return hit
     try:
@@ -192,12 +108,12 @@ def export_component(
         raise UserError(
             f"cannot write artifacts under {folder.parent} ({exc.strerror}): pass a writable --out"
         ) from None
-    with file_lock(Path(out) / ".locks" / f"{component}-{folder.name}.lock"):
+    with file_lock(Path(out) / ".locks" / f"{component}-{folder.parent.name}-{folder.name}.lock"):
         if not force and (hit := _cached_export(component, folder, request)) is not None:
             return hit  # another process built it while this one waited
         building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
         try:
-            reports = _build(component, ckset, profile, dtype, npu_ops, options, verify, request, building)
+            reports = _build(component, ckset, profile, dtype, options, verify, request, building)
             replace_dir(building, folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)
@@ -222,16 +138,14 @@ def _build(
     ckset: CheckpointSet | None,
     profile: ShapeProfile,
     dtype: torch.dtype,
-    npu_ops: bool,
-    options: ExportOptions | None,
+    options: ExportOptions,
     verify: bool,
     request: dict[str, Any],
     building: Path,
 ) -> list[GraphReport]:
-    options = options or ExportOptions()
-    variant = request.get("variant", "")
-    if component != "dit":  # the variants change only the DiT graph
-        options = ExportOptions(dit_layout=options.dit_layout, random_config=options.random_config, seed=options.seed)
+    variant = options.variant.for_component(component)
+    if component != "dit":  # the DiT-only options change only the DiT graph
+        options = ExportOptions(npu_ops=options.npu_ops, random_config=options.random_config, seed=options.seed)
     items = build_items(component, ckset, profile, dtype, options)
     graphs_io: dict[str, Any] = {}
     reports = []
@@ -244,12 +158,12 @@ def _build(
             item.input_names,
             item.output_names,
             building / file,
-            npu_ops=npu_ops,
+            npu_ops=options.npu_ops,
             ort_fused=options.ort_fused,
             opset=request["opset"],
         )
         seconds = time.perf_counter() - start
-        lint_target = "ort" if ort_only(variant) else "atc"
+        lint_target = "ort" if variant.ort_only else "atc"
         violations = lint_onnx(path, target=lint_target)
         if violations:  # our exporter's fault, not the user's input: an internal error with a traceback
             raise RuntimeError(
@@ -267,8 +181,8 @@ def _build(
             )
         ops = op_histogram(path)
         report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops)
-        if verify and not npu_ops:
-            report.comparisons = verify_item(item, path, dtype_name(dtype))
+        if verify and not options.npu_ops:
+            report.comparisons = verify_item(item, path, dtypes.name(dtype))
         extra_files = item.write_extra(building) if item.write_extra else []
         reports.append(report)
         graphs_io[item.name] = {
@@ -284,7 +198,7 @@ def _build(
     manifest = Manifest(
         kind="onnx",
         component=component,
-        variant=variant,
+        variant=variant.name,
         request=request,
         io={"graphs": graphs_io},
         files=file_hashes(building, names),

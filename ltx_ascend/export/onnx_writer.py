@@ -29,8 +29,8 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ltx_ascend.export.patches import export_patches
+from ltx_ascend.store import OPSET
 
-OPSET = 18
 # ONNX Runtime 1.31 reads IR version <= 11 reliably; torch writes 8 for opset 18: leave it.
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs with more weight bytes keep them beside the .onnx
 

@@ -20,7 +20,7 @@ One module, three lowerings of the same arithmetic (`QuantLinear`):
 - Ascend (`npu_ops`): `NPUDynamicQuant` (per-token int8 + scale) and `QuantBatchMatMul`
   (CANN's QuantBatchMatmulV3: x1 int8, x2 int8 [N, K] with transpose_x2, per-channel `scale`,
   `bias`, `pertoken_scale`), which CANN's ONNX parser registers for ai.onnx opsets 8-16 only, so an
-  Ascend W8A8 graph is exported at opset 16 (`ASCEND_W8A8_OPSET`).
+  Ascend W8A8 graph is exported at opset 16 (`store.ASCEND_W8A8_OPSET`).
 
 SmoothQuant (`smooth_alpha`): per input channel s_j = max|x_j|^a / max|W_j|^(1-a) moves activation
 outliers into the weights (x / s, W * s) before quantizing; it needs calibration activations, so
@@ -37,9 +37,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 W8A8 = "w8a8"
-SCHEMES = (W8A8,)
 QMAX = 127.0
-ASCEND_W8A8_OPSET = 16  # CANN registers ai.onnx::QuantBatchMatMul for opsets 8-16 only
 DEFAULT_SKIP: tuple[str, ...] = ()
 _EPS = 1e-8
 # Ascend's ai.onnx-domain ops are traced under this alias and moved to the default domain after export:

@@ -48,6 +48,7 @@ from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import add_fallback_arg
 from ltx_ascend.shapes import check_pixel_shape
+from ltx_ascend.store import Variant
 
 # Pipeline name -> module. Each module defines `run(ctx) -> Output` and may define:
 #   TWO_STAGE (bool), DEFAULTS (params.PipelineDefaults for real checkpoints), TINY_DEFAULTS,
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         run.add_argument(
             "--quantization-skip", action="append", default=[], metavar="PATTERN", help="w8a8: keep these linears float"
+        )
+        run.add_argument(
+            "--variant",
+            type=Variant.parse,
+            metavar="LABEL",
+            help="compiled graph variant to run: portable, npu-ops, ort-fused (+w8a8); default: the backend's "
+            "preference (om: npu-ops, then portable; ort: ort-fused, then portable)",
         )
         run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
         if hasattr(module, "add_arguments"):
@@ -423,7 +431,14 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
     args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
     tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
     policy = dev.policy_from_args(args)
-    check_quantization(args.quantization, BackendChoice.parse(args.backend or "ort").of("dit"), policy.device)
+    dit_backend = BackendChoice.parse(args.backend or "ort").of("dit")
+    if args.variant is not None:
+        if dit_backend == "eager":
+            raise UserError(f"--variant {args.variant.label} picks a compiled graph: pass --backend ort or om")
+        if args.variant.quantization and args.quantization not in ("", args.variant.quantization):
+            raise UserError(f"--variant {args.variant.label} and --quantization {args.quantization} disagree: drop one")
+        args.quantization = args.quantization or args.variant.quantization
+    check_quantization(args.quantization, dit_backend, policy.device)
     start = time.perf_counter()
 
     if tiny:
@@ -470,6 +485,7 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
             parallel=parallel,
             quantization=args.quantization,
             quantization_skip=tuple(args.quantization_skip),
+            variant=args.variant,
         )
         preflight(stack, module, args, req, two_stage)
         # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
@@ -509,7 +525,7 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
         if args.raw_output is not None:
             write_raw(args.raw_output, output.frames, output.audio)
     print(f"\n{args.pipeline}: {tuple(output.frames.shape)} frames -> {args.output_path}")
-    print(f"backends: {stack.describe_backends()}")
+    timings.backends = dict(stack.used)  # the table's last line names what ran, variants included
     print(timings.table())
     if args.timings_json:
         timings.write_json(args.timings_json)

@@ -27,12 +27,12 @@ from ltx_core.model.video_vae import TilingConfig, decode_video
 from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
-from ltx_ascend.compile.cli import compile_ort
-from ltx_ascend.compile.manifest import Manifest
+from ltx_ascend.compile.compiler import compile_ort
+from ltx_ascend.components import COMPONENTS, REGISTRY, request_for
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_blocks
 from ltx_ascend.export.components import ExportOptions
-from ltx_ascend.export.exporter import export_component, export_request
+from ltx_ascend.export.exporter import export_component
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
 from ltx_ascend.pipelines.parallel import Parallel
@@ -40,24 +40,14 @@ from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
-from ltx_ascend.runtime.artifacts import Resolution, open_sessions, resolve
+from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
+from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first
 
 COMPILED = ("om", "ort", "onnx")
-# What `--backend NAME=B` can name: every component a pipeline runs behind a backend.
-COMPONENTS = (
-    "dit",
-    "text_connectors",
-    "video_encoder",
-    "spatial_upsampler",
-    "video_decoder",
-    "audio_encoder",
-    "audio_decoder",
-    "vocoder",
-)
 OFFLOAD_CHOICES = ("none", "text-encoder", "all")
 # --offload all: held in host memory for the run, on the device only while each one runs.
 HOST_RESIDENT = ("video_encoder", "spatial_upsampler", "video_decoder", "audio_decoder", "vocoder", "audio_encoder")
@@ -131,6 +121,7 @@ class ModelStack:
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
     parallel: Parallel | None = None  # multi-device run: how the DiT's passes and tokens are split
+    variant: Variant | None = None  # --variant: exactly this graph variant (else each backend's preference)
 
     @property
     def device(self) -> torch.device:
@@ -142,81 +133,79 @@ class ModelStack:
 
     # -- locating compiled graphs --------------------------------------------------------------
 
-    def _variants(
-        self, component: str, backend: str, options: ExportOptions
-    ) -> list[tuple[bool, ExportOptions]]:
-        """(npu_ops, options) of the graph variants that can serve `backend`, preferred first: on ORT
-        the fused variant, then the portable one; W8A8 asks for the quantized variant only (on om:
-        the Ascend ops)."""
-        if component != "dit":
-            return [(False, options)]
+    def _candidates(self, component: str, backend: str, layout: str) -> list[Variant]:
+        """The variants that can serve `backend`, preferred first. `--variant` names exactly one. Otherwise:
+        ORT takes its fused variant, then the portable one; om takes Ascend's fused variant (`npu-ops`),
+        then the portable one; W8A8 asks for a quantized variant only (on om: Ascend's quant ops)."""
         quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
         if self.quantization != W8A8:
             quant = {}
+        if self.variant is not None:
+            chosen = dataclasses.replace(self.variant, dit_layout=layout, **quant)
+            return [chosen.for_component(component)]
         if backend in ("ort", "onnx"):  # both run on ONNX Runtime
-            return [
-                (False, dataclasses.replace(options, ort_fused=True, **quant)),
-                (False, dataclasses.replace(options, **quant)),
-            ]
-        if backend == "om" and quant:
-            return [(True, dataclasses.replace(options, **quant))]
-        return [(False, dataclasses.replace(options, **quant))]
+            preferred = [Variant(ort_fused=True, dit_layout=layout, **quant), Variant(dit_layout=layout, **quant)]
+        elif backend == "om" and quant:
+            preferred = [Variant(npu_ops=True, dit_layout=layout, **quant)]
+        elif backend == "om":
+            preferred = [Variant(npu_ops=True, dit_layout=layout), Variant(dit_layout=layout)]
+        else:
+            preferred = [Variant(dit_layout=layout, **quant)]
+        unique = []  # the DiT-only fields drop out for the other components: npu-ops and portable remain
+        for variant in (v.for_component(component) for v in preferred):
+            if variant not in unique:
+                unique.append(variant)
+        return unique
 
     def _find(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, variants: list
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, variants: list[Variant]
     ) -> Resolution:
         """The first variant found, else the preferred one's failed resolution (its reason is reported)."""
-        resolution = None
-        for npu_ops, options in variants:
-            request = export_request(component, ckset, profile, dtype, npu_ops, options)
-            found = resolve(request, self.artifacts, self.backends.of(component), ep=self.ep, soc=self.soc)
-            if found.ok:
-                return found
-            resolution = resolution or found
-        return resolution
+        requests = [request_for(component, ckset, profile, dtype, v) for v in variants]
+        return resolve_first(requests, self.artifacts, self.backends.of(component), ep=self.ep, soc=self.soc)
 
     def _resolution(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
     ) -> Resolution | None:
         """`_resolve_or_build`, one rank of a multi-device run at a time (one builds, the rest find it)."""
         world = self.parallel.world if self.parallel is not None else None
         with distributed.host_lock(self.artifacts / ".build.lock", world):
-            return self._resolve_or_build(component, ckset, profile, options)
+            return self._resolve_or_build(component, ckset, profile, layout)
 
     def _resolve_or_build(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
     ) -> Resolution | None:
         """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
         A failed resolution comes back as is (its reason says why); nothing is printed here.
         The DiT of a stage under a step cache must be a block chain: a whole-graph artifact will not do,
         so the block-chain export (`ltx-export --dit-layout blocks`) is looked up, or built."""
-        options = options or ExportOptions()
         backend = self.backends.of(component)
         if component == "dit":
             check_quantization(self.quantization, backend, self.device)
         if backend == "eager":
             return None
-        graph_dtype = torch.float32 if component == "vocoder" else self.dtype
+        graph_dtype = REGISTRY[component].graph_dtype_for(self.dtype)
         if backend in ("ort", "onnx") and self.ep == "cpu" and graph_dtype == torch.bfloat16:
             raise UserError(
                 f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
                 "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
             )
-        variants = self._variants(component, backend, options)
+        variants = self._candidates(component, backend, layout)
         resolution = self._find(component, ckset, profile, graph_dtype, variants)
         if component == "dit" and self.step_cache.applies_to(profile.stage):
             if not resolution.ok or "dit" in resolution.graphs:
-                variants = [(n, dataclasses.replace(o, dit_layout="blocks")) for n, o in variants]
+                variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
                 resolution = self._find(component, ckset, profile, graph_dtype, variants)
             if not resolution.ok:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
                 resolution = dataclasses.replace(resolution, reason=why)
         if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
             # Build what plain runs always built (the portable graph) unless a quantized one was asked for.
-            npu_ops, options = variants[0] if self.quantization == W8A8 else variants[-1]
-            request = export_request(component, ckset, profile, graph_dtype, npu_ops, options)
+            variant = variants[0] if self.quantization == W8A8 or self.variant is not None else variants[-1]
+            request = request_for(component, ckset, profile, graph_dtype, variant)
             start = time.perf_counter()
-            self.log(f"building {component} for {backend} at {profile.key} ...")
+            self.log(f"building {component} ({variant.label}) for {backend} at {profile.key} ...")
+            options = ExportOptions(**dataclasses.asdict(variant))
             result = export_component(
                 component, ckset, profile, options=options, out=self.artifacts, dtype=graph_dtype
             )
@@ -251,22 +240,20 @@ class ModelStack:
         return f"{resolution.backend}:{manifest.key}:{digest}"
 
     def _sessions(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, options: ExportOptions | None = None
+        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
     ) -> dict[str, Session] | None:
-        resolution = self._resolution(component, ckset, profile, options)
-        if resolution is None:
+        """The component's compiled sessions, or None to run it eager (`open_component`'s one rule)."""
+        resolution = self._resolution(component, ckset, profile, layout)
+        sessions = None
+        if resolution is not None:
+            sessions = open_component(resolution, fallback=self.fallback, device=self.device, ep=self.ep)
+        if sessions is None:
             self.used[component] = "eager"
             return None
-        if not resolution.ok:
-            if self.fallback == "none":
-                raise UserError(f"{component}: {resolution.reason}")
-            print(f"warning: {component}: {resolution.reason}; falling back to eager", file=sys.stderr)
-            self.used[component] = "eager"
-            return None
-        variant = Manifest.read(resolution.folder).variant  # the variant that runs, for the backends line
-        self.used[component] = f"{resolution.backend} ({variant})" if variant else resolution.backend
+        # The variant that runs, for the backends line and the timing table.
+        self.used[component] = f"{resolution.backend} ({resolution.variant})"
         self.folders[component] = resolution.folder
-        return open_sessions(resolution, device=self.device, ep=self.ep)
+        return sessions
 
     def _offloaded(self, component: str) -> bool:
         return self.offload == "all" and component in HOST_RESIDENT
@@ -360,7 +347,7 @@ class ModelStack:
             sessions = None
             self.used["dit"] = "eager"
         else:
-            sessions = self._sessions("dit", ckset, profile, ExportOptions(dit_layout=layout))  # chain if `cache`
+            sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:

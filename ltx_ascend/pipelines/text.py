@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from ltx_ascend.atomic import atomic_path
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
-from ltx_ascend.compile.manifest import fingerprint_file, fingerprint_tree
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.store import fingerprint_file, fingerprint_tree
 
 
 @dataclass(frozen=True)

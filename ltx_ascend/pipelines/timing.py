@@ -26,6 +26,7 @@ class Timings:
         self.stages: list[Stage] = []
         self._open: list[Stage] = []
         self._start = time.perf_counter()
+        self.backends: dict[str, str] = {}  # component -> what ran it, variant named ("ort (ort-fused)")
 
     @contextmanager
     def stage(self, name: str):
@@ -59,6 +60,8 @@ class Timings:
             dit = f"{s.dit.seconds:>8.2f} {f'{s.dit.block_calls}/{s.dit.skipped_block_calls}':>23}" if s.dit else ""
             lines.append(f"{s.name:<22} {steps:>16} {s.seconds:>9.2f} {dit}".rstrip())
         lines.append(f"{'total':<22} {'':>16} {self.total:>9.2f}")
+        if self.backends:
+            lines.append("backends: " + ", ".join(f"{c}={b}" for c, b in self.backends.items()))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -74,6 +77,7 @@ class Timings:
                 for s in self.stages
             ],
             "total_seconds": round(self.total, 4),
+            "backends": self.backends,
         }
 
     def write_json(self, path: Path) -> None:

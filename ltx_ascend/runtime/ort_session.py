@@ -17,11 +17,11 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto
 
-from ltx_ascend.compile.manifest import MANIFEST, Manifest
 from ltx_ascend.compile.ort import PROVIDERS
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as devices
 from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds
+from ltx_ascend.store import MANIFEST, Manifest
 
 CPU = torch.device("cpu")
 

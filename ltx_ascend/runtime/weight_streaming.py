@@ -25,8 +25,8 @@ from typing import Protocol
 import safetensors
 import torch
 
+from ltx_ascend.checkpoints.blocks import read_block_weights
 from ltx_ascend.checkpoints.loader import CheckpointSet
-from ltx_ascend.export.dit_blocks import read_block_weights
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.block_weights import BlockWeights
 
@@ -60,7 +60,7 @@ class BlockFileSource:
 
 class CheckpointBlockSource:
     """Blocks straight out of the checkpoint, LoRAs fused per block by ltx-core's `apply_loras`
-    exactly as the block exporter fuses them (`export.dit_blocks.read_block_weights`)."""
+    exactly as the block exporter fuses them (`checkpoints.blocks.read_block_weights`)."""
 
     def __init__(self, ckset: CheckpointSet, num_layers: int, dtype: torch.dtype) -> None:
         self.ckset, self.num_layers, self.dtype = ckset, num_layers, dtype

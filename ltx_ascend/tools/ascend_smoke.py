@@ -26,8 +26,8 @@ import torch
 from onnx import TensorProto, helper
 
 from ltx_ascend.compile.atc import AtcJob, detect_soc_with_source, find_atc, run_atc
-from ltx_ascend.compile.lint import format_violations, lint_onnx
 from ltx_ascend.errors import UserError, cli_entry
+from ltx_ascend.graph_lint import format_violations, lint_onnx
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.om_session import OmSession, import_acl
 from ltx_ascend.runtime.session import TensorSpec
@@ -143,7 +143,7 @@ def smoke_graph(work: Path, soc: str, device_id: int) -> bool:
 
 def smoke_tiny_set(work: Path, soc: str) -> bool:
     """`ltx-verify --backend om` and `ltx-bench --backends om` on one small tiny-set component."""
-    from ltx_ascend.compile.cli import compile_om
+    from ltx_ascend.compile.compiler import compile_om
     from ltx_ascend.export.exporter import export_component
     from ltx_ascend.tools.bench import _items, bench_component
     from ltx_ascend.tools.verify import verify_artifact

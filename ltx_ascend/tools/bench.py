@@ -29,16 +29,19 @@ from ltx_ascend.atomic import atomic_path, atomic_write_text, check_writable_fil
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
-from ltx_ascend.compile.cli import compile_om, compile_ort
+from ltx_ascend.compile.compiler import compile_om, compile_ort
+from ltx_ascend.components import EXPORTABLE
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export.components import EXPORTABLE, ExportItem, ExportOptions, build_items
+from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
 from ltx_ascend.export.exporter import export_component
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.eager_session import EagerSession
-from ltx_ascend.runtime.om_session import OmSession, import_acl
+from ltx_ascend.runtime.om_session import import_acl
 from ltx_ascend.runtime.ort_session import OrtSession
-from ltx_ascend.runtime.session import Session, specs_from_manifest
+from ltx_ascend.runtime.session import Session
 from ltx_ascend.shapes import shape_profile
+from ltx_ascend.store import resolve_folder
 from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
 
 PRESETS = ("tiny", "bench", "22b-block", "22b-stream")
@@ -188,27 +191,32 @@ def _measure_backend(
     items = build_items(component, ckset, profile, policy.dtype, options)
     if preset == "22b-block":
         items = [i for i in items if i.variant == "block"]
-    folder = None
-    if runs_on == "om":
+    compiled: dict[str, Session] = {}
+    if runs_on == "om" or (runs_on == "ort" and preset != "22b-block"):
         result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
-        folder, _ = compile_om(result.folder, _bench_soc(soc), None, force=False, dry_run=False)
-    elif runs_on == "ort" and preset != "22b-block":
-        result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
-        folder, _ = compile_ort(result.folder, "cpu", force=False)
+        bench_soc = _bench_soc(soc) if runs_on == "om" else None
+        if runs_on == "om":
+            compile_om(result.folder, bench_soc, None, force=False, dry_run=False)
+        else:
+            compile_ort(result.folder, "cpu", force=False)
+        resolution = resolve_folder(result.folder, runs_on, ep="cpu", soc=bench_soc)
+        compiled = open_component(resolution, fallback="none", threads=threads) or {}
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         feeds, device = item.sample, policy.device
         if runs_on == "eager":
             session: Session = EagerSession.from_item(item)
         elif runs_on == "om":
-            session = _om_session(folder, item)
+            session = compiled.pop(item.name)
             device = session.torch_device  # type: ignore[attr-defined]
             feeds = {k: v.to(device) for k, v in feeds.items()}  # NPU feeds are bound, not copied
-        elif folder is None:  # 22b-block: only the block graph is timed, so only it is exported
+        elif not compiled:  # 22b-block: only the block graph is timed, so only it is exported
             session = _block_session(item, options, profile, artifacts / "bench" / "22b-block", threads)
         else:
-            session = _ort_session(folder, item, threads)
+            session = compiled.pop(item.name)
         out[item.name] = time_session(session, feeds, repeats, device)
+        session.close()
+    for session in compiled.values():  # graphs no item times
         session.close()
     return out
 
@@ -267,12 +275,11 @@ def _block_session(
 ) -> OrtSession:
     """The 22B block graph alone (0.2 MB: its weights are inputs), exported once; the session applies
     ORT_ENABLE_ALL at load, as `ltx-compile --target ort` would."""
-    from ltx_ascend.export.components import variant_name
     from ltx_ascend.export.exporter import graph_outputs
     from ltx_ascend.export.onnx_writer import export_onnx
     from ltx_ascend.runtime.session import TensorSpec
 
-    folder = folder / f"{variant_name(options) or 'portable'}-{profile.key}"
+    folder = folder / f"{options.variant.label}-{profile.key}"
     path = folder / "dit-block.onnx"
     if not path.is_file():
         export_onnx(item.module, item.args(), item.input_names, item.output_names, path, ort_fused=options.ort_fused)
@@ -425,30 +432,6 @@ def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | No
         "median_s": statistics.median(times),
         "min_s": min(times),
     }
-
-
-def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
-    from ltx_ascend.compile.manifest import Manifest
-
-    graph = Manifest.read(folder).io["graphs"][item.name]
-    inputs, outputs = specs_from_manifest(graph)
-    return OrtSession(folder / graph["file"], inputs, outputs, threads=threads)
-
-
-def _om_session(folder: Path, item: ExportItem) -> Session:
-    from ltx_ascend.compile.manifest import Manifest
-
-    graph = Manifest.read(folder).io["graphs"][item.name]  # "file": the .om ATC wrote
-    inputs, outputs = specs_from_manifest(graph)
-    return OmSession(folder / graph["file"], inputs, outputs)
-
-
-def _ort_session(folder: Path, item: ExportItem, threads: int | None) -> OrtSession:
-    from ltx_ascend.compile.manifest import Manifest
-
-    graph = Manifest.read(folder).io["graphs"][item.name]
-    inputs, outputs = specs_from_manifest(graph)
-    return OrtSession(folder / graph["file"], inputs, outputs, threads=threads)
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -22,15 +22,15 @@ from safetensors.torch import load_file
 
 from ltx_ascend.atomic import atomic_write_text
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
-from ltx_ascend.compile.manifest import Manifest
+from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export import dit_blocks
-from ltx_ascend.export.components import DTYPES, ExportItem, ExportOptions, build_items
+from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.runtime import device as dev
-from ltx_ascend.runtime.artifacts import find_compiled
-from ltx_ascend.runtime.session import Session, specs_from_manifest
-from ltx_ascend.shapes import ShapeProfile
+from ltx_ascend.runtime.artifacts import open_component
+from ltx_ascend.runtime.session import Session
+from ltx_ascend.store import Manifest, profile_of, resolve_folder
 
 FLOAT16_MAX = 65504.0
 
@@ -63,30 +63,15 @@ def checkpoint_set_from_manifest(manifest: Manifest, override: CheckpointSet | N
     return CheckpointSet(Path(source["checkpoint"]["path"]), Path(gemma) if gemma else None, None, loras)
 
 
-def _profile(request: dict[str, Any]) -> ShapeProfile:
-    fields = {k: v for k, v in request["profile"].items() if k in ShapeProfile.__dataclass_fields__}
-    return ShapeProfile(**fields)
-
-
-def _sessions(folder: Path, manifest: Manifest, backend: str, ep: str) -> tuple[str, dict[str, Session]]:
-    from ltx_ascend.runtime.ort_session import OrtSession
-
-    compiled = find_compiled(folder, backend, ep=ep) if backend != "onnx" else None
-    if compiled is None and backend == "om":
-        raise UserError(f"{folder}: no om engine; run ltx-compile --target om {folder}")
-    base, used = (compiled, backend) if compiled is not None else (folder, "onnx")
-    files = Manifest.read(base).io["graphs"] if used == "om" else manifest.io["graphs"]
-    sessions = {}
-    for name, graph in manifest.io["graphs"].items():
-        inputs, outputs = specs_from_manifest(graph)
-        if used == "om":
-            from ltx_ascend.runtime.om_session import OmSession
-
-            # the om manifest names the file ATC wrote (NAME.om or NAME_<os>_<arch>.om)
-            sessions[name] = OmSession(base / files[name]["file"], inputs, outputs)
-        else:
-            sessions[name] = OrtSession(base / graph["file"], inputs, outputs, provider=ep)
-    return used, sessions
+def _sessions(folder: Path, backend: str, ep: str) -> tuple[str, dict[str, Session]]:
+    """The artifact's sessions for `backend`; an ORT request without an `ort-<ep>` build runs the exported
+    graphs themselves (`onnx`). Nothing falls back to eager here: the eager model is the reference."""
+    resolution = resolve_folder(folder, backend, ep=ep)
+    if not resolution.ok and backend == "ort":
+        resolution = resolve_folder(folder, "onnx", ep=ep)
+    sessions = open_component(resolution, fallback="none", ep=ep)
+    assert sessions is not None  # fallback="none" raises instead
+    return resolution.backend, sessions
 
 
 def overflow_scan(item: ExportItem, feeds: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
@@ -163,13 +148,13 @@ def verify_artifact(
     if manifest.kind != "onnx":
         raise UserError(f"{folder}: pass the exported artifact folder (the one ltx-export wrote), not {manifest.kind}")
     request = manifest.request
-    dtype = DTYPES[request["dtype"]]
+    dtype = GRAPH_DTYPES[request["dtype"]]
     source_set = checkpoint_set_from_manifest(manifest, ckset)
     options = ExportOptions(dit_layout=request.get("dit_layout") or "auto")
     if source_set is None:
         raise UserError(f"{folder}: exported with --random-weights; verify it with --checkpoint-path, or re-export")
-    items = {i.name: i for i in build_items(manifest.component, source_set, _profile(request), dtype, options)}
-    used, sessions = _sessions(folder, manifest, backend, ep)
+    items = {i.name: i for i in build_items(manifest.component, source_set, profile_of(request), dtype, options)}
+    used, sessions = _sessions(folder, backend, ep)
     given = load_file(str(inputs)) if inputs else {}
     results = []
     for name, session in sessions.items():

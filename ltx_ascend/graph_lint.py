@@ -70,7 +70,7 @@ class Violation:
 @functools.lru_cache(maxsize=1)
 def atc_op_registry() -> frozenset[str]:
     """Keys `domain::version::OpType` that ATC's ONNX parser registers (packaged atc_onnx_ops.json)."""
-    text = resources.files("ltx_ascend.compile").joinpath("data", "atc_onnx_ops.json").read_text(encoding="utf-8")
+    text = resources.files("ltx_ascend").joinpath("data", "atc_onnx_ops.json").read_text(encoding="utf-8")
     ops = json.loads(text)["ops"]
     return frozenset(
         f"{domain}::{version}::{op_type}"

@@ -1,0 +1,87 @@
+"""The stages import only what comes before them (export < compile < runtime < pipelines), and the
+neutral modules (store, registry, dtypes, lint, shapes, checkpoints) import no stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ltx_ascend"
+STAGES = ("export", "compile", "runtime", "pipelines")
+NEUTRAL = ("store", "components", "dtypes", "graph_lint", "shapes", "errors", "atomic", "metrics", "checkpoints")
+
+
+def _imports(path: Path) -> set[str]:
+    """ltx_ascend modules `path` imports at run time (imports under `if TYPE_CHECKING:` are types only)."""
+    tree = ast.parse(path.read_text())
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for child in node.body for n in ast.walk(child)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ltx_ascend"):
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("ltx_ascend")}
+    return found
+
+
+def _part(module: str) -> str:
+    """The top-level part of ltx_ascend a dotted name is in (a stage, a neutral module or a tool)."""
+    return module.split(".")[1]
+
+
+def _violations(allowed: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if part not in allowed:
+            continue
+        for module in sorted(_imports(path)):
+            if _part(module) not in allowed[part] | {part}:
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+    return bad
+
+
+# Each stage may import the neutral modules and the stages before it, except that the runtime does not
+# import export: a deployment host runs artifacts without the tracing machinery (ltx-core's export patches).
+ALLOWED = {
+    **{n: set(NEUTRAL) for n in NEUTRAL},
+    "export": set(NEUTRAL),
+    "compile": {*NEUTRAL, "export"},
+    "runtime": {*NEUTRAL, "compile"},
+    "pipelines": {*NEUTRAL, "export", "compile", "runtime"},
+}
+
+
+def test_imports_point_down_the_stages():
+    assert _violations(ALLOWED) == []
+
+
+def test_the_check_sees_a_wrong_way_import(tmp_path):
+    """A runtime module importing export (what issue 9 removed) is reported."""
+    fake = tmp_path / "ltx_ascend"
+    (fake / "runtime").mkdir(parents=True)
+    (fake / "runtime" / "x.py").write_text("from ltx_ascend.export.components import ExportItem\n")
+    (fake / "runtime" / "y.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ltx_ascend.export import dit\n"
+    )
+    globals()["PACKAGE"] = fake
+    try:
+        assert _violations(ALLOWED) == ["ltx_ascend/runtime/x.py imports ltx_ascend.export.components.ExportItem"]
+    finally:
+        globals()["PACKAGE"] = Path(__file__).resolve().parents[1] / "ltx_ascend"
+
+
+@pytest.mark.parametrize("part", STAGES)
+def test_no_stage_imports_a_cli_module(part):
+    """Library code never reaches into another stage's command-line module."""
+    for path in (PACKAGE / part).rglob("*.py"):
+        for module in _imports(path):
+            stage = _part(module)
+            assert not (stage != part and module.split(".")[2:3] == ["cli"]), f"{path} imports {module}"
