@@ -40,6 +40,9 @@ class ComponentSpec:
     #               "stage1": the half-size stage-1 latent (the upsampler's input)
     graph_dtype: torch.dtype | None = None  # a fixed graph dtype (the vocoder: float32), else the run's
     needs: str | None = None  # the CheckpointSet field it cannot do without, besides the checkpoint
+    # How it loads from the main checkpoint: ltx-core's ("module:Configurator", "module:SD_OPS"), read by
+    # checkpoints/loader.py. None: a loader of its own (text connectors: Gemma-sized; upsampler: own file).
+    weights: tuple[str, str] | None = None
 
     def graph_dtype_for(self, dtype: torch.dtype) -> torch.dtype:
         return self.graph_dtype or dtype
@@ -61,22 +64,31 @@ class ComponentSpec:
 
 
 _EXPORT = "ltx_ascend.export."
+_VAE, _AUDIO = "ltx_core.model.video_vae:", "ltx_core.model.audio_vae:"
 _SPECS = (
-    ComponentSpec("dit", _EXPORT + "dit_layouts:build_items", "dit", (CHECKPOINT, LORAS), "dit"),
+    ComponentSpec("dit", _EXPORT + "dit_layouts:build_items", "dit", (CHECKPOINT, LORAS), "dit",
+                  weights=("ltx_core.model.transformer:LTXModelConfigurator",
+                           "ltx_core.model.transformer:LTXV_MODEL_COMFY_RENAMING_MAP")),
     ComponentSpec("text_connectors", _EXPORT + "text_connectors:build_items", "text_connectors",
                   (CHECKPOINT, GEMMA_CONFIG), "stage"),
-    ComponentSpec("video_encoder", _EXPORT + "video_vae:build_encoder_items", "video_encoder", (CHECKPOINT,), "stage"),
+    ComponentSpec("video_encoder", _EXPORT + "video_vae:build_encoder_items", "video_encoder", (CHECKPOINT,), "stage",
+                  weights=(_VAE + "VideoEncoderConfigurator", _VAE + "VAE_ENCODER_COMFY_KEYS_FILTER")),
     ComponentSpec("spatial_upsampler", _EXPORT + "upsampler:build_items", "upsampler", (UPSAMPLER_FILE,), "stage1",
                   needs="spatial_upsampler"),
-    ComponentSpec("video_decoder", _EXPORT + "video_vae:build_decoder_items", "video_decoder", (CHECKPOINT,), "stage"),
-    ComponentSpec("audio_encoder", None, "audio_encoder", (CHECKPOINT,), "stage"),
-    ComponentSpec("audio_decoder", _EXPORT + "audio:build_audio_decoder_items", "audio", (CHECKPOINT,), "stage"),
+    ComponentSpec("video_decoder", _EXPORT + "video_vae:build_decoder_items", "video_decoder", (CHECKPOINT,), "stage",
+                  weights=(_VAE + "VideoDecoderConfigurator", _VAE + "VAE_DECODER_COMFY_KEYS_FILTER")),
+    ComponentSpec("audio_encoder", None, "audio_encoder", (CHECKPOINT,), "stage",
+                  weights=(_AUDIO + "AudioEncoderConfigurator", _AUDIO + "AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER")),
+    ComponentSpec("audio_decoder", _EXPORT + "audio:build_audio_decoder_items", "audio", (CHECKPOINT,), "stage",
+                  weights=(_AUDIO + "AudioDecoderConfigurator", _AUDIO + "AUDIO_VAE_DECODER_COMFY_KEYS_FILTER")),
     ComponentSpec("vocoder", _EXPORT + "audio:build_vocoder_items", "audio", (CHECKPOINT,), "stage",
-                  graph_dtype=torch.float32),
+                  graph_dtype=torch.float32,
+                  weights=(_AUDIO + "VocoderConfigurator", _AUDIO + "VOCODER_COMFY_KEYS_FILTER")),
 )  # fmt: skip
 REGISTRY: dict[str, ComponentSpec] = {s.name: s for s in _SPECS}
 COMPONENTS = tuple(REGISTRY)  # what `--backend NAME=B` can name
 EXPORTABLE = tuple(name for name, spec in REGISTRY.items() if spec.export is not None)
+IN_CHECKPOINT = tuple(name for name, spec in REGISTRY.items() if spec.weights is not None)
 
 
 def spec(name: str, flag: str = "--component") -> ComponentSpec:

@@ -14,7 +14,7 @@ from ltx_core.tools import AudioLatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, VideoLatentShape, VideoPixelShape
 from ltx_pipelines.utils.types import PipelineComponents
 
-from ltx_ascend.checkpoints.loader import CORE_COMPONENTS, LoraSpec, load_component
+from ltx_ascend.checkpoints.loader import ALL_COMPONENTS, LoraSpec, load_component
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import write_tiny_set
 
@@ -61,7 +61,7 @@ def test_layout_metadata_and_size(tiny):
         assert (tiny.gemma_root / name).is_file()
 
 
-@pytest.mark.parametrize("component", [*CORE_COMPONENTS, "spatial_upsampler", "text_encoder"])
+@pytest.mark.parametrize("component", ALL_COMPONENTS)
 def test_loads_through_ltx_core_with_nothing_on_meta(tiny, component):
     model = load_component(component, tiny.checkpoint_set(), dtype=torch.float32)
     tensors = [*model.parameters(), *model.buffers()]

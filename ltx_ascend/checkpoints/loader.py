@@ -7,6 +7,7 @@ the next). LoRAs are fused by ltx-core's `apply_loras` inside the builder.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,23 +16,9 @@ from typing import Any
 
 import safetensors
 import torch
-from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps, SDOps, SingleGPUModelBuilder
-from ltx_core.model.audio_vae import (
-    AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
-    AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
-    VOCODER_COMFY_KEYS_FILTER,
-    AudioDecoderConfigurator,
-    AudioEncoderConfigurator,
-    VocoderConfigurator,
-)
-from ltx_core.model.transformer import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps, SingleGPUModelBuilder
+from ltx_core.model.transformer import LTXV_MODEL_COMFY_RENAMING_MAP
 from ltx_core.model.upsampler import LatentUpsamplerConfigurator
-from ltx_core.model.video_vae import (
-    VAE_DECODER_COMFY_KEYS_FILTER,
-    VAE_ENCODER_COMFY_KEYS_FILTER,
-    VideoDecoderConfigurator,
-    VideoEncoderConfigurator,
-)
 from ltx_core.text_encoders.gemma import (
     EMBEDDINGS_PROCESSOR_KEY_OPS,
     GEMMA_LLM_KEY_OPS,
@@ -46,28 +33,24 @@ from ltx_ascend.checkpoints.gemma import (
     text_encoder_configurator,
     validate_gemma_root,
 )
+from ltx_ascend.components import REGISTRY
 from ltx_ascend.errors import UserError
 
-# Component names shared by every stage (export, compile, runtime, pipelines).
-CORE_COMPONENTS = (
-    "dit",
-    "text_connectors",
-    "video_encoder",
-    "video_decoder",
-    "audio_encoder",
-    "audio_decoder",
-    "vocoder",
-)
-ALL_COMPONENTS = (*CORE_COMPONENTS, "spatial_upsampler", "text_encoder")
+# What the loader can build: the registry's components, plus Gemma's text encoder (its own path).
+ALL_COMPONENTS = (*REGISTRY, "text_encoder")
 
-_CORE_SPECS: dict[str, tuple[Any, SDOps]] = {
-    "dit": (LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP),
-    "video_encoder": (VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER),
-    "video_decoder": (VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER),
-    "audio_encoder": (AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER),
-    "audio_decoder": (AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER),
-    "vocoder": (VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER),
-}
+
+def _from_ltx_core(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def configurator_of(component: str) -> Any:
+    """ltx-core's model configurator of a main-checkpoint component (the registry names it)."""
+    spec = REGISTRY.get(component)
+    if spec is None or spec.weights is None:
+        raise ValueError(f"{component} is not a module of the main checkpoint")
+    return _from_ltx_core(spec.weights[0])
 
 
 @dataclass(frozen=True)
@@ -166,8 +149,9 @@ def validate_set(ckset: CheckpointSet) -> None:
 
 def builder_for(component: str, ckset: CheckpointSet) -> SingleGPUModelBuilder:
     """The ltx-core builder of one component: configurator, key ops and (for the DiT) LoRAs."""
-    if component in _CORE_SPECS:
-        configurator, sd_ops = _CORE_SPECS[component]
+    spec = REGISTRY.get(component)
+    if spec is not None and spec.weights is not None:  # a module of the main checkpoint
+        configurator, sd_ops = (_from_ltx_core(t) for t in spec.weights)
         loras = tuple(lora.to_ltx() for lora in ckset.loras) if component == "dit" else ()
         return SingleGPUModelBuilder(
             model_path=str(ckset.checkpoint),

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from ltx_ascend.atomic import atomic_path, file_lock
 from ltx_ascend.checkpoints.gemma import embeddings_processor_configurator
-from ltx_ascend.checkpoints.loader import _CORE_SPECS, CheckpointSet, LoraSpec
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, configurator_of
 from ltx_ascend.checkpoints.presets import tiny_config, tiny_gemma_config, tiny_upsampler_config
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 
@@ -177,7 +177,7 @@ def _build(configurator: Any, config: dict[str, Any], seed: int, scope: str) -> 
 def _core_state_dict(config: dict[str, Any], gemma_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     """Every core component under its released key prefix, in one state dict."""
     sd: dict[str, torch.Tensor] = {}
-    dit = _build(_CORE_SPECS["dit"][0], config, seed, "dit")
+    dit = _build(configurator_of("dit"), config, seed, "dit")
     sd |= _with_prefix(dit.state_dict(), {}, "model.diffusion_model.")
     connectors = _build(embeddings_processor_configurator(gemma_config), config, seed, "text_connectors")
     sd |= _with_prefix(
@@ -190,10 +190,10 @@ def _core_state_dict(config: dict[str, Any], gemma_config: dict[str, Any], seed:
         "",
     )
     for part in ("encoder", "decoder"):
-        vae = _build(_CORE_SPECS[f"video_{part}"][0], config, seed, f"video_{part}")
+        vae = _build(configurator_of(f"video_{part}"), config, seed, f"video_{part}")
         vae_sd = {k: v for k, v in vae.state_dict().items() if not k.startswith("per_channel_statistics.")}
         sd |= _with_prefix(vae_sd, {}, f"vae.{part}.")
-        audio = _build(_CORE_SPECS[f"audio_{part}"][0], config, seed, f"audio_{part}")
+        audio = _build(configurator_of(f"audio_{part}"), config, seed, f"audio_{part}")
         audio_sd = {k: v for k, v in audio.state_dict().items() if not k.startswith("per_channel_statistics.")}
         sd |= _with_prefix(audio_sd, {}, f"audio_vae.{part}.")
     latent_channels = config["vae"]["latent_channels"]
@@ -202,7 +202,7 @@ def _core_state_dict(config: dict[str, Any], gemma_config: dict[str, Any], seed:
     sd |= _with_prefix(
         _latent_statistics(audio_stat_channels, seed, "audio_vae.stats"), {}, "audio_vae.per_channel_statistics."
     )
-    vocoder = _build(_CORE_SPECS["vocoder"][0], config, seed, "vocoder")
+    vocoder = _build(configurator_of("vocoder"), config, seed, "vocoder")
     with torch.no_grad():  # random generators saturate the [-1, 1] clamp; quieten their last convs
         for generator in (vocoder.vocoder, vocoder.bwe_generator):
             generator.conv_post.weight.mul_(VOCODER_OUTPUT_GAIN)
