@@ -85,3 +85,20 @@ def test_no_stage_imports_a_cli_module(part):
         for module in _imports(path):
             stage = _part(module)
             assert not (stage != part and module.split(".")[2:3] == ["cli"]), f"{path} imports {module}"
+
+
+def test_every_registered_component_has_its_loader_builder_and_runtime_method():
+    """The registry is the one place a component is described: each entry names things that exist."""
+    import importlib
+
+    from ltx_ascend.checkpoints.loader import configurator_of
+    from ltx_ascend.components import REGISTRY
+    from ltx_ascend.pipelines.stack import ModelStack
+
+    for spec in REGISTRY.values():
+        if spec.export is not None:
+            module, _, fn = spec.export.partition(":")
+            assert callable(getattr(importlib.import_module(module), fn)), spec.name
+        assert callable(getattr(ModelStack, spec.runtime)), spec.name
+        if spec.weights is not None:
+            assert configurator_of(spec.name) is not None
