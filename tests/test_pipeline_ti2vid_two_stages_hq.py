@@ -275,7 +275,7 @@ def test_res2s_reads_high_precision_from_the_device_policy(monkeypatch):
     class _Stop(Exception):
         pass
 
-    monkeypatch.setattr(pipeline, "res2s_loop", fake_loop)
+    monkeypatch.setattr(res2s, "res2s_loop", fake_loop)  # the stage runner looks it up there
     ctx = _fake_context(argparse.Namespace(high_precision_dtype=torch.float32))
     with pytest.raises(_Stop):
         pipeline.run(ctx)

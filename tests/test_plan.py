@@ -71,13 +71,19 @@ def test_plan_bad_shape(capsys):
     assert code == 2 and "8k+1" in err
 
 
-def test_distilled_stages_follow_the_pipelines_sigma_tables():
-    """ic_lora and distilled sample stage 1 on the distilled sigmas with one pass a step, stage 2 on
-    the distilled tail: the plan's stage table must say what those pipelines run."""
+def test_plan_rows_are_the_pipelines_declared_stages(tiny):
+    """Every pipeline's DiT rows are its module's STAGES at its defaults (tests/test_stages.py ties those
+    to what the pipeline runs): ic_lora and distilled sample stage 1 on the distilled sigmas with one
+    pass a step and stage 2 on the distilled tail."""
     from ltx_ascend.pipelines import params as P
-    from ltx_ascend.tools.plan import PIPELINE_STAGES
+    from ltx_ascend.pipelines.stages import PIPELINES, declared_stages
 
+    config = read_model_config(tiny.checkpoint)
+    for name in PIPELINES:
+        result = plan.plan(name, "9x128x192", config, plan.SOCS["Ascend910B4"], "float32")
+        rows = [(r["stage"], r["calls"]) for r in result["rows"] if r["component"].startswith("dit")]
+        assert rows == [(s.name, s.evaluations * s.passes) for s in declared_stages(name)], name
     for name in ("ic_lora", "distilled"):
-        first, second = PIPELINE_STAGES[name]
+        first, second = declared_stages(name)
         assert (first.steps, first.passes) == (len(P.DISTILLED_SIGMA_VALUES) - 1, 1), name
         assert (second.steps, second.passes) == (len(P.STAGE_2_DISTILLED_SIGMA_VALUES) - 1, 1), name

@@ -4,14 +4,11 @@ carries the input audio (Lightricks' A2VidPipelineTwoStage, on our sessions)."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import replace
 
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import MultiModalGuiderParams, create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.types import Audio, AudioLatentShape, LatentState
 
 from ltx_ascend.errors import UserError
@@ -20,14 +17,16 @@ from ltx_ascend.pipelines.audio_input import decode_audio, duration_s
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.params import STAGE_2_DISTILLED_SIGMA_VALUES
-from ltx_ascend.pipelines.text import PromptEmbeddings
+from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, StageSpec
+
+log = logging.getLogger(__name__)
 
 TWO_STAGE = True
 DECODES_AUDIO = False  # the output carries the input audio: no audio decoder or vocoder runs
-# The audio is not sampled: ltx-pipelines guides it with MultiModalGuiderParams() (no CFG/STG/modality
-# passes), and the --audio-*/--v2a-* guidance flags do not apply.
-AUDIO_GUIDER = MultiModalGuiderParams()
+# Stage 1: half size, the video guided (all passes of a step in one call), the audio fixed: ltx-pipelines
+# guides it with MultiModalGuiderParams() (no CFG/STG/modality passes), and the --audio-*/--v2a-*
+# guidance flags do not apply. Stage 2: the distilled LoRA on the distilled tail, the audio still fixed.
+STAGES = (StageSpec("stage 1", 1, "ltx2", guidance="video"), STAGE_2_DISTILLED)
 _AUDIO_GUIDANCE_FLAGS = (
     "audio_cfg_guidance_scale",
     "audio_stg_guidance_scale",
@@ -70,29 +69,26 @@ def check(args, request) -> None:
         )
     given = [f"--{name.replace('_', '-')}" for name in _AUDIO_GUIDANCE_FLAGS if getattr(args, name) is not None]
     if given:
-        print(f"note: a2vid_two_stage keeps the input audio fixed; ignoring {' '.join(given)}", file=sys.stderr)
+        log.warning("note: a2vid_two_stage keeps the input audio fixed; ignoring %s", " ".join(given))
     request.extra["audio"] = audio
 
 
-def _frozen_audio(atools, latent: torch.Tensor, noiser: GaussianNoiser, dtype, device) -> LatentState:
-    """ltx-pipelines' `denoise_video_only` audio state: the encoded audio, noised at scale 0 (the
-    generator still draws its noise), then a zero denoise mask: every audio token stays clean."""
-    state = sampling.noised_state(atools, [], noiser, dtype, device, noise_scale=0.0, initial_latent=latent)
-    return replace(state, denoise_mask=torch.zeros_like(state.denoise_mask))
+class FixedLatent:
+    """ltx-pipelines' `denoise_video_only` audio: a conditioning item that zeroes the denoise mask, so
+    every token keeps its initial latent (the encoded audio); the noiser still draws its noise."""
+
+    def apply_to(self, latent_state: LatentState, latent_tools) -> LatentState:
+        return replace(latent_state, denoise_mask=torch.zeros_like(latent_state.denoise_mask))
 
 
 def run(ctx: RunContext) -> Output:
-    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    req, stack = ctx.request, ctx.stack
     audio_in: Audio = req.extra["audio"]
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
 
     with ctx.timings.stage("prompt"):
         positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
-    # The audio guider has no negative context: ltx-pipelines' unconditional pass then keeps the
-    # positive audio context (the audio tokens are the same clean input in every pass).
-    negative = PromptEmbeddings(video=negative.video, audio=positive.audio)
 
     with ctx.timings.stage("audio encode"):
         latent = stack.audio_encoder(req.profile(stage=1))(audio_in)  # float32, as ltx-pipelines
@@ -104,54 +100,14 @@ def run(ctx: RunContext) -> Output:
         audio_latent = latent[:, :, :frames]
         del latent
         stack.free()
+    fixed_audio = {"initial_audio": audio_latent, "audio_conditionings": [FixedLatent()]}
 
-    # Stage 1: half size; the video is guided (all passes of a step in one call), the audio frozen.
-    shape1 = req.pixel_shape(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
-        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    with ctx.timings.stage("stage 1") as record:
-        sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
-        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
-        audio = _frozen_audio(atools, audio_latent, noiser, dtype, device)
-        passes = sampling.passes_per_step(req.video_guider, AUDIO_GUIDER)
-        extra = sampling.conditioning_tokens(vtools, video)
-        runner = stack.dit(req.profile(stage=1, batch=passes, conditioning_tokens=extra))
-        denoise = sampling.guided_denoise(
-            runner,
-            positive,
-            negative,
-            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
-            create_multimodal_guider_factory(params=AUDIO_GUIDER),
-        )
-        video, _ = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 1", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        del runner, denoise
-        stack.free()
-
-    # Stage 2: upsample x2, refine the video with the distilled LoRA; the audio stays frozen.
-    with ctx.timings.stage("upsample"):
-        upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    shape2 = req.pixel_shape(stage=2)
-    conditionings = image_conditionings(ctx, req.images, shape2, stage=2)
-    with ctx.timings.stage("stage 2") as record:
-        sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape2), sampling.audio_tools(shape2)
-        video = sampling.noised_state(
-            vtools, conditionings, noiser, dtype, device, noise_scale=sigmas[0], initial_latent=upscaled
-        )
-        audio = _frozen_audio(atools, audio_latent, noiser, dtype, device)
-        extra = sampling.conditioning_tokens(vtools, video)
-        runner = stack.dit(req.profile(stage=2, conditioning_tokens=extra), loras=req.distilled_lora)
-        denoise = sampling.simple_denoise(runner, positive)
-        video, _ = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 2", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        del runner, denoise
-        stack.free()
+        conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=1), stage=1)
+    video, audio = sampling.sampling_stage(ctx, STAGES[0], conditionings, noiser, positive, negative, **fixed_audio)
+    video, _ = sampling.upsample_then_refine(
+        ctx, STAGES[1], video, audio, noiser, positive, image_conditionings, loras=req.distilled_lora, **fixed_audio
+    )
 
     frames_out = decode(ctx, video.latent, None, req.profile(stage=2), generator).frames
     # As ltx-pipelines: the output carries the input audio itself, not the audio VAE's reconstruction.

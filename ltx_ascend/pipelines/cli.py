@@ -40,6 +40,7 @@ from ltx_ascend.pipelines.stack import (
     ModelStack,
     check_quantization,
 )
+from ltx_ascend.pipelines.stages import PIPELINES
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.text import PromptEncoder
@@ -49,26 +50,6 @@ from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import add_fallback_arg
 from ltx_ascend.shapes import check_pixel_shape
 from ltx_ascend.store import Variant
-
-# Pipeline name -> module. Each module defines `run(ctx) -> Output` and may define:
-#   TWO_STAGE (bool), DEFAULTS (params.PipelineDefaults for real checkpoints), TINY_DEFAULTS,
-#   DISTILLED (bool: takes --distilled-checkpoint-path instead of a distilled LoRA),
-#   NEEDS_DISTILLED_LORA (bool, default TWO_STAGE: stage 2 fuses --distilled-lora),
-#   add_arguments(parser) for its own flags, and check(args, request) for its input checks
-#   (raising UserError; it may fill request.extra with decoded inputs).
-PIPELINES = {
-    name: f"ltx_ascend.pipelines.{name}"
-    for name in (
-        "ti2vid_two_stages",
-        "ti2vid_two_stages_hq",
-        "ti2vid_one_stage",
-        "distilled",
-        "keyframe_interpolation",
-        "a2vid_two_stage",
-        "retake",
-        "ic_lora",
-    )
-}
 
 
 def pipeline_modules() -> dict:

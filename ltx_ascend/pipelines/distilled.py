@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from ltx_core.components.noisers import GaussianNoiser
 
 from ltx_ascend.errors import UserError
@@ -14,9 +13,11 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.params import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED
 
 TWO_STAGE = True
+# Stage 1: half size, the 8-step distilled schedule, one conditional pass a step; stage 2: the tail.
+STAGES = (STAGE_1_DISTILLED, STAGE_2_DISTILLED)
 DISTILLED = True  # --distilled-checkpoint-path; with no checkpoint flags the tiny checkpoint stands in
 NEEDS_DISTILLED_LORA = False  # both stages run the distilled checkpoint as it is
 
@@ -51,41 +52,16 @@ def check_strengths(request: Request) -> None:
 
 
 def run(ctx: RunContext) -> Output:
-    req, stack, device = ctx.request, ctx.stack, ctx.device
+    req = ctx.request
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
 
     with ctx.timings.stage("prompt"):
         (positive,) = ctx.prompts.encode([req.prompt])
 
-    # Stage 1: half size, the 8-step distilled schedule, one conditional pass per step.
-    shape1 = req.pixel_shape(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
-        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 1",
-        1,
-        conditionings,
-        noiser,
-        torch.tensor(DISTILLED_SIGMA_VALUES, device=device),
-        lambda runner: sampling.simple_denoise(runner, positive),
-    )
-
-    # Stage 2: upsample x2, refine on the distilled sigma tail with the same (distilled) transformer.
-    with ctx.timings.stage("upsample"):
-        upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 2",
-        2,
-        conditionings,
-        noiser,
-        torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
-        lambda runner: sampling.simple_denoise(runner, positive),
-        initial_video=upscaled,
-        initial_audio=audio.latent,
-    )
-
+        conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=1), stage=1)
+    video, audio = sampling.sampling_stage(ctx, STAGES[0], conditionings, noiser, positive)
+    # Stage 2 refines with the same (distilled) transformer: no LoRA.
+    video, audio = sampling.upsample_then_refine(ctx, STAGES[1], video, audio, noiser, positive, image_conditionings)
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)

@@ -18,15 +18,13 @@ import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.conditioning import (
     ConditioningItem,
     ConditioningItemAttentionStrengthWrapper,
     VideoConditionByReferenceLatent,
 )
-from ltx_core.types import LatentState, VideoLatentShape
+from ltx_core.types import VideoLatentShape
 
 from ltx_ascend.checkpoints.loader import LoraSpec, read_safetensors_metadata
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
@@ -43,6 +41,7 @@ from ltx_ascend.pipelines.reference_video import (
     load_video,
     mask_to_latent,
 )
+from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True
@@ -50,6 +49,9 @@ DISTILLED = True  # ltx-pipelines' ic_lora takes --distilled-checkpoint-path
 NEEDS_DISTILLED_LORA = False  # both stages run the distilled checkpoint; stage 2 fuses no LoRA
 DEFAULTS = P.LTX_2_3
 TINY_DEFAULTS = P.TINY
+# Stage 1: half size with the IC-LoRA and the reference tokens, distilled sigmas, one pass a step;
+# stage 2 (unless --skip-stage-2): the distilled tail without the LoRA. `ltx-plan` reads this.
+STAGES = (STAGE_1_DISTILLED, STAGE_2_DISTILLED)
 
 VIDEO_FLAG = "--video-conditioning"
 MASK_FLAG = "--conditioning-attention-mask"
@@ -213,65 +215,28 @@ def reference_conditionings(ctx: RunContext, inputs: ICLoraInputs) -> list[Condi
     return items
 
 
-def _stage_1_dit(ctx: RunContext, vtools, video: LatentState) -> tuple:
-    """The compiled DiT at this state's token count, or eager when a real self-attention mask is set."""
-    mask = video.attention_mask
-    if mask is not None and bool((mask == 1).all()):  # all-ones: the same as full attention
-        video = replace(video, attention_mask=None)
-    if video.attention_mask is None:
-        tokens = sampling.conditioning_tokens(vtools, video)
-        return ctx.stack.dit(ctx.request.profile(stage=1, conditioning_tokens=tokens)), video
-    reason = f"{MASK_FLAG} sets a self-attention mask"
-    return ctx.stack.dit_attention_masked(reason=reason), video
-
-
 def run(ctx: RunContext) -> Output:
-    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    req, stack = ctx.request, ctx.stack
     inputs: ICLoraInputs = req.extra["ic_lora"]
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
 
     with ctx.timings.stage("prompt"):
         (prompt,) = ctx.prompts.encode([req.prompt])
 
     # Stage 1: half size; image conditionings, then the reference videos (appended tokens).
-    shape1 = req.pixel_shape(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
-        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
+        conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=1), stage=1)
         conditionings += reference_conditionings(ctx, inputs)
-    with ctx.timings.stage("stage 1") as record:
-        sigmas = torch.tensor(P.DISTILLED_SIGMA_VALUES, device=device)
-        vtools, atools = sampling.video_tools(shape1), sampling.audio_tools(shape1)
-        video = sampling.noised_state(vtools, conditionings, noiser, dtype, device)
-        audio = sampling.noised_state(atools, [], noiser, dtype, device)
-        runner, video = _stage_1_dit(ctx, vtools, video)
-        denoise = sampling.simple_denoise(runner, prompt)
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="stage 1", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    video, audio = sampling.sampling_stage(
+        ctx, STAGES[0], conditionings, noiser, prompt, attention_masked=f"{MASK_FLAG} sets a self-attention mask"
+    )
     if inputs.skip_stage_2:
         return decode(ctx, video.latent, audio.latent, req.profile(stage=1), generator)
 
-    # Stage 2: upsample x2, refine on the distilled sigma tail with the plain transformer (no LoRA).
-    with ctx.timings.stage("upsample"):
-        upscaled = stack.upsampler(req.profile(stage=1))(video.latent[:1])
-    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 2",
-        2,
-        conditionings,
-        noiser,
-        torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
-        lambda runner: sampling.simple_denoise(runner, prompt),
-        initial_video=upscaled,
-        initial_audio=audio.latent,
-        stack=replace(stack, ckset=stack.ckset.with_loras(())),  # shares `used` / `folders` with `stack`
+    # Stage 2 refines with the plain distilled transformer: no IC-LoRA, no reference.
+    plain = replace(stack, ckset=stack.ckset.with_loras(()))  # shares `used` / `folders` with `stack`
+    video, audio = sampling.upsample_then_refine(
+        ctx, STAGES[1], video, audio, noiser, prompt, image_conditionings, stack=plain
     )
-
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)

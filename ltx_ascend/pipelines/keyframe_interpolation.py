@@ -18,6 +18,7 @@ from ltx_ascend.pipelines.media import load_image
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True
+STAGES = ti2vid_two_stages.STAGES  # it runs ti2vid_two_stages with other conditioning items
 
 
 def check(args: argparse.Namespace, request: Request) -> None:

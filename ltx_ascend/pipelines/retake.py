@@ -6,16 +6,14 @@ the window keep a zero denoise mask, so they come back as the source encoded and
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.components.patchifiers import get_pixel_coords
-from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.tools import LatentTools
 from ltx_core.types import Audio, AudioLatentShape, LatentState, SpatioTemporalScaleFactors
 
@@ -26,10 +24,15 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.audio_input import decode_audio
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
+from ltx_ascend.pipelines.stages import StageSpec
 from ltx_ascend.pipelines.video_input import load_video, probe_video
 from ltx_ascend.shapes import check_pixel_shape
 
+log = logging.getLogger(__name__)
+
 TWO_STAGE = False
+# One guided stage at the source's size over the whole clip; the window's denoise mask keeps the rest.
+STAGES = (StageSpec("denoise", None, "ltx2", guidance="guided"),)
 NEEDS_DISTILLED_LORA = False
 # ltx-pipelines' retake CLI: seed 42, 40 steps (RetakePipeline's default), an empty negative prompt,
 # the checkpoint's guidance (LTX-2.3). The size, frame count and frame rate are the source video's.
@@ -129,11 +132,10 @@ def run(ctx: RunContext) -> Output:
     req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
     if req.seed < 0:  # as ltx-pipelines: a negative seed draws one
         req.seed = int(torch.randint(0, 2**31, (1,), device=device).item())
-        print(f"seed {req.seed}", flush=True)
+        log.info("seed %d", req.seed)
     start, end = req.extra["start_time"], req.extra["end_time"]
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
     shape = req.pixel_shape()
 
     with ctx.timings.stage("source encode"):
@@ -154,27 +156,19 @@ def run(ctx: RunContext) -> Output:
     with ctx.timings.stage("prompt"):
         positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
 
-    with ctx.timings.stage("denoise") as record:
-        sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-        vtools, atools = sampling.video_tools(shape), sampling.audio_tools(shape)
-        video = sampling.noised_state(
-            vtools, [TemporalRegionMask(start, end, shape.fps)], noiser, dtype, device, initial_latent=video_latent
-        )
-        audio = sampling.noised_state(atools, audio_conditionings, noiser, dtype, device, initial_latent=audio_latent)
-        runner = stack.dit(req.profile(batch=sampling.passes_per_step(req.video_guider, req.audio_guider)))
-        denoise = sampling.guided_denoise(
-            runner,
-            positive,
-            negative,
-            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
-            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
-        )
-        video, audio = sampling.euler_loop(
-            sigmas, video, audio, stepper, denoise, desc="retake", on_step=record.steps.append
-        )
-        video = vtools.unpatchify(vtools.clear_conditioning(video))
-        audio = atools.unpatchify(atools.clear_conditioning(audio))
-        del runner, denoise
-        stack.free()
+    # The source, noised inside the window only (the window's mask), at full scale from sigma 1.
+    window = [TemporalRegionMask(start, end, shape.fps)]
+    video, audio = sampling.sampling_stage(
+        ctx,
+        STAGES[0],
+        window,
+        noiser,
+        positive,
+        negative,
+        initial_video=video_latent,
+        initial_audio=audio_latent,
+        audio_conditionings=audio_conditionings,
+        noise_scale=1.0,
+    )
 
     return decode(ctx, video.latent, audio.latent, req.profile(), generator)

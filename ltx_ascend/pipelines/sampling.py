@@ -6,11 +6,13 @@ passes of a step on a compiled graph (batched where the graph's batch allows).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from ltx_core.components.guiders import MultiModalGuider
+from ltx_core.components.diffusion_steps import EulerDiffusionStep
+from ltx_core.components.guiders import MultiModalGuider, create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier
 from ltx_core.conditioning import ConditioningItem
@@ -18,14 +20,15 @@ from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, Pe
 from ltx_core.model.transformer.modality import Modality
 from ltx_core.tools import AudioLatentTools, LatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, LatentState, VideoLatentShape, VideoPixelShape
-from tqdm import tqdm
 
 from ltx_ascend.errors import UserError
+from ltx_ascend.pipelines import res2s
+from ltx_ascend.pipelines.conditioning import ConditioningsFor
 from ltx_ascend.pipelines.dit_runner import DiTRunner, Pass
+from ltx_ascend.pipelines.samplers import DenoiseFn, euler_loop
+from ltx_ascend.pipelines.stages import FIXED_AUDIO_GUIDER, StageSpec
 from ltx_ascend.pipelines.text import PromptEmbeddings
 from ltx_ascend.shapes import LATENT_CHANNELS
-
-DenoiseFn = Callable[[LatentState, LatentState, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def video_tools(shape: VideoPixelShape) -> VideoLatentTools:
@@ -62,35 +65,6 @@ def modality(state: LatentState, context: torch.Tensor, sigma: torch.Tensor) -> 
         context=context,
         attention_mask=state.attention_mask,
     )
-
-
-def post_process(denoised: torch.Tensor, mask: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Keep conditioned tokens clean: blend the prediction with the clean latent by the mask."""
-    return (denoised * mask + clean.float() * (1 - mask)).to(denoised.dtype)
-
-
-def euler_loop(
-    sigmas: torch.Tensor,
-    video: LatentState,
-    audio: LatentState,
-    stepper,
-    denoise: DenoiseFn,
-    *,
-    desc: str,
-    on_step: Callable[[float], None] | None = None,
-) -> tuple[LatentState, LatentState]:
-    import time
-
-    for step in tqdm(range(len(sigmas) - 1), desc=desc, leave=False):
-        start = time.perf_counter()
-        v, a = denoise(video, audio, sigmas, step)
-        v = post_process(v, video.denoise_mask, video.clean_latent)
-        a = post_process(a, audio.denoise_mask, audio.clean_latent)
-        video = replace(video, latent=stepper.step(video.latent, v, sigmas, step))
-        audio = replace(audio, latent=stepper.step(audio.latent, a, sigmas, step))
-        if on_step:
-            on_step(time.perf_counter() - start)
-    return video, audio
 
 
 def simple_denoise(runner: DiTRunner, prompt: PromptEmbeddings) -> DenoiseFn:
@@ -161,78 +135,126 @@ def guided_denoise(
     return fn
 
 
-def passes_per_step(video_params, audio_params) -> int:
-    """How many transformer passes a guided step runs (what a batched DiT graph should hold)."""
-    cfg = video_params.cfg_scale != 1.0 or audio_params.cfg_scale != 1.0
-    stg = video_params.stg_scale != 0.0 or audio_params.stg_scale != 0.0
-    mod = video_params.modality_scale != 1.0 or audio_params.modality_scale != 1.0
-    return 1 + int(cfg) + int(stg) + int(mod)
-
-
 def conditioning_tokens(tools: LatentTools, state: LatentState) -> int:
     """Tokens that conditioning items appended after the latent grid (keyframes, references): the
     `conditioning_tokens` a DiT profile for this state needs. Reads the built state, never counts by hand."""
     return state.latent.shape[1] - tools.patchifier.get_token_count(tools.target_shape)
 
 
-def guided(positive: PromptEmbeddings, negative: PromptEmbeddings, video_params, audio_params):
-    """`make_denoise` for `sampling_stage`: CFG / STG / modality guidance with these parameters."""
-    from ltx_core.components.guiders import create_multimodal_guider_factory
-
-    def make(runner: DiTRunner) -> DenoiseFn:
+def stage_denoise(
+    spec: StageSpec, runner: DiTRunner, req, positive: PromptEmbeddings, negative: PromptEmbeddings | None
+) -> DenoiseFn:
+    """The denoiser of a stage's declared guidance, on `runner`."""
+    if spec.guidance == "none":
+        return simple_denoise(runner, positive)
+    if spec.guidance == "guided":
         return guided_denoise(
             runner,
             positive,
             negative,
-            create_multimodal_guider_factory(params=video_params, negative_context=negative.video),
-            create_multimodal_guider_factory(params=audio_params, negative_context=negative.audio),
+            create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
+            create_multimodal_guider_factory(params=req.audio_guider, negative_context=negative.audio),
         )
+    # "video": the audio guider has no negative context, so ltx-pipelines' unconditional pass keeps the
+    # positive audio context (the audio tokens are the same fixed input in every pass).
+    return guided_denoise(
+        runner,
+        positive,
+        PromptEmbeddings(video=negative.video, audio=positive.audio),
+        create_multimodal_guider_factory(params=req.video_guider, negative_context=negative.video),
+        create_multimodal_guider_factory(params=FIXED_AUDIO_GUIDER),
+    )
 
-    return make
+
+def _loop(spec: StageSpec, ctx, stack):
+    """The step loop of the stage's sampler: Euler, or res_2s in the device policy's high precision."""
+    if spec.sampler == "res2s":
+        return functools.partial(
+            res2s.res2s_loop, high_precision=stack.policy.high_precision_dtype, model_dtype=ctx.dtype
+        )
+    return functools.partial(euler_loop, stepper=EulerDiffusionStep())
 
 
-def _euler(sigmas, video, audio, denoise, *, desc, on_step):
-    from ltx_core.components.diffusion_steps import EulerDiffusionStep
-
-    return euler_loop(sigmas, video, audio, EulerDiffusionStep(), denoise, desc=desc, on_step=on_step)
+def _open_dit(stack, req, spec: StageSpec, passes: int, loras: tuple, vtools, video: LatentState, masked: str | None):
+    """The DiT for this state: the compiled graph at its conditioned token count, or, for a state that
+    carries a real self-attention mask (no compiled graph takes one), ltx-core's transformer eager
+    when the pipeline says why (`masked`), else a one-line refusal."""
+    mask = video.attention_mask
+    if mask is not None and bool((mask == 1).all()):  # all-ones: the same as full attention
+        video = replace(video, attention_mask=None)
+    if video.attention_mask is None:
+        tokens = conditioning_tokens(vtools, video)
+        profile = req.profile(stage=spec.stage, batch=passes, conditioning_tokens=tokens)
+        return stack.dit(profile, loras=loras), video
+    if masked is None:
+        raise UserError(f"{spec.name}: this conditioning sets a self-attention mask, which the DiT graphs do not take")
+    return stack.dit_attention_masked(loras, reason=masked, stage=spec.stage), video
 
 
 def sampling_stage(
     ctx,
-    name: str,
-    stage: int | None,
+    spec: StageSpec,
     conditionings: Sequence[ConditioningItem],
     noiser: GaussianNoiser,
-    sigmas: torch.Tensor,
-    make_denoise: Callable[[DiTRunner], DenoiseFn],
+    positive: PromptEmbeddings,
+    negative: PromptEmbeddings | None = None,
     *,
-    passes: int = 1,
     loras: tuple = (),
     initial_video: torch.Tensor | None = None,
     initial_audio: torch.Tensor | None = None,
-    loop: Callable | None = None,
+    audio_conditionings: Sequence[ConditioningItem] = (),
+    noise_scale: float | None = None,
+    attention_masked: str | None = None,
     stack=None,
 ) -> tuple[LatentState, LatentState]:
-    """One sampling stage as the reference pipelines run it: noise video then audio (the seeded
-    generator's draw order), ask for the DiT graph at the conditioned token count, run `loop`
-    (Euler by default; res2s passes its own), then drop the conditioning tokens and unpatchify.
-    `initial_*` (stage 2) scale the noise by sigmas[0]."""
+    """Run one declared stage as the reference pipelines run it: noise video then audio (the seeded
+    generator's draw order), open the DiT graph at the conditioned token count and the declared
+    guidance's pass count, run the declared sampler over the declared schedule, then drop the
+    conditioning tokens and unpatchify.
+
+    Hooks for what the pipelines add: `initial_*` start from a latent (stage 2, retake's source);
+    the noise is then scaled by sigmas[0] unless `noise_scale` says otherwise; `audio_conditionings`
+    act on the audio state (retake's time window, a2vid's fixed audio); `attention_masked` names why
+    the video state may carry a self-attention mask (IC-LoRA), which then runs the DiT eager."""
     req, device, dtype = ctx.request, ctx.device, ctx.dtype
     stack = stack or ctx.stack
-    shape = req.pixel_shape(stage=stage)
-    noise_scale = sigmas[0] if initial_video is not None else 1.0
-    with ctx.timings.stage(name) as record:
+    shape = req.pixel_shape(stage=spec.stage)
+    passes = spec.passes(req.video_guider, req.audio_guider)
+    with ctx.timings.stage(spec.name) as record:
+        sigmas = spec.sigmas(req.num_inference_steps, shape, device)
+        if noise_scale is None:
+            noise_scale = sigmas[0] if initial_video is not None else 1.0
         vtools, atools = video_tools(shape), audio_tools(shape)
         video = noised_state(vtools, conditionings, noiser, dtype, device, noise_scale, initial_video)
-        audio = noised_state(atools, [], noiser, dtype, device, noise_scale, initial_audio)
-        if video.attention_mask is not None:  # ltx-core's latent and keyframe items leave it None
-            raise UserError(f"{name}: this conditioning sets a self-attention mask, which the DiT graphs do not take")
-        tokens = conditioning_tokens(vtools, video)
-        runner = stack.dit(req.profile(stage=stage, batch=passes, conditioning_tokens=tokens), loras=loras)
-        denoise = make_denoise(runner)
-        video, audio = (loop or _euler)(sigmas, video, audio, denoise, desc=name, on_step=record.steps.append)
+        audio = noised_state(atools, audio_conditionings, noiser, dtype, device, noise_scale, initial_audio)
+        runner, video = _open_dit(stack, req, spec, passes, loras, vtools, video, attention_masked)
+        denoise = stage_denoise(spec, runner, req, positive, negative)
+        video, audio = _loop(spec, ctx, stack)(sigmas, video, audio, denoise=denoise, desc=spec.name,
+                                               on_step=record.steps.append)  # fmt: skip
         video = vtools.unpatchify(vtools.clear_conditioning(video))
         audio = atools.unpatchify(atools.clear_conditioning(audio))
         del runner, denoise
         stack.free()
     return video, audio
+
+
+def upsample_then_refine(
+    ctx,
+    spec: StageSpec,
+    video: LatentState,
+    audio: LatentState,
+    noiser: GaussianNoiser,
+    positive: PromptEmbeddings,
+    conditionings_for: ConditioningsFor,
+    **stage_options,
+) -> tuple[LatentState, LatentState]:
+    """Stage 2 of every two-stage pipeline: ltx-core's x2 latent upsampler on stage 1's video, the
+    images conditioned again at full size, then `spec` (the distilled tail, one pass a step) from
+    the upsampled video and stage 1's audio, noised to the first sigma. `stage_options` go to
+    `sampling_stage` (loras, the stack, a2vid's fixed audio)."""
+    req = ctx.request
+    with ctx.timings.stage("upsample"):
+        upscaled = ctx.stack.upsampler(req.profile(stage=1))(video.latent[:1])
+    conditionings = conditionings_for(ctx, req.images, req.pixel_shape(stage=2), stage=2)
+    stage_options.setdefault("initial_audio", audio.latent)
+    return sampling_stage(ctx, spec, conditionings, noiser, positive, initial_video=upscaled, **stage_options)

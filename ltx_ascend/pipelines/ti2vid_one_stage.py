@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.schedulers import LTX2Scheduler
 
 from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines import params as P
@@ -18,8 +16,10 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
+from ltx_ascend.pipelines.stages import StageSpec
 
 TWO_STAGE = False
+STAGES = (StageSpec("denoise", None, "ltx2", guidance="guided"),)
 NEEDS_DISTILLED_LORA = False
 # ltx-pipelines' one-stage parser defaults to the LTX-2.3 settings at stage-1 size (512x768).
 DEFAULTS = replace(P.LTX_2_3, height=P.LTX_2_3.height // 2, width=P.LTX_2_3.width // 2)
@@ -33,27 +33,14 @@ def check(args, request: Request) -> None:
 
 
 def run(ctx: RunContext) -> Output:
-    req, device = ctx.request, ctx.device
+    req = ctx.request
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
 
     with ctx.timings.stage("prompt"):
         positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
 
-    shape = req.pixel_shape()
-    profile = req.profile()
     with ctx.timings.stage("conditioning"):
-        conditionings = image_conditionings(ctx, req.images, shape, stage=None)
-    sigmas = LTX2Scheduler().execute(steps=req.num_inference_steps).to(dtype=torch.float32, device=device)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "denoise",
-        None,
-        conditionings,
-        noiser,
-        sigmas,
-        sampling.guided(positive, negative, req.video_guider, req.audio_guider),
-        passes=sampling.passes_per_step(req.video_guider, req.audio_guider),
-    )
-
-    return decode(ctx, video.latent, audio.latent, profile, generator)
+        conditionings = image_conditionings(ctx, req.images, req.pixel_shape(), stage=None)
+    video, audio = sampling.sampling_stage(ctx, STAGES[0], conditionings, noiser, positive, negative)
+    return decode(ctx, video.latent, audio.latent, req.profile(), generator)

@@ -9,13 +9,9 @@ LoRA is fused in both stages, at --distilled-lora-strength-stage-1 / -2 (the STR
 from __future__ import annotations
 
 import argparse
-import functools
 from dataclasses import replace
 
-import torch
 from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.schedulers import LTX2Scheduler
-from ltx_core.types import VideoLatentShape
 
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.errors import UserError
@@ -24,9 +20,15 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.res2s import res2s_loop
+from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, StageSpec
 
 TWO_STAGE = True
+# Stage 1: half size, guided res_2s, the scheduler shifted for the stage-1 token count; stage 2:
+# res_2s on the distilled sigma tail. The distilled LoRA is fused in both, at its per-stage strength.
+STAGES = (
+    StageSpec("stage 1", 1, "ltx2-stage-tokens", guidance="guided", sampler="res2s"),
+    replace(STAGE_2_DISTILLED, sampler="res2s"),
+)
 DEFAULTS = P.LTX_2_3_HQ
 # Tiny set: the tiny shape with the HQ step count and guidance (no STG, so no block to pick).
 TINY_DEFAULTS = replace(
@@ -83,55 +85,19 @@ def _stage_lora(req: Request, stage: int) -> tuple[LoraSpec, ...]:
 
 
 def run(ctx: RunContext) -> Output:
-    req, stack, device, dtype = ctx.request, ctx.stack, ctx.device, ctx.dtype
+    req = ctx.request
     generator = ctx.generator()
     noiser = GaussianNoiser(generator=generator)
 
     with ctx.timings.stage("prompt"):
         positive, negative = ctx.prompts.encode([req.prompt, req.negative_prompt])
 
-    # Stage 1: half size, res_2s with guidance, the distilled LoRA at the stage-1 strength.
-    shape1 = req.pixel_shape(stage=1)
-    profile1 = req.profile(stage=1)
     with ctx.timings.stage("stage 1 conditioning"):
-        conditionings = image_conditionings(ctx, req.images, shape1, stage=1)
-    # The scheduler's shift follows the stage-1 token count (a meta tensor carries the shape).
-    latent_shape = VideoLatentShape.from_pixel_shape(shape1).to_torch_shape()
-    sigmas = (
-        LTX2Scheduler()
-        .execute(latent=torch.empty(latent_shape, device="meta"), steps=req.num_inference_steps)
-        .to(dtype=torch.float32, device=device)
-    )
-    res2s = functools.partial(res2s_loop, high_precision=stack.policy.high_precision_dtype, model_dtype=dtype)
+        conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=1), stage=1)
     video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 1",
-        1,
-        conditionings,
-        noiser,
-        sigmas,
-        sampling.guided(positive, negative, req.video_guider, req.audio_guider),
-        passes=sampling.passes_per_step(req.video_guider, req.audio_guider),
-        loras=_stage_lora(req, stage=1),
-        loop=res2s,
+        ctx, STAGES[0], conditionings, noiser, positive, negative, loras=_stage_lora(req, stage=1)
     )
-
-    # Stage 2: upsample x2, refine on the distilled sigma tail with the stage-2 LoRA strength.
-    with ctx.timings.stage("upsample"):
-        upscaled = stack.upsampler(profile1)(video.latent[:1])
-    conditionings = image_conditionings(ctx, req.images, req.pixel_shape(stage=2), stage=2)
-    video, audio = sampling.sampling_stage(
-        ctx,
-        "stage 2",
-        2,
-        conditionings,
-        noiser,
-        torch.tensor(P.STAGE_2_DISTILLED_SIGMA_VALUES, device=device),
-        lambda runner: sampling.simple_denoise(runner, positive),
-        loras=_stage_lora(req, stage=2),
-        initial_video=upscaled,
-        initial_audio=audio.latent,
-        loop=res2s,
+    video, audio = sampling.upsample_then_refine(
+        ctx, STAGES[1], video, audio, noiser, positive, image_conditionings, loras=_stage_lora(req, stage=2)
     )
-
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)

@@ -25,6 +25,7 @@ from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
+from ltx_ascend.pipelines.stages import PIPELINES, PlannedStage, declared_stages
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import read_skip_ratios
 from ltx_ascend.runtime.dit_memory import (
@@ -72,35 +73,18 @@ PUBLISHED_910B = {
     ("ti2vid_two_stages", False): {"stage 1": 2.68, "stage 2": 2.59},
     ("ti2vid_two_stages", True): {"stage 1": 6.76, "stage 2": 2.65},
     ("ti2vid_two_stages_hq", True): {"stage 1": 11.3, "stage 2": 7.54},
-    ("ti2vid_one_stage", True): {"stage 1": 7.25},
+    ("ti2vid_one_stage", True): {"denoise": 7.25},
     ("distilled", False): {"stage 1": 0.71, "stage 2": 2.62},
     ("keyframe_interpolation", True): {"stage 1": 6.79, "stage 2": 3.80},
     ("a2vid_two_stage", True): {"stage 1": 8.33, "stage 2": 2.61},
 }
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One denoising stage: `steps` steps of `passes` DiT passes each (res2s: 2 evaluations)."""
-
-    name: str
-    stage: int | None
-    steps: int
-    passes: int
-    evals_per_step: int = 1
-
-
-# The stage structure of each pipeline at LTX-2.3's defaults (ltx-pipelines 1.0.0).
-PIPELINE_STAGES: dict[str, list[Stage]] = {
-    "ti2vid_two_stages": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
-    "ti2vid_two_stages_hq": [Stage("stage 1", 1, 15, 3, 2), Stage("stage 2", 2, 3, 1, 2)],
-    "ti2vid_one_stage": [Stage("stage 1", None, 30, 4)],
-    "distilled": [Stage("stage 1", 1, 8, 1), Stage("stage 2", 2, 3, 1)],
-    "keyframe_interpolation": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
-    "a2vid_two_stage": [Stage("stage 1", 1, 30, 4), Stage("stage 2", 2, 3, 1)],
-    "retake": [Stage("stage 1", None, 30, 4)],
-    "ic_lora": [Stage("stage 1", 1, 8, 1), Stage("stage 2", 2, 3, 1)],  # distilled sigmas, one pass a step
-}
+def pipeline_stages(pipeline: str) -> list[PlannedStage]:
+    """The pipeline's own stage declaration (`STAGES` in its module) at its LTX-2.3 defaults."""
+    if pipeline not in PIPELINES:
+        raise UserError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    return declared_stages(pipeline)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,14 +216,14 @@ def _gemma_flops(tokens: int) -> tuple[float, float]:
 
 
 def skipped_block_fraction(
-    spec: StepCacheSpec, stage: Stage, num_layers: int, expected: dict[str, float] | float | None
+    spec: StepCacheSpec, stage: PlannedStage, num_layers: int, expected: dict[str, float] | float | None
 ) -> float:
     """Share of a stage's DiT block calls a step cache skips: exact for a block schedule; for auto,
     the calibration file's measured ratio for this stage, or the stated `expected` ratio."""
     if not spec.applies_to(stage.stage):
         return 0.0
     if spec.policy == "block":
-        evaluations = stage.steps * stage.evals_per_step
+        evaluations = stage.evaluations
         first, stop = spec.block_range(num_layers)
         return spec.reused_steps(evaluations) / evaluations * (stop - first) / num_layers
     ratio = expected.get(stage.name) if isinstance(expected, dict) else expected
@@ -264,15 +248,14 @@ def plan(
 ) -> dict[str, Any]:
     """The plan. `streaming`: compare with the published streamed figures; `prefetch` (the streaming
     prefetch count) adds the streamed peak memory and time per stage."""
-    if pipeline not in PIPELINE_STAGES:
-        raise UserError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINE_STAGES)}")
+    stages = pipeline_stages(pipeline)
     from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
     from ltx_core.model.video_vae import VideoDecoderConfigurator
 
     bytes_per = dtypes.itemsize(dtype)
     peak_flops = soc.peak_tflops * 1e12
     frames, height, width = parse_shape(shape)
-    two_stage = any(s.stage is not None for s in PIPELINE_STAGES[pipeline])
+    two_stage = any(s.stage is not None for s in stages)
     rows: list[Row] = []
     dit = meta_dit(config)
     dit_params = param_count(dit)
@@ -286,11 +269,11 @@ def plan(
                     gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops))  # fmt: skip
     step_cache = step_cache or StepCacheSpec()
     step_cache.check(len(dit.transformer_blocks))
-    for st in PIPELINE_STAGES[pipeline]:
+    for st in stages:
         profile = shape_profile((frames, height, width), stage=st.stage)
         flops = dit_flops_per_pass(dit, profile)
         per_pass = flops["total"]
-        calls = st.steps * st.passes * st.evals_per_step
+        calls = st.dit_passes
         act = activation_bytes(dit.transformer_blocks[0], profile, bytes_per, st.passes)
         step_s = per_pass * st.passes * st.evals_per_step / peak_flops
         row = Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
@@ -331,7 +314,7 @@ def plan(
     block_gb = param_count(dit.transformer_blocks[0]) * bytes_per / 1e9
     biggest = max(
         (dit_memory(config, shape_profile((frames, height, width), stage=st.stage), bytes_per, st.passes)
-         for st in PIPELINE_STAGES[pipeline]),
+         for st in stages),
         key=lambda m: m.activation_bytes,
     )  # fmt: skip
     fits = need_gb <= soc.hbm_gb * USABLE_FRACTION
@@ -408,7 +391,7 @@ def parallel_plan(
     for r in result["rows"]:
         if not r["component"].startswith("dit"):
             continue
-        st = next(s for s in PIPELINE_STAGES[result["pipeline"]] if s.name == r["stage"])
+        st = next(s for s in pipeline_stages(result["pipeline"]) if s.name == r["stage"])
         profile = shape_profile((frames, height, width), stage=st.stage)
         tv, ta = profile.video_tokens, profile.audio_tokens
         mine = math.ceil(st.passes / cfg)
@@ -505,7 +488,7 @@ def format_plan(result: dict[str, Any]) -> str:
 def _streamed_stage(
     config: dict[str, Any],
     profile: ShapeProfile,
-    st: Stage,
+    st: PlannedStage,
     bytes_per: int,
     soc: Soc,
     prefetch: int,
@@ -573,7 +556,7 @@ def format_streaming(result: dict[str, Any]) -> list[str]:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="ltx-plan", description=__doc__.splitlines()[0])
-    parser.add_argument("pipeline", choices=tuple(PIPELINE_STAGES))
+    parser.add_argument("pipeline", choices=tuple(PIPELINES))
     parser.add_argument("--shape", required=True, help="FRAMESxHEIGHTxWIDTH of the output, e.g. 41x1024x1536")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint-path", type=Path, help="read the config from a checkpoint's metadata")
