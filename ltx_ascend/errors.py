@@ -31,11 +31,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def cli_entry(fn: F) -> F:
-    """Wrap a console-script main: UserError becomes `error: ...` on stderr and exit 2; any other
-    exception is an internal error: its traceback, one line saying it is a bug, exit 1."""
+    """Wrap a console-script main: library log records become console lines; UserError becomes
+    `error: ...` on stderr and exit 2; any other exception is an internal error: its traceback, one
+    line saying it is a bug, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from ltx_ascend.console import to_console
+
+        to_console()
         try:
             code = fn(*args, **kwargs)
         except UserError as exc:

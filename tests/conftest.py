@@ -8,11 +8,18 @@ import pytest
 import torch
 
 from ltx_ascend.checkpoints.tiny import TinySet, write_tiny_set
+from ltx_ascend.console import to_console
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinySet:
     return write_tiny_set(tmp_path_factory.mktemp("tiny") / "set", seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _library_messages_on_the_console() -> None:
+    """As under every CLI: `ltx_ascend` log records print as console lines (tests read them with capsys)."""
+    to_console()
 
 
 @pytest.fixture(autouse=True)

@@ -69,6 +69,7 @@ def test_declared_stages_are_what_the_pipeline_runs(pipeline, tiny, tmp_path, pr
         assert stage["steps"] == d.steps, (stage, d)
         assert stage["dit"]["skipped_block_calls"] == 0
         assert stage["dit"]["block_calls"] == d.dit_passes * layers, (stage, d)
+        assert stage["plan"] == dataclasses.asdict(d)  # the timing table carries the declaration
 
 
 def test_plan_reads_the_declaration_at_the_pipelines_defaults():
@@ -89,3 +90,14 @@ def test_a_sigma_table_must_end_at_zero():
     with pytest.raises(ValueError, match="ends at 0"):
         StageSpec("x", 2, (1.0, 0.5))
     assert dataclasses.replace(StageSpec("x", 2, (1.0, 0.0)), sampler="res2s").evaluations(1) == 3
+
+
+def test_library_warnings_print_as_the_clis_printed_them(capsys):
+    """Library code logs; the console handler every CLI installs prints the message alone, warnings on
+    stderr and info on stdout, to the streams of the moment."""
+    import logging
+
+    logging.getLogger("ltx_ascend.pipelines.stack").warning("warning: dit: %s; falling back to eager", "why")
+    logging.getLogger("ltx_ascend.pipelines.retake").info("seed %d", 7)
+    out, err = capsys.readouterr()
+    assert (out, err) == ("seed 7\n", "warning: dit: why; falling back to eager\n")

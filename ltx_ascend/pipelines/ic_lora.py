@@ -18,6 +18,7 @@ import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.conditioning import (
     ConditioningItem,
@@ -34,14 +35,8 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.reference_video import (
-    check_video_file,
-    count_frames,
-    encodable_frames,
-    load_video,
-    mask_to_latent,
-)
 from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED
+from ltx_ascend.pipelines.video_input import check_video_file, count_frames, load_video
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True
@@ -188,6 +183,32 @@ def check(args: argparse.Namespace, req: Request) -> None:
     req.extra["ic_lora"] = ICLoraInputs(videos, frames, factor, mask, bool(args.skip_stage_2))
 
 
+def encodable_frames(frames: int) -> int:
+    """The frames the video VAE encodes of a `frames`-long clip: it crops to 8k+1 (ltx-core's VideoEncoder)."""
+    return (frames - 1) // 8 * 8 + 1
+
+
+def mask_to_latent(mask: torch.Tensor, latent_frames: int, latent_height: int, latent_width: int) -> torch.Tensor:
+    """A pixel-space mask [B, 1, F, H, W] in [0, 1] -> per-token weights [B, F' * H' * W'] in the
+    patchifier's (f, h, w) order: area-downsampled per frame, the first frame kept alone (causal VAE),
+    the others averaged in groups of (F - 1) / (F' - 1) (ltx-pipelines' `_downsample_mask_to_latent`)."""
+    b, _, f_pix = mask.shape[:3]
+    spatial = torch.nn.functional.interpolate(
+        mask.transpose(1, 2).reshape(b * f_pix, 1, *mask.shape[-2:]), size=(latent_height, latent_width), mode="area"
+    )
+    spatial = spatial.reshape(b, f_pix, 1, latent_height, latent_width).transpose(1, 2)
+    latent = spatial[:, :, :1]
+    if f_pix > 1 and latent_frames > 1:
+        if (f_pix - 1) % (latent_frames - 1):
+            raise UserError(
+                f"attention mask: {f_pix} frames do not fit {latent_frames} latent frames ((F - 1) must divide evenly)"
+            )
+        group = (f_pix - 1) // (latent_frames - 1)
+        rest = spatial[:, :, 1:].reshape(b, 1, latent_frames - 1, group, latent_height, latent_width).mean(dim=3)
+        latent = torch.cat([latent, rest], dim=2)
+    return latent.reshape(b, -1)
+
+
 def reference_conditionings(ctx: RunContext, inputs: ICLoraInputs) -> list[ConditioningItem]:
     """The reference videos as VideoConditionByReferenceLatent items (attention-masked when asked),
     in ltx-pipelines' `_create_conditionings` order."""
@@ -195,12 +216,12 @@ def reference_conditionings(ctx: RunContext, inputs: ICLoraInputs) -> list[Condi
     height, width = req.height // 2 // inputs.downscale_factor, req.width // 2 // inputs.downscale_factor
     mask = None
     if inputs.mask is not None:
-        pixels = load_video(inputs.mask.path, req.height // 2, req.width // 2, req.num_frames, MASK_FLAG, dtype, device)
+        pixels = load_video(inputs.mask.path, req.height // 2, req.width // 2, req.num_frames, dtype, device, MASK_FLAG)
         mask = ((pixels.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
     items: list[ConditioningItem] = []
     for video, count in zip(inputs.videos, inputs.video_frames, strict=True):
         frames = encodable_frames(count)  # what ltx-core's encoder keeps; a compiled encoder has that shape
-        pixels = load_video(video.path, height, width, req.num_frames, VIDEO_FLAG, dtype, device)[:, :, :frames]
+        pixels = load_video(video.path, height, width, req.num_frames, dtype, device, VIDEO_FLAG)[:, :, :frames]
         encoder = ctx.stack.video_encoder(shape_profile((frames, height, width), fps=req.frame_rate))
         latent = encoder(pixels)
         del encoder

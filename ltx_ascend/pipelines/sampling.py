@@ -219,8 +219,9 @@ def sampling_stage(
     req, device, dtype = ctx.request, ctx.device, ctx.dtype
     stack = stack or ctx.stack
     shape = req.pixel_shape(stage=spec.stage)
-    passes = spec.passes(req.video_guider, req.audio_guider)
-    with ctx.timings.stage(spec.name) as record:
+    planned = spec.plan(req.num_inference_steps, req.video_guider, req.audio_guider)
+    passes = planned.passes
+    with ctx.timings.stage(spec.name, planned) as record:
         sigmas = spec.sigmas(req.num_inference_steps, shape, device)
         if noise_scale is None:
             noise_scale = sigmas[0] if initial_video is not None else 1.0

@@ -14,7 +14,7 @@ import dataclasses
 import gc
 import hashlib
 import json
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +46,8 @@ from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
 from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first
+
+log = logging.getLogger(__name__)
 
 COMPILED = ("om", "ort", "onnx")
 OFFLOAD_CHOICES = ("none", "text-encoder", "all")
@@ -343,7 +345,7 @@ class ModelStack:
             reason = f"--parallel {parallel.world.layout} runs the DiT eager (no compiled sequence-parallel graphs)"
             if self.fallback == "none":
                 raise UserError(f"dit: {reason}; pass --backend dit=eager or drop ulysses")
-            print(f"warning: dit: {reason}; falling back to eager", file=sys.stderr)
+            log.warning("warning: dit: %s; falling back to eager", reason)
             sessions = None
             self.used["dit"] = "eager"
         else:
@@ -409,9 +411,9 @@ class ModelStack:
         if self.backends.of("dit") != "eager":
             if self.fallback == "none":
                 raise UserError(f"dit: {reason}, which no compiled DiT graph takes (drop --fallback none to run eager)")
-            print(f"warning: dit: {reason}, which no compiled DiT graph takes; falling back to eager", file=sys.stderr)
+            log.warning("warning: dit: %s, which no compiled DiT graph takes; falling back to eager", reason)
         if self.streaming_prefetch is not None or self.max_device_memory_gb is not None:
-            print(f"warning: dit: {reason}: ltx-core's transformer runs whole, every block resident", file=sys.stderr)
+            log.warning("warning: dit: %s: ltx-core's transformer runs whole, every block resident", reason)
         self.used["dit"] = "eager"
         model = X0Model(self._load_dit(self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
 
@@ -536,7 +538,7 @@ class ModelStack:
 
         del profile
         if self.backends.of("audio_encoder") != "eager" and "audio_encoder" in self.backends.per_component:
-            print("warning: audio_encoder: runs eager only (its mel spectrogram is a complex op)", file=sys.stderr)
+            log.warning("warning: audio_encoder: runs eager only (its mel spectrogram is a complex op)")
         self.used["audio_encoder"] = "eager"
         encoder = self._load("audio_encoder", self.ckset)
         processor = AudioProcessor(

@@ -1,15 +1,19 @@
-"""Per-stage timings, printed as the seed's table (steps x seconds per step, decode, total)."""
+"""Per-stage timings, printed as the seed's table (steps x seconds per step, decode, total).
+
+A sampling stage's row is named after its declaration (`stages.StageSpec`) and carries what the
+declaration plans for it (steps, passes, DiT evaluations, sampler) next to what was measured."""
 
 from __future__ import annotations
 
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
 from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.pipelines.stages import PlannedStage
 from ltx_ascend.pipelines.step_cache import BlockCounts
 
 
@@ -19,6 +23,7 @@ class Stage:
     seconds: float = 0.0
     steps: list[float] = field(default_factory=list)
     dit: BlockCounts | None = None  # the stage's DiT work (DiT runners created inside it add up here)
+    plan: PlannedStage | None = None  # a sampling stage: what its declaration runs
 
 
 class Timings:
@@ -29,8 +34,8 @@ class Timings:
         self.backends: dict[str, str] = {}  # component -> what ran it, variant named ("ort (ort-fused)")
 
     @contextmanager
-    def stage(self, name: str):
-        record = Stage(name)
+    def stage(self, name: str, plan: PlannedStage | None = None):
+        record = Stage(name, plan=plan)
         self.stages.append(record)
         self._open.append(record)
         start = time.perf_counter()
@@ -73,6 +78,7 @@ class Timings:
                     "steps": len(s.steps),
                     "seconds_per_step": round(median(s.steps), 4) if s.steps else None,
                     **({"dit": s.dit.to_json()} if s.dit else {}),
+                    **({"plan": asdict(s.plan)} if s.plan else {}),
                 }
                 for s in self.stages
             ],

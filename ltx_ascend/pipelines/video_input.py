@@ -1,16 +1,18 @@
-"""Video inputs: probe a video file's stream and decode its frames as a [-1, 1] pixel video.
+"""The one video reader: retake's source and IC-LoRA's reference videos and mask.
 
-Reproduces ltx-pipelines' `get_videostream_metadata` and `load_video_conditioning` (RGB frames,
-resized to fill and centre-cropped, normalised), with one-line errors for files that do not decode.
+Reproduces ltx-pipelines' `get_videostream_metadata` and `load_video_conditioning`: frames decoded
+with PyAV (`frame.to_rgb()`), at most `frame_cap` of them, each resized to fill the target and
+centre-cropped in float32, mapped to [-1, 1], then cast. Every failure is a one-line UserError
+naming the flag and the file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import numpy as np
 import torch
 
 from ltx_ascend.errors import UserError
@@ -67,31 +69,58 @@ def probe_video(path: str | Path, flag: str = "--video-path") -> VideoInfo:
     return VideoInfo(fps=fps, frames=frames, width=width, height=height)
 
 
+def check_video_file(path: str | Path, flag: str) -> None:
+    """Cheap checks before anything is built: the file exists, opens as a container, has a video stream."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: file not found")
+    try:
+        with av.open(str(path)) as container:
+            if not any(s.type == "video" for s in container.streams):
+                raise UserError(f"{flag} {path}: has no video stream")
+    except av.error.FFmpegError as exc:
+        raise UserError(f"{flag} {path}: cannot open it as a video ({exc})") from None
+
+
+def decode_frames(path: str | Path, frame_cap: int, flag: str) -> Iterator[torch.Tensor]:
+    """uint8 frames [1, H, W, 3], the first `frame_cap` of the first video stream."""
+    path = Path(path)
+    container = _open(path, flag)
+    try:
+        stream = next(s for s in container.streams if s.type == "video")
+        for count, frame in enumerate(container.decode(stream), start=1):
+            yield torch.tensor(frame.to_rgb().to_ndarray(), dtype=torch.uint8).unsqueeze(0)
+            if count == frame_cap:
+                break
+    except _AV_ERRORS as exc:
+        raise UserError(f"{flag} {path}: cannot decode its frames ({exc})") from None
+    finally:
+        container.close()
+
+
+def count_frames(path: str | Path, frame_cap: int, flag: str) -> int:
+    """How many frames decode (at most `frame_cap`); a file with none is an error."""
+    count = sum(1 for _ in decode_frames(path, frame_cap, flag))
+    if not count:
+        raise UserError(f"{flag} {path}: no frame decodes from it")
+    return count
+
+
 def load_video(
     path: str | Path,
     height: int,
     width: int,
     frame_cap: int,
     dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device | str,
     flag: str = "--video-path",
 ) -> torch.Tensor:
-    """The first `frame_cap` frames as [1, 3, F, height, width] in [-1, 1]."""
-    path = Path(path)
-    container = _open(path, flag)
-    frames = []
-    try:
-        stream = next(s for s in container.streams if s.type == "video")
-        for frame in container.decode(stream):
-            frames.append(frame.to_rgb().to_ndarray())
-            if len(frames) == frame_cap:
-                break
-    except _AV_ERRORS as exc:
-        raise UserError(f"{flag} {path}: cannot decode its frames ({exc})") from None
-    finally:
-        container.close()
+    """[1, 3, F, height, width] in [-1, 1], F <= frame_cap: per frame, resize and crop in float32,
+    `x / 127.5 - 1`, then cast (ltx-pipelines' `load_video_conditioning`, argument order included)."""
+    frames = [
+        (resize_and_center_crop(f.to(device=device, dtype=torch.float32), height, width) / 127.5 - 1.0).to(dtype)
+        for f in decode_frames(path, frame_cap, flag)
+    ]
     if not frames:
-        raise UserError(f"{flag} {path}: no frames decoded")
-    pixels = torch.from_numpy(np.stack(frames)).to(device=device, dtype=torch.float32)
-    pixels = resize_and_center_crop(pixels, height, width)
-    return (pixels / 127.5 - 1.0).to(device=device, dtype=dtype)
+        raise UserError(f"{flag} {path}: no frame decodes from it")
+    return torch.cat(frames, dim=2)

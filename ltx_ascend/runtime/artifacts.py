@@ -10,14 +10,15 @@ meaning "run it eager" (`fallback="eager"`), or a one-line error (`fallback="non
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import TextIO
+import logging
 
 import torch
 
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime.session import Session, specs_from_manifest
 from ltx_ascend.store import Resolution
+
+log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
 FALLBACKS = ("eager", "none")
@@ -70,7 +71,6 @@ def open_component(
     ep: str = "cpu",
     threads: int | None = None,
     device_id: int = 0,
-    stream: TextIO | None = None,
 ) -> dict[str, Session] | None:
     """The resolution's sessions; or, when it failed or its sessions cannot open for a reason the user
     can fix, None (run eager) after exactly one warning line, or a UserError under `fallback="none"`."""
@@ -84,5 +84,5 @@ def open_component(
             reason = str(exc).splitlines()[0]
     if fallback == "none":
         raise UserError(f"{resolution.component}: {reason}")
-    print(f"warning: {resolution.component}: {reason}; falling back to eager", file=stream or sys.stderr)
+    log.warning("warning: %s: %s; falling back to eager", resolution.component, reason)
     return None
