@@ -83,6 +83,12 @@ def test_plan_rows_are_the_pipelines_declared_stages(tiny):
         result = plan.plan(name, "9x128x192", config, plan.SOCS["Ascend910B4"], "float32")
         rows = [(r["stage"], r["calls"]) for r in result["rows"] if r["component"].startswith("dit")]
         assert rows == [(s.name, s.evaluations * s.passes) for s in declared_stages(name)], name
+    # A calibration file names stages as the timing table does ("denoise" for a one-stage pipeline).
+    from ltx_ascend.pipelines.step_cache import parse_spec
+
+    cached = plan.plan("retake", "9x128x192", config, plan.SOCS["Ascend910B4"], "float32",
+                       step_cache=parse_spec("auto:stages=1"), expected_skip={"denoise": 0.5})  # fmt: skip
+    assert [r["skipped_block_fraction"] for r in cached["rows"] if r["component"].startswith("dit")] == [0.5]
     for name in ("ic_lora", "distilled"):
         first, second = declared_stages(name)
         assert (first.steps, first.passes) == (len(P.DISTILLED_SIGMA_VALUES) - 1, 1), name
