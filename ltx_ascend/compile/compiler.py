@@ -9,6 +9,7 @@ ATC actually wrote for each graph (it may be `NAME_<os>_<arch>.om`).
 
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from ltx_ascend.compile.ort import PROVIDERS, optimize_for_ort, uses_external_da
 from ltx_ascend.errors import UserError
 from ltx_ascend.graph_lint import Violation, lint_onnx
 from ltx_ascend.store import MANIFEST, PORTABLE, Manifest, Variant, file_hashes, file_sizes, request_key
+
+log = logging.getLogger(__name__)
 
 # Graphs above this size keep their .om weights in a weight/ folder beside the model.
 EXTERNAL_WEIGHT_BYTES = 1 << 30
@@ -182,7 +185,7 @@ def compile_om(
     export, out, jobs = atc_jobs(folder, soc, precision, target_host)
     atc = find_atc()
     for job in jobs:
-        print("  " + shlex.join(build_atc_argv(job, atc or "atc")))
+        log.info("  %s", shlex.join(build_atc_argv(job, atc or "atc")))
     if dry_run:
         return out, False
     if atc is None:
