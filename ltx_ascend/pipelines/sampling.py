@@ -1,4 +1,6 @@
-"""Sampling building blocks shared by the pipelines, on ltx-core's tools, noiser, steppers and guiders.
+"""Sampling on ltx-core's tools, noiser, steppers and guiders: `sampling_stage` runs every stage of
+every pipeline from its declaration (`stages.StageSpec`), `upsample_then_refine` is every two-stage
+pipeline's stage 2.
 
 The only thing not ltx-core's is the transformer call: a `DiTRunner` that runs all guidance
 passes of a step on a compiled graph (batched where the graph's batch allows).
