@@ -96,7 +96,8 @@ class StageSpec:
 
     def evaluations(self, steps: int) -> int:
         """DiT evaluations over `steps` steps (each runs `passes` passes). Every schedule here ends at
-        sigma 0, where res_2s adds one last evaluation (ltx-pipelines' res2s loop does the same)."""
+        sigma 0, where res_2s adds one last evaluation (ltx-pipelines' res2s loop does the same).
+        A guider `skip_step` > 0 (0 at every default) reuses the last prediction on some steps: fewer."""
         return steps * self.evals_per_step + (1 if self.sampler == "res2s" else 0)
 
     def sigmas(self, num_inference_steps: int, shape: VideoPixelShape, device: torch.device) -> torch.Tensor:
