@@ -1,5 +1,5 @@
 """The stages import only what comes before them (export < compile < runtime < pipelines), and the
-neutral modules (store, registry, dtypes, lint, shapes, checkpoints) import no stage."""
+neutral modules (store, registry, dtypes, lint, shapes, console, checkpoints) import no stage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ltx_ascend"
 STAGES = ("export", "compile", "runtime", "pipelines")
-NEUTRAL = ("store", "components", "dtypes", "graph_lint", "shapes", "errors", "atomic", "metrics", "checkpoints")
+NEUTRAL = (
+    "store", "components", "dtypes", "graph_lint", "shapes", "errors", "console", "atomic", "metrics", "checkpoints",
+)  # fmt: skip
 
 
 def _imports(path: Path) -> set[str]:
