@@ -274,7 +274,7 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
 OPSET = 18  # ai.onnx opset of every exported graph but one
 ASCEND_W8A8_OPSET = 16  # the Ascend W8A8 DiT: CANN registers ai.onnx::QuantBatchMatMul for opsets 8-16 only
 QUANTIZATION_SCHEMES = ("w8a8",)
-DIT_LAYOUTS = ("auto", "whole", "blocks")
+DIT_LAYOUTS = ("auto", "whole", "blocks", "split")
 # Bump when a graph form changes (inputs, outputs, patches): old artifacts stop matching.
 GRAPH_FORM_VERSION = 1
 IDENTITY_FIELDS = ("component", "profile", "dtype", "graph_form", "source")
@@ -286,12 +286,14 @@ class Variant:
     """How an artifact's graphs are built, for one runtime or another; not what they compute from.
 
     `npu_ops`: Ascend's fused kernels (ATC only). `ort_fused`: ONNX Runtime's com.microsoft fused
-    kernels (ORT only). The rest only the DiT reads: its layout (one graph, or a block chain), and
-    W8A8 quantization of its block linears (with the patterns kept float and SmoothQuant's alpha)."""
+    kernels (ORT only). The rest only the DiT reads: its layout (one graph, a block chain, or `split`:
+    the block chain cut at its attention cores, at 1/`ulysses` of the tokens, for sequence parallel),
+    and W8A8 quantization of its block linears (with the patterns kept float and SmoothQuant's alpha)."""
 
     npu_ops: bool = False
     ort_fused: bool = False
     dit_layout: str = "auto"
+    ulysses: int = 1
     quantization: str = ""
     quantization_skip: tuple[str, ...] = ()
     smooth_alpha: float | None = None
@@ -333,6 +335,14 @@ class Variant:
             raise UserError(f"--smooth-alpha {self.smooth_alpha}: choose a value between 0 and 1, e.g. 0.5")
         if self.smooth_alpha is not None and not self.quantization:
             raise UserError("--smooth-alpha smooths activations for quantization: add --quantization w8a8")
+        if self.ulysses < 1:
+            raise UserError(f"--ulysses {self.ulysses}: must be >= 1")
+        if self.ulysses > 1 and self.dit_layout != "split":
+            raise UserError(f"--ulysses {self.ulysses} shards the split block chain: add --dit-layout split")
+        if self.dit_layout == "split" and self.npu_ops:
+            raise UserError("--dit-layout split is cut from the portable graph (ATC compiles it as is): drop --npu-ops")
+        if self.dit_layout == "split" and self.quantization:
+            raise UserError("--dit-layout split is built for float graphs (W8A8 is not split yet): drop --quantization")
 
     @classmethod
     def parse(cls, label: str) -> Variant:
@@ -351,6 +361,8 @@ class Variant:
         flags = ["--npu-ops"] * self.npu_ops + ["--ort-fused"] * self.ort_fused
         if self.dit_layout != "auto":
             flags.append(f"--dit-layout {self.dit_layout}")
+        if self.dit_layout == "split":
+            flags.append(f"--ulysses {self.ulysses}")
         if self.quantization:
             flags.append(f"--quantization {self.quantization}")
             flags += [f"--quantization-skip '{p}'" for p in self.quantization_skip]
@@ -377,6 +389,8 @@ def artifact_request(
     }
     if variant.name:  # the portable graph's request carries no variant fields
         request["variant"] = variant.name
+    if variant.dit_layout == "split":  # only the split layout has a rank count: other requests keep their keys
+        request["ulysses"] = variant.ulysses
     if variant.quantization:
         request["quantization"] = {
             "scheme": variant.quantization,

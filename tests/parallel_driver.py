@@ -4,6 +4,7 @@ argv[1] is a JSON list of jobs, run in turn on every rank (one launch instead of
 starting ranks costs more than a tiny pipeline):
   {"ltx-run": [argv...]}          one `ltx-run` invocation
   {"dit-step": CHECKPOINT}        one guided DiT step, single-rank reference vs cfg=2 and ulysses=2
+  {"dit-step-split": [CHECKPOINT, ARTIFACTS]}  the same step, ulysses=2 on the split block graphs (ORT)
 """
 
 from __future__ import annotations
@@ -75,6 +76,59 @@ def dit_step(checkpoint: str) -> int:
     return int(failed)
 
 
+def dit_step_split(checkpoint: str, artifacts: str) -> int:
+    """ulysses=2 on the compiled split block graphs (ONNX Runtime), exported for 9 frames at stage 1
+    with one conditioning token: 13 video and 9 audio tokens, so both shards are padded; three passes
+    (one STG) in one call; against ltx-core's blocks eagerly in one process."""
+    from ltx_ascend.export.components import ExportOptions
+    from ltx_ascend.export.exporter import export_component
+    from ltx_ascend.pipelines.dit_runner import DiTRunner
+    from ltx_ascend.runtime.artifacts import open_component
+    from ltx_ascend.shapes import shape_profile
+    from ltx_ascend.store import resolve_folder
+
+    ckset = CheckpointSet(Path(checkpoint))
+    config = read_model_config(ckset.checkpoint)
+    cpu = torch.device("cpu")
+    model = load_component("dit", ckset, device=cpu, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+
+    def modality(tokens: int, dims: int) -> Modality:
+        timesteps = torch.rand(1, tokens, 1, generator=g)
+        timesteps[:, -1:] = 0.0  # the conditioning token
+        return Modality(
+            latent=torch.randn(1, tokens, 128, generator=g),
+            sigma=torch.tensor([0.7]),
+            timesteps=timesteps,
+            positions=torch.rand(1, dims, tokens, 2, generator=g) * 8,
+            context=torch.zeros(1),
+        )
+
+    video, audio = modality(13, 3), modality(9, 1)
+    block = model.transformer_blocks[0]
+    dims = (block.attn2.to_k.in_features, block.audio_attn2.to_k.in_features)
+    context = [tuple(torch.randn(1, 1024, d, generator=g) for d in dims) for _ in range(2)]
+    stg = PerturbationConfig([Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, [1])])
+    empty = PerturbationConfig.empty()
+    passes = [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
+    reference = eager_dit_runner(model, config, cpu, torch.float32)(video, audio, passes)
+    world = D.init_world(D.Layout(ulysses=2), cpu)
+    profile = shape_profile("9x128x192", stage=1, batch=3, conditioning_tokens=1)
+    options = ExportOptions(dit_layout="split", ulysses=2)
+    out = Path(artifacts)
+    with D.host_lock(out / ".build.lock", world):  # one rank exports, the other finds it
+        folder = export_component("dit", ckset, profile, options=options, out=out).folder
+    sessions = open_component(resolve_folder(folder, "onnx"), fallback="none", threads=1)
+    files = sorted(folder.glob("block_*.safetensors"))
+    runner = DiTRunner(config, sessions, block_weights=files, parallel=Parallel(world))
+    x0 = runner(video, audio, passes)
+    pairs = [(a, b) for got, ref in zip(x0, reference, strict=True) for a, b in zip(got, ref, strict=True)]
+    error = max((a - b).abs().max().item() for a, b in pairs)
+    if world.is_main:
+        print(f"dit step split graphs (ort) ulysses=2, 13+9 tokens: max abs error {error:.2e}", flush=True)
+    return int(runner.layout != "split" or error > DIT_MAX_ABS_ERROR)
+
+
 @contextlib.contextmanager
 def _counting_sent_bytes(size: int):
     """Bytes this rank sends through the collectives the runner calls (to all peers together)."""
@@ -99,7 +153,10 @@ def _counting_sent_bytes(size: int):
 def main() -> int:
     torch.set_num_threads(1)
     for job in json.loads(sys.argv[1]):
-        code = cli.main(job["ltx-run"]) if "ltx-run" in job else dit_step(job["dit-step"])
+        if "dit-step-split" in job:
+            code = dit_step_split(*job["dit-step-split"])
+        else:
+            code = cli.main(job["ltx-run"]) if "ltx-run" in job else dit_step(job["dit-step"])
         if code:
             return code
     return 0

@@ -204,3 +204,30 @@ def test_npu_rank_binds_hccl():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_ulysses_on_ort_runs_the_split_block_graphs(tiny, tmp_path):
+    """ulysses=2 --backend ort: each rank runs the DiT compiled, as the block graph split at its
+    attention cores (export/dit_split.py) on its half of the tokens, with the all-to-alls between
+    the segment graphs; `--fallback none` makes any eager fallback an error. One ORT process is the
+    reference. First, one DiT step on split graphs whose shards are padded (13 video, 9 audio
+    tokens) against ltx-core eagerly (the driver fails the launch above 1e-5)."""
+    two = "ti2vid_two_stages"
+    argv = _argv(two, tiny, tmp_path, "two-uly-ort", "ort", "--parallel", "ulysses=2", "--fallback", "none")
+    split_step = {"dit-step-split": [str(tiny.checkpoint), str(tmp_path / "step-artifacts")]}  # padded shards
+    jobs = json.dumps([split_step, {"ltx-run": argv}])
+    (out0, err0), (out1, err1) = _torchrun(tmp_path / "logs", "tests/parallel_driver.py", jobs)
+    print(out0)
+    assert "dit step split graphs (ort) ulysses=2, 13+9 tokens: max abs error" in out0, out0
+    assert "split at attention, 1/2 of the tokens)" in out0 and "warning" not in err0, (out0, err0[-2000:])
+    assert out1 == "" and "warning" not in err1, (out1, err1[-2000:])
+    segments = sorted(p.name for p in (tmp_path / "artifacts" / "dit").rglob("ort-cpu/dit-segment*.onnx"))
+    assert len(segments) == 2 * 3, segments  # stage 1 and stage 2, three segments each
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        assert cli.main(_argv(two, tiny, tmp_path, "two-ort", "ort")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    load = lambda name: load_file(str(tmp_path / f"{name}.safetensors"))  # noqa: E731
+    _assert_same("two-uly-ort", load("two-ort"), load("two-uly-ort"))

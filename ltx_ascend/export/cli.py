@@ -73,9 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", action="store_true", help="run each graph on ONNX Runtime and compare with eager")
     parser.add_argument(
         "--dit-layout",
-        choices=("auto", "whole", "blocks"),
+        choices=("auto", "whole", "blocks", "split"),
         default="auto",
-        help="DiT as one graph, or input + shared block (weights as inputs) + output graphs (auto: blocks above 1 GiB)",
+        help="DiT as one graph, or input + shared block (weights as inputs) + output graphs (auto: blocks above "
+        "1 GiB); split: blocks, the block graph cut at its attention cores for Ulysses sequence parallel (--ulysses)",
+    )
+    parser.add_argument(
+        "--ulysses",
+        type=int,
+        default=1,
+        metavar="U",
+        help="--dit-layout split: graphs for one of U sequence-parallel ranks (ceil(tokens / U) each; default 1)",
     )
     parser.add_argument(
         "--random-weights",
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "quantization": args.quantization,
         "quantization_skip": tuple(args.quantization_skip),
         "smooth_alpha": args.smooth_alpha,
+        "ulysses": args.ulysses,
     }
     options = ExportOptions(dit_layout=args.dit_layout, **variant)
     if args.random_weights:

@@ -41,6 +41,8 @@ class ExportItem:
     notes: dict[str, Any] = field(default_factory=dict)
     # Files beside the graph the runtime also needs (the DiT's per-block weights); returns their names.
     write_extra: Callable[[Path], list[str]] | None = None
+    # A graph cut into parts after tracing (the DiT block at its attention cores, export/dit_split.py).
+    split: GraphSplit | None = None
 
     @property
     def name(self) -> str:
@@ -62,6 +64,16 @@ class ExportItem:
 
     def args(self) -> list[torch.Tensor]:
         return [self.sample[n] for n in self.input_names]
+
+
+class GraphSplit(Protocol):
+    """How an item's traced graph becomes several: the parts' files, and their chain run as one graph."""
+
+    def write(self, path: Path) -> list[tuple[str, Path]]:
+        """Cut the traced file at `path` into (graph name, file) parts beside it; `path` is removed."""
+
+    def run(self, files: dict[str, Path], feeds: dict[str, torch.Tensor]) -> Sequence[torch.Tensor]:
+        """The item's outputs from its parts (ONNX Runtime), for `--verify`."""
 
 
 @dataclass(frozen=True)

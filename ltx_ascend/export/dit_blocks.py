@@ -152,6 +152,16 @@ class DiTBlockGraph(torch.nn.Module):
         return video.x, audio.x
 
 
+class DiTBlockGraphMarked(DiTBlockGraph):
+    """The block graph with its Ulysses attention cores traced as markers (export/dit_split.py cuts there)."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ltx_ascend.export.dit_split import marked_cores
+
+        with marked_cores(self.block):
+            return super().forward(*inputs)
+
+
 class DiTOutputGraph(torch.nn.Module):
     """Final AdaLN modulation, norm, projection, and X0 denoising for both modalities."""
 
@@ -289,7 +299,10 @@ def build_block_items(
     seed: int = 0,
     options: ExportOptions | None = None,
 ) -> list[ExportItem]:
-    """dit-input, dit-block (weights as inputs), dit-output; block weights stream to files."""
+    """dit-input, dit-block (weights as inputs), dit-output; block weights stream to files.
+    `--dit-layout split`: the block graph cut at its attention cores (dit-segment0..2), and all three
+    at one rank's share of the tokens, ceil(T / U) (export/dit_split.py)."""
+    from ltx_ascend.export import dit_split
 
     options = options or ExportOptions()
     if options.smooth_alpha is not None and ckset is not None:
@@ -297,12 +310,18 @@ def build_block_items(
             "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
             "export: use --dit-layout whole, or drop --smooth-alpha"
         )
+    split = options.dit_layout == "split"
     model, block = dit_shell(ckset, config, dtype, seed)
+    if split:
+        dit_split.check_heads(block, options.ulysses)
+    graph_type = DiTBlockGraphMarked if split else DiTBlockGraph
     num_layers = config["transformer"]["num_layers"]
     passes = sample_passes(profile.batch, 1)  # STG on block 0: the traced block is perturbed in the sample
     single = dataclasses.replace(profile, batch=1)
     feeds, _, _ = sample_feeds(model, single, passes, dtype=dtype)
-    input_graph, output_graph, block_graph = DiTInputGraph(model), DiTOutputGraph(model), DiTBlockGraph(block)
+    if split:  # rank 0's shard (every rank's has this shape: the last one is padded)
+        feeds = dit_split.shard_feeds(feeds, options.ulysses, 0)
+    input_graph, output_graph, block_graph = DiTInputGraph(model), DiTOutputGraph(model), graph_type(block)
     in_feeds = {n: feeds[n] for n in INPUT_GRAPH_INPUTS}
     with torch.no_grad():
         activations = dict(zip(INPUT_GRAPH_OUTPUTS, input_graph(*in_feeds.values()), strict=True))
@@ -317,7 +336,7 @@ def build_block_items(
             float_feeds = block_feeds(block, activations)
             smooth = smooth_scales(block, lambda: block_graph(*float_feeds.values()), quantized, options.smooth_alpha)
         quantize_module_(block, options.quantization_skip, smooth)
-        block_graph = DiTBlockGraph(block)
+        block_graph = graph_type(block)
     b_feeds = block_feeds(block, activations)
     with torch.no_grad():
         vx, ax = block_graph(*b_feeds.values())
@@ -360,6 +379,9 @@ def build_block_items(
     layout = {"layout": "blocks", "num_layers": num_layers, "weights": "block_XX.safetensors" if ckset else "random"}
     if quantized:
         layout["quantized_linears"] = quantized
+    if split:
+        layout |= {"layout": "split", "ulysses": options.ulysses, "cores": dit_split.core_notes(block)}
+        layout |= {"shard_tokens": {m: feeds[f"{m}_latent"].shape[1] for m in ("video", "audio")}}
     return [
         ExportItem(
             "dit",
@@ -381,6 +403,7 @@ def build_block_items(
             variant="block",
             notes=layout,
             write_extra=write_weights,
+            split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, b_feeds) if split else None,
         ),
         ExportItem(
             "dit",

@@ -1,4 +1,5 @@
-"""The DiT's export entry: one graph, or the block chain (input / shared block / output) when it is big.
+"""The DiT's export entry: one graph, or the block chain (input / shared block / output) when it is big,
+or (`split`) the block chain with the block graph cut at its attention cores (export/dit_split.py).
 
 Its own module so that the two layouts' modules need not know each other: `dit_blocks` builds on
 `dit`'s feeds and masks, and this one picks between them.
@@ -26,6 +27,6 @@ def build_items(
     layout = options.dit_layout
     if layout == "auto":
         layout = "blocks" if dit_weight_bytes(config, dtype) > WHOLE_DIT_MAX_BYTES else "whole"
-    if layout == "blocks" or (ckset is None and options.dit_layout == "auto"):
+    if layout in ("blocks", "split") or (ckset is None and options.dit_layout == "auto"):
         return build_block_items(ckset, config, profile, dtype, options.seed, options)
     return build_whole_items(ckset, config, profile, dtype, options)

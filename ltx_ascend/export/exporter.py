@@ -67,6 +67,50 @@ def graph_outputs(path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def graph_inputs(path: Path) -> list[dict[str, Any]]:
+    """Input names, static shapes and dtypes as the graph declares them (a split part's own boundary)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return [
+        {
+            "name": i.name,
+            "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
+        }
+        for i in model.graph.input
+    ]
+
+
+def _check_graph(name: str, path: Path, lint_target: str) -> list[dict[str, Any]]:
+    """The graph's outputs, after the lint and the static-shape check (failures are exporter bugs)."""
+    violations = lint_onnx(path, target=lint_target)
+    if violations:  # our exporter's fault, not the user's input: an internal error with a traceback
+        raise RuntimeError(
+            f"{name}: the exported graph fails the {lint_target.upper()} lint "
+            f"({len(violations)} violations, first: "
+            f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
+            "exporter, please report it with `ltx-compile --lint` output"
+        )
+    outputs = graph_outputs(path)
+    dynamic = [o["name"] for o in outputs if not o["shape"] or 0 in o["shape"]]
+    if dynamic:
+        raise RuntimeError(
+            f"{name}: outputs {dynamic} lost their static shape in export (an export patch is missing); "
+            "this is an exporter bug, please report it"
+        )
+    return outputs
+
+
+def verify_split(item: ExportItem, files: dict[str, Path], dtype: str) -> dict[str, Comparison]:
+    """A split item's parts chained on ONNX Runtime against the eager reference of the whole item."""
+    feeds = {n: item.sample[n].float() if dtype == "bfloat16" else item.sample[n] for n in item.input_names}
+    outputs = item.split.run(files, feeds)
+    references = item.reference(item.sample)
+    return {
+        name: compare(ref, out, peak=item.peak)
+        for name, ref, out in zip(item.output_names, references, outputs, strict=True)
+    }
+
+
 def verify_item(item: ExportItem, path: Path, dtype: str) -> dict[str, Comparison]:
     """Run the exported graph on ONNX Runtime (CPU) on the sample feeds; compare with eager."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -162,38 +206,31 @@ def _build(
             ort_fused=options.ort_fused,
             opset=request["opset"],
         )
-        seconds = time.perf_counter() - start
-        lint_target = "ort" if variant.ort_only else "atc"
-        violations = lint_onnx(path, target=lint_target)
-        if violations:  # our exporter's fault, not the user's input: an internal error with a traceback
-            raise RuntimeError(
-                f"{item.name}: the exported graph fails the {lint_target.upper()} lint "
-                f"({len(violations)} violations, first: "
-                f"{violations[0].rule} at {violations[0].node}: {violations[0].detail}); this is a bug in the "
-                "exporter, please report it with `ltx-compile --lint` output"
-            )
-        outputs = graph_outputs(path)
-        dynamic = [o["name"] for o in outputs if not o["shape"] or 0 in o["shape"]]
-        if dynamic:
-            raise RuntimeError(
-                f"{item.name}: outputs {dynamic} lost their static shape in export (an export patch is missing); "
-                "this is an exporter bug, please report it"
-            )
-        ops = op_histogram(path)
-        report = GraphReport(item.name, file, seconds, _graph_bytes(building, file), ops)
+        parts = item.split.write(path) if item.split else [(item.name, path)]
+        seconds = (time.perf_counter() - start) / len(parts)
+        item_reports = []
+        for k, (name, part) in enumerate(parts):
+            outputs = _check_graph(name, part, "ort" if variant.ort_only else "atc")
+            ops = op_histogram(part)
+            report = GraphReport(name, part.name, seconds, _graph_bytes(building, part.name), ops)
+            item_reports.append(report)
+            first = k == 0  # the item's extra files (block weights) are listed once, with its first part
+            graphs_io[name] = {
+                "file": part.name,
+                "variant": item.variant if not item.split else name.removeprefix(f"{component}-"),
+                "inputs": item.io_spec()["inputs"] if not item.split else graph_inputs(part),
+                "outputs": outputs,
+                "notes": item.notes,
+                "ops": ops,
+                "extra_files": (item.write_extra(building) if item.write_extra else []) if first else [],
+            }
         if verify and not options.npu_ops:
-            report.comparisons = verify_item(item, path, dtypes.name(dtype))
-        extra_files = item.write_extra(building) if item.write_extra else []
-        reports.append(report)
-        graphs_io[item.name] = {
-            "file": file,
-            "variant": item.variant,
-            "inputs": item.io_spec()["inputs"],
-            "outputs": outputs,
-            "notes": item.notes,
-            "ops": ops,
-            "extra_files": extra_files,
-        }
+            if item.split:
+                comparisons = verify_split(item, dict(parts), dtypes.name(dtype))
+            else:
+                comparisons = verify_item(item, path, dtypes.name(dtype))
+            item_reports[-1].comparisons = comparisons
+        reports += item_reports
     names = [p.name for p in building.iterdir()]
     manifest = Manifest(
         kind="onnx",

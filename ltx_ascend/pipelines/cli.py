@@ -401,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--step-cache with --parallel {layout}: the ranks of a sequence could skip different blocks; "
             "drop --step-cache or use cfg=N alone"
         )
+    if layout.ulysses > 1 and args.dit_layout == "whole":
+        raise UserError(
+            f"--dit-layout whole with --parallel {layout}: sequence parallel shards the DiT's blocks (compiled: the "
+            "block graph split at attention); drop --dit-layout whole"
+        )
     if rank == 0:
         return _main(checked, layout)
     quiet = _NoProgress(sys.stderr)

@@ -18,7 +18,7 @@ from ltx_core.guidance.perturbations import PerturbationConfig
 from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.model import LTXModel
 
-from ltx_ascend.export import dit, dit_blocks
+from ltx_ascend.export import dit, dit_blocks, dit_split
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
@@ -39,7 +39,9 @@ class Pass:
 
 class DiTRunner:
     """Runs guidance passes on a DiT session (`sessions["dit"]`) or a block chain
-    (`sessions["dit-input"|"dit-block"|"dit-output"]` + one weight set per block).
+    (`sessions["dit-input"|"dit-block"|"dit-output"]` + one weight set per block), or the block
+    chain with the block graph split at its attention cores (`"dit-segment0"`, ... in place of
+    `"dit-block"`; export/dit_split.py), whose cores run here between the segments.
 
     The block chain is the form every DiT acceleration works on (step cache, layer streaming,
     sequence parallel), so eager runs it too: ltx-core's own modules behind the same three graphs,
@@ -76,10 +78,17 @@ class DiTRunner:
         self.block_counts = BlockCounts()  # this runner's (one stage's) DiT work
         self.step_cache: StepCache | None = None  # see `use_step_cache`
         self.parallel = parallel
-        if parallel is not None and parallel.ulysses > 1:
+        self.segments = [self.sessions[n] for n in dit_split.segment_names(list(self.sessions))]
+        # Between segments: ltx-core's core on this device, or Ulysses' all-to-alls around it.
+        meta_block = self._meta.transformer_blocks[0]
+        if parallel is not None and self.segments:
+            self.attend = parallel.attend(meta_block)
+        else:
+            self.attend = dit_split.plain_attend(meta_block)
+        if parallel is not None and parallel.ulysses > 1 and not self.segments:
             block = self.sessions.get("dit-block")
             if not isinstance(block, EagerSession) or not isinstance(block.module, dit_blocks.DiTBlockGraph):
-                raise ValueError("Ulysses sequence parallel needs the eager block chain (see eager_dit_runner)")
+                raise ValueError("Ulysses sequence parallel needs the eager block chain or the split block graph")
             parallel.install(block.module.block)
 
     def use_step_cache(self, cache: StepCache | None) -> None:
@@ -90,8 +99,9 @@ class DiTRunner:
 
     @property
     def layout(self) -> str:
-        """"whole" (one graph) or "blocks" (input graph, block chain, output graph)."""
-        return "whole" if "dit" in self.sessions else "blocks"
+        """"whole" (one graph), "blocks" (input graph, block chain, output graph) or "split" (the
+        block chain with each block as segments between attention cores)."""
+        return "whole" if "dit" in self.sessions else "split" if self.segments else "blocks"
 
     def _rope_tables(self, video_positions: torch.Tensor, audio_positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Computed on the host (float64 where the config says), once per position grid."""
@@ -154,11 +164,14 @@ class DiTRunner:
 
     def run_block(self, index: int, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]) -> None:
         """Block `index` on `acts`, in place (`video_x`, `audio_x` are replaced by its outputs)."""
-        block = self.sessions["dit-block"]
         weights = self.block_weights[index]
         block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, index)}
         block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
-        out = block.run({s.name: block_in[s.name] for s in block.inputs})
+        if self.segments:
+            out = dit_split.run_segments(self.segments, self.attend, block_in)
+        else:
+            block = self.sessions["dit-block"]
+            out = block.run({s.name: block_in[s.name] for s in block.inputs})
         acts["video_x"], acts["audio_x"] = out["video_x_out"], out["audio_x_out"]
         self.block_weights.release(index)
 

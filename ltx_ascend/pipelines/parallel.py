@@ -15,6 +15,8 @@ few (audio keys for video queries), all-gathers the keys and values instead: whi
 fewer bytes; both after RoPE. Padding never reaches a real
 token: the attention cores see exactly the T real tokens. ltx-core's attention modules are not
 copied: the wrappers replace `Attention.attention_function` of one block module at run time.
+Compiled backends run the same wrapper between the segments of the block graph split at those
+cores (`attend`, export/dit_split.py): one Ulysses implementation for eager, ORT and om.
 """
 
 from __future__ import annotations
@@ -24,16 +26,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from ltx_core.model.transformer.attention import AttentionFunction
 from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
 
+from ltx_ascend.export import dit_split
 from ltx_ascend.runtime import distributed as D
-
-# DiT feeds with a token axis, and where it is: latents/timesteps [B, T, ...], RoPE [B, H, T, d] or [B, T, D].
-TOKEN_FEEDS = {
-    "video": ("video_latent", "video_timesteps"),
-    "audio": ("audio_latent", "audio_timesteps"),
-}
-ROPE_FEEDS = {m: tuple(f"{m}_{f}" for f in ("pe_cos", "pe_sin", "cross_pe_cos", "cross_pe_sin")) for m in TOKEN_FEEDS}
 
 
 class Parallel:
@@ -78,26 +75,13 @@ class Parallel:
 
     # -- sequence (Ulysses) ------------------------------------------------------------------
 
-    def _shard(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        per = math.ceil(n / self.ulysses)
-        if per * self.ulysses != n:
-            pad = [0, 0] * (t.ndim - 1 - dim % t.ndim) + [0, per * self.ulysses - n]
-            t = F.pad(t, pad)
-        return t.narrow(dim, self.world.ulysses_rank * per, per).contiguous()
-
     def shard_feeds(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's tokens of every per-token feed; the rest (text, sigma, masks) as they are."""
         if self.ulysses == 1:
             return feeds
-        out = dict(feeds)
-        for m, names in TOKEN_FEEDS.items():
+        for m, names in dit_split.TOKEN_FEEDS.items():
             self.lengths[m] = feeds[names[0]].shape[1]
-            for name in names:
-                out[name] = self._shard(feeds[name], 1)
-            for name in ROPE_FEEDS[m]:
-                out[name] = self._shard(feeds[name], -2)
-        return out
+        return dit_split.shard_feeds(feeds, self.ulysses, self.world.ulysses_rank)
 
     def gather_tokens(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The full [B, T, C] outputs from every rank's shard, padding dropped."""
@@ -113,13 +97,17 @@ class Parallel:
         """Wrap the attention cores of ltx-core's block module (every block's weights run through it)."""
         if self.ulysses == 1:
             return
-        for attn, q, kv in (
-            (block.attn1, "video", "video"),
-            (block.audio_attn1, "audio", "audio"),
-            (block.audio_to_video_attn, "video", "audio"),
-            (block.video_to_audio_attn, "audio", "video"),
-        ):
+        for name, q, kv in dit_split.CORES:
+            attn = getattr(block, name)
             attn.attention_function = UlyssesAttention(attn.attention_function, self, q, kv)
+
+    def attend(self, block: BasicAVTransformerBlock) -> dit_split.Attend:
+        """The cores between the split block graph's segments (export/dit_split.py): the same
+        `UlyssesAttention` around ltx-core's own core (eager on the device: torch SDPA)."""
+        if self.ulysses == 1:
+            return dit_split.plain_attend(block)
+        cores = {name: UlyssesAttention(AttentionFunction.DEFAULT, self, q, kv) for name, q, kv in dit_split.CORES}
+        return lambda core, q, k, v: cores[core](q, k, v, getattr(block, core).heads)
 
 
 def _seq_to_heads(x: torch.Tensor, heads: int, u: int, group) -> torch.Tensor:

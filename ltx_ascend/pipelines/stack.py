@@ -142,13 +142,20 @@ class ModelStack:
         quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
         if self.quantization != W8A8:
             quant = {}
+        # The split layout (sequence parallel) is cut from float graphs without Ascend's fused ops.
+        split = {"ulysses": self.parallel.ulysses} if layout == "split" and self.parallel is not None else {}
         if self.variant is not None:
-            chosen = dataclasses.replace(self.variant, dit_layout=layout, **quant)
+            chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
             return [chosen.for_component(component)]
         if backend in ("ort", "onnx"):  # both run on ONNX Runtime
-            preferred = [Variant(ort_fused=True, dit_layout=layout, **quant), Variant(dit_layout=layout, **quant)]
+            preferred = [
+                Variant(ort_fused=True, dit_layout=layout, **split, **quant),
+                Variant(dit_layout=layout, **split, **quant),
+            ]
         elif backend == "om" and quant:
             preferred = [Variant(npu_ops=True, dit_layout=layout, **quant)]
+        elif backend == "om" and split:
+            preferred = [Variant(dit_layout=layout, **split)]
         elif backend == "om":
             preferred = [Variant(npu_ops=True, dit_layout=layout), Variant(dit_layout=layout)]
         else:
@@ -341,8 +348,11 @@ class ModelStack:
                 "--streaming-prefetch-count / --max-device-memory, or the quantization"
             )
         if parallel is not None and parallel.ulysses > 1 and self.backends.of("dit") != "eager":
-            # Sequence parallel runs the attention cores between all-to-alls: the eager block chain only.
-            reason = f"--parallel {parallel.world.layout} runs the DiT eager (no compiled sequence-parallel graphs)"
+            # Sequence parallel runs the attention cores between all-to-alls: the block graph split there
+            # (ltx-run refuses --dit-layout whole with ulysses before any load).
+            layout = "split"
+        if parallel is not None and parallel.ulysses > 1 and self.quantization and self.backends.of("dit") != "eager":
+            reason = f"--parallel {parallel.world.layout} with --quantization {self.quantization}: no split W8A8 graphs"
             if self.fallback == "none":
                 raise UserError(f"dit: {reason}; pass --backend dit=eager or drop ulysses")
             log.warning("warning: dit: %s; falling back to eager", reason)
@@ -350,6 +360,9 @@ class ModelStack:
             self.used["dit"] = "eager"
         else:
             sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
+            if sessions is not None and layout == "split":
+                used = self.used["dit"].removesuffix(")")
+                self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:

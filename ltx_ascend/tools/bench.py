@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import threading
 import time
@@ -375,10 +376,19 @@ def bench_streaming(
     }
 
 
-def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | None) -> dict[str, Any] | None:
-    """One guided DiT step (4 passes, the bench preset's geometry) on the eager block chain, split
-    as `--parallel` says over the ranks torchrun started (cfg=1,ulysses=1 without torchrun: the base).
-    Every rank times the same steps between barriers; rank 0 reports (None on the others)."""
+def bench_parallel(
+    layout_text: str,
+    shape: str,
+    repeats: int,
+    threads: int | None,
+    backend: str = "eager",
+    artifacts: Path = Path("artifacts"),
+) -> dict[str, Any] | None:
+    """One guided DiT step (4 passes, the bench preset's geometry) on the block chain, eager or ORT,
+    split as `--parallel` says over the ranks torchrun started (cfg=1,ulysses=1 without torchrun: the
+    base). ORT with ulysses > 1 runs the split block graphs (export/dit_split.py); the same random
+    block weights either way. Every rank times the same steps between barriers; rank 0 reports
+    (None on the others)."""
     from ltx_core.types import VideoPixelShape
 
     from ltx_ascend.export.dit import random_dit, sample_passes
@@ -412,7 +422,10 @@ def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | No
     ]
     passes = [Pass(p, *contexts) for p in sample_passes(PASSES_PER_STEP, transformer["num_layers"])]
     parallel = Parallel(world) if layout.size > 1 else None
-    runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
+    if backend == "eager":
+        runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
+    else:
+        runner = _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts, threads)
     times = []
     for i in range(repeats + 1):  # the first is the warm-up
         world.barrier()
@@ -425,6 +438,8 @@ def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | No
         return None
     return {
         "layout": str(layout),
+        "backend": backend,
+        "ulysses": layout.ulysses,
         "ranks": layout.size,
         "threads_per_rank": torch.get_num_threads(),
         "video_tokens": video.latent.shape[1],
@@ -432,6 +447,25 @@ def bench_parallel(layout_text: str, shape: str, repeats: int, threads: int | No
         "median_s": statistics.median(times),
         "min_s": min(times),
     }
+
+
+def _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts: Path, threads: int | None):
+    """The bench DiT on ORT for one rank: the block graph split at its attention cores (U = 1 on one
+    device: the same graphs and the same eager core as the ranks, so the ratio is the parallel
+    scaling alone), at this rank's batch (passes / cfg); exported and compiled once per host."""
+    from ltx_ascend.pipelines.dit_runner import DiTRunner
+    from ltx_ascend.runtime import distributed as D
+    from ltx_ascend.runtime.block_weights import ResidentBlockWeights
+
+    options = ExportOptions(dit_layout="split", ulysses=layout.ulysses, random_config=config)
+    profile = shape_profile(shape, stage=1, batch=math.ceil(PASSES_PER_STEP / layout.cfg))
+    out = artifacts / "bench"
+    with D.host_lock(out / ".build.lock", world):
+        result = export_component("dit", None, profile, out=out, options=options)
+        compile_ort(result.folder, "cpu", force=False)
+    sessions = open_component(resolve_folder(result.folder, "ort", ep="cpu"), fallback="none", threads=threads)
+    weights = ResidentBlockWeights.from_modules(model.transformer_blocks)
+    return DiTRunner(config, sessions, block_weights=weights, parallel=parallel)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -471,8 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--component", default="dit", help=f"one of {', '.join(EXPORTABLE)}, or all (tiny)")
     parser.add_argument(
         "--backends",
-        default="eager,ort",
-        help=f"comma list of {', '.join(BACKENDS)} (e.g. eager,ort,ort-fused,ort-w8a8)",
+        help=f"comma list of {', '.join(BACKENDS)} (default eager,ort; with --parallel: eager or ort, default eager)",
     )
     parser.add_argument("--soc", help="ATC --soc_version for --backends om (default: this host's)")
     parser.add_argument(
@@ -497,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parallel",
         metavar="cfg=C,ulysses=U",
-        help="bench preset only: time one DiT step on the eager block chain split over torchrun's ranks",
+        help="bench preset only: one DiT step on the block chain (--backends eager|ort) split over torchrun's ranks",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -505,10 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel:
         if args.preset != "bench":
             raise UserError("--parallel times the bench preset's DiT step: pass --preset bench")
-        row = bench_parallel(args.parallel, args.shape or "41x1024x1536", args.repeats, args.threads)
+        backend = args.backends or "eager"
+        if backend not in ("eager", "ort"):
+            raise UserError(f"--backends {backend} with --parallel: time one backend, eager or ort")
+        shape = args.shape or "41x1024x1536"
+        row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
         if row is not None:
+            chain = "eager block chain" if backend == "eager" else "ORT block graphs split at attention"
             print(
-                f"DiT step ({PASSES_PER_STEP} passes, eager block chain, {row['video_tokens']} video + "
+                f"DiT step ({PASSES_PER_STEP} passes, {chain}, {row['video_tokens']} video + "
                 f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
                 f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
             )
@@ -532,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
         return 0
+    args.backends = args.backends or "eager,ort"
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:

@@ -24,7 +24,7 @@ from ltx_ascend.atomic import atomic_write_text
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
 from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export import dit_blocks
+from ltx_ascend.export import dit_blocks, dit_split
 from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.runtime import device as dev
@@ -150,11 +150,16 @@ def verify_artifact(
     request = manifest.request
     dtype = GRAPH_DTYPES[request["dtype"]]
     source_set = checkpoint_set_from_manifest(manifest, ckset)
-    options = ExportOptions(dit_layout=request.get("dit_layout") or "auto")
+    options = ExportOptions(dit_layout=request.get("dit_layout") or "auto", ulysses=request.get("ulysses", 1))
     if source_set is None:
         raise UserError(f"{folder}: exported with --random-weights; verify it with --checkpoint-path, or re-export")
     items = {i.name: i for i in build_items(manifest.component, source_set, profile_of(request), dtype, options)}
     used, sessions = _sessions(folder, backend, ep)
+    segments = dit_split.segment_names(list(sessions))
+    if segments:  # the split layout: its segments with ltx-core's cores between them, as one block graph
+        block = items["dit-block"]
+        sessions["dit-block"] = dit_split.SegmentChain([sessions.pop(n) for n in segments], block.split.block,
+                                                       block.output_names)  # fmt: skip
     given = load_file(str(inputs)) if inputs else {}
     results = []
     for name, session in sessions.items():

@@ -1,0 +1,443 @@
+"""The DiT block graph cut at its attention cores: the compiled form of Ulysses sequence parallel.
+
+Ulysses (pipelines/parallel.py) swaps the token split for a head split around four attention
+cores of every block (video and audio self-attention, the two A-V cross-attentions) by
+all-to-alls, which no ONNX or .om graph can hold. So the block is traced once with those cores as
+marker nodes (`ltx_ulysses::AttentionCore`) and the ONNX graph is cut at them into segments:
+
+  segment 0: AdaLN, norms, q/k/v of both self-attentions (video and audio do not wait on each other)
+  segment 1: their outputs, the text cross-attentions (whole prompt on every rank: stays inside),
+             q/k/v of both A-V cross-attentions
+  segment 2: their outputs, the feed-forwards, the block outputs
+
+Each segment reads named tensors: block inputs, the cores' outputs (`<core>.out`) and values an
+earlier segment computed (`carry.<n>`); it writes the cores' `<core>.q/.k/.v` and what later
+segments read. Every node is placed as late as its consumers allow, so nothing is carried that a
+later segment can compute from block inputs alone (cheap ops on inputs are recomputed where used).
+The segments run on one rank's token shard at a static shape; `run_segments` runs the cores
+between them, eagerly: with a plain core the chain is the block (U = 1), with the Ulysses core it
+is the sequence-parallel block. Only the graph is cut: every op is the one the whole block graph has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import onnx
+import torch
+from ltx_core.model.transformer.attention import AttentionFunction
+from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
+
+from ltx_ascend.errors import UserError
+
+MARKER_DOMAIN = "ltx_ulysses"
+MARKER_OP = "AttentionCore"
+# The attention modules whose cores Ulysses wraps: (module name, query modality, key/value modality).
+# The text cross-attentions (attn2, audio_attn2) need nothing: every rank holds the whole prompt.
+CORES = (
+    ("attn1", "video", "video"),
+    ("audio_attn1", "audio", "audio"),
+    ("audio_to_video_attn", "video", "audio"),
+    ("video_to_audio_attn", "audio", "video"),
+)
+SEGMENT_VARIANT = "segment"  # graph names dit-segment0, dit-segment1, ...
+# Ops that read only block inputs and cost little are recomputed in each segment that needs them
+# instead of being carried; anything else is computed once.
+HEAVY_OPS = frozenset({"MatMul", "Gemm", "Conv", "MultiHeadAttention", "NPUPromptFlashAttention", "Softmax"})
+
+
+# DiT feeds with a token axis, and where it is: latents/timesteps [B, T, ...], RoPE [B, H, T, d] or [B, T, D].
+TOKEN_FEEDS = {
+    "video": ("video_latent", "video_timesteps"),
+    "audio": ("audio_latent", "audio_timesteps"),
+}
+ROPE_FEEDS = {m: tuple(f"{m}_{f}" for f in ("pe_cos", "pe_sin", "cross_pe_cos", "cross_pe_sin")) for m in TOKEN_FEEDS}
+
+
+def shard_feeds(feeds: Mapping[str, torch.Tensor], u: int, rank: int) -> dict[str, torch.Tensor]:
+    """Rank `rank`'s tokens of every per-token DiT feed; the rest (text, sigma, masks) as they are."""
+    out = dict(feeds)
+    for m, names in TOKEN_FEEDS.items():
+        for name in names:
+            out[name] = shard_tokens(feeds[name], 1, u, rank)
+        for name in ROPE_FEEDS[m]:
+            out[name] = shard_tokens(feeds[name], -2, u, rank)
+    return out
+
+
+def shard_tokens(t: torch.Tensor, dim: int, u: int, rank: int) -> torch.Tensor:
+    """Rank `rank`'s ceil(T / U) tokens along `dim`, the last shard padded with zeros at the end."""
+    n = t.shape[dim]
+    per = math.ceil(n / u)
+    if per * u != n:
+        t = torch.nn.functional.pad(t, [0, 0] * (t.ndim - 1 - dim % t.ndim) + [0, per * u - n])
+    return t.narrow(dim, rank * per, per).contiguous()
+
+
+def check_heads(block: BasicAVTransformerBlock, u: int) -> None:
+    for name, _, _ in CORES:
+        heads = getattr(block, name).heads
+        if heads % u:
+            raise UserError(f"{name} has {heads} heads, not divisible by ulysses={u}: choose a U that divides it")
+
+
+class _CoreMarker(torch.autograd.Function):
+    """ltx-core's attention core (SDPA on [B, T, heads*dim]), traced as one marker node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads, core):
+        return AttentionFunction.PYTORCH(q, k, v, heads, None)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads, core):
+        out = g.op(f"{MARKER_DOMAIN}::{MARKER_OP}", q, k, v, heads_i=int(heads), core_s=core)
+        out.setType(q.type())
+        return out
+
+
+@contextlib.contextmanager
+def marked_cores(block: BasicAVTransformerBlock) -> Iterator[None]:
+    """The block's Ulysses cores trace as marker nodes (as `parallel.install` wraps them at run time)."""
+    saved = {name: getattr(block, name).attention_function for name, _, _ in CORES}
+
+    def marker(core: str):
+        def call(q, k, v, heads, mask=None):
+            if mask is not None:
+                raise ValueError(f"{core}: a masked attention core cannot be split (the block graph takes no mask)")
+            return _CoreMarker.apply(q, k, v, heads, core)
+
+        return call
+
+    for name in saved:
+        getattr(block, name).attention_function = marker(name)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            getattr(block, name).attention_function = function
+
+
+# ----------------------------------------------------------------------------------------------
+# Cutting the traced graph
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every value's element type (segment inputs and outputs declare it): ONNX shape inference, with
+    each marker's output typed as its query (the core keeps [B, Tq, heads*dim]). Its shapes are not
+    all static here, so `_static_shapes` measures them."""
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    known = {v.name: v for v in (*model.graph.input, *model.graph.value_info)}
+    for node in model.graph.node:
+        if node.domain == MARKER_DOMAIN and node.output[0] not in known:
+            value = onnx.ValueInfoProto.FromString(known[node.input[0]].SerializeToString())
+            value.name = node.output[0]
+            model.graph.value_info.append(value)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> list[onnx.ModelProto]:
+    """The segments of a graph with marker nodes, in order (see the module docstring); `sample`: the
+    graph's feeds at its static shapes, which fix the segments' boundary shapes."""
+    graph = model.graph
+    markers = [n for n in graph.node if n.domain == MARKER_DOMAIN]
+    if not markers:
+        raise ValueError("no attention-core markers in the traced block graph")
+    for node in markers:
+        core = next(a.s.decode() for a in node.attribute if a.name == "core")
+        if len(set(node.input)) != 3:
+            raise ValueError(f"{core}: q, k and v must be three distinct tensors to be named")
+        for old, slot in zip((*node.input, *node.output), ("q", "k", "v", "out"), strict=True):
+            _rename(graph, old, f"{core}.{slot}")
+    model = _typed(model)
+    graph = model.graph
+    free = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    is_marker = [n.domain == MARKER_DOMAIN for n in nodes]
+
+    # Earliest segment each value exists in; a marker's output one boundary after its inputs.
+    ready: dict[str, int] = dict.fromkeys(free, 0)
+    boundary: dict[int, int] = {}
+    input_only = [False] * len(nodes)  # reads only block inputs (never through a marker)
+    for i, node in enumerate(nodes):
+        stage = max((ready[n] for n in node.input), default=0)
+        if is_marker[i]:
+            boundary[i] = stage
+            stage += 1
+        else:
+            input_only[i] = all(n in free or input_only[producer[n]] for n in node.input)
+        for out in node.output:
+            ready[out] = stage
+    last = max(boundary.values()) + 1
+    outputs = {o.name for o in graph.output}
+
+    # Segments each node runs in: as late as its consumers allow (recomputed where used if cheap and input-only).
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for n in node.input:
+            consumers.setdefault(n, []).append(i)
+    where: list[set[int]] = [set() for _ in nodes]
+    for i in reversed(range(len(nodes))):
+        if is_marker[i]:
+            continue
+        uses: set[int] = set()
+        for out in nodes[i].output:
+            if out in outputs:
+                uses.add(last)
+            for c in consumers.get(out, ()):
+                uses |= {boundary[c]} if is_marker[c] else where[c]
+        if not uses:
+            continue  # dead: nothing reads it
+        cheap = input_only[i] and nodes[i].op_type not in HEAVY_OPS
+        where[i] = uses if cheap else {min(uses)}
+
+    types = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    initializers = {t.name: t for t in graph.initializer}
+    produced = [{o for i, n in enumerate(nodes) if s in where[i] for o in n.output} for s in range(last + 1)]
+    written: list[set[str]] = [set() for _ in range(last + 1)]
+    core_out = {n.output[0] for i, n in enumerate(nodes) if is_marker[i]}  # the runtime's, between segments
+
+    def need(value: str, segment: int, local: bool) -> None:
+        """`value` is read in `segment`: computed there (`local`), or written by the latest earlier one."""
+        if value in free or value in core_out or (local and value in produced[segment]):
+            return
+        if value in produced[segment]:  # a core's q/k/v: the segment hands it out
+            written[segment].add(value)
+            return
+        earlier = [s for s in range(segment) if value in produced[s]]
+        if not earlier:
+            raise ValueError(f"{value} is read in segment {segment} before any segment computes it")
+        written[earlier[-1]].add(value)
+
+    for i, node in enumerate(nodes):
+        for value in (n for n in node.input if n):
+            if is_marker[i]:
+                need(value, boundary[i], local=False)
+            for s in where[i]:
+                need(value, s, local=True)
+    for value in outputs:
+        need(value, last, local=False)
+    core_values = {o for i, n in enumerate(nodes) if is_marker[i] for o in (*n.input, *n.output)}
+    carried: dict[str, str] = {}
+    segments = []
+    for s in range(last + 1):
+        body = [n for i, n in enumerate(nodes) if s in where[i]]
+        read = [n for node in body for n in node.input if n and n not in produced[s]]
+        order = {n: k for k, n in enumerate(o for node in body for o in node.output)}
+        out = sorted(written[s], key=order.__getitem__)
+        segments.append((body, list(dict.fromkeys(read)), out))
+        for value in out:
+            if value not in outputs and value not in core_values:
+                carried.setdefault(value, f"carry.{len(carried)}")
+    boundary_values = [n for _, read, out in segments for n in (*read, *out) if n not in initializers]
+    shapes = _static_shapes(model, sample, list(dict.fromkeys(boundary_values)))
+    elem = {name: v.type.tensor_type.elem_type for name, v in types.items()}
+
+    def declared(name: str) -> onnx.ValueInfoProto:
+        if not elem.get(name):
+            raise ValueError(f"no element type known for {name}")
+        return onnx.helper.make_tensor_value_info(carried.get(name, name), elem[name], shapes[name])
+
+    models = []
+    opsets = [o for o in model.opset_import if o.domain != MARKER_DOMAIN]
+    for s, (body, read, out) in enumerate(segments):
+        seg = onnx.helper.make_graph(
+            [onnx.NodeProto.FromString(n.SerializeToString()) for n in body],
+            f"{graph.name}_segment{s}",
+            [declared(n) for n in read if n not in initializers],
+            [declared(n) for n in out],
+            [initializers[n] for n in read if n in initializers],
+        )
+        for old, new in carried.items():
+            for node in seg.node:
+                node.input[:] = [new if n == old else n for n in node.input]
+                node.output[:] = [new if n == old else n for n in node.output]
+        result = onnx.helper.make_model(seg, opset_imports=opsets, producer_name=model.producer_name)
+        result.ir_version = model.ir_version
+        onnx.checker.check_model(result, full_check=True)
+        models.append(result)
+    return models
+
+
+def _static_shapes(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor], names: list[str]) -> dict:
+    """The shape of each of `names`, from one ONNX Runtime run of the graph on the sample feeds with
+    every marker an Identity of its query (same shape as the core's output). ONNX shape inference
+    cannot tell: the traced RoPE reshapes compute their shapes (Shape/Concat) in the graph. Runs in
+    float32 whatever the graph dtype (ORT's CPU provider has no bfloat16 kernels; shapes are the same)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in probe.graph.node:
+        if node.domain == MARKER_DOMAIN:
+            q = node.input[0]
+            node.ClearField("attribute")
+            node.domain, node.op_type = "", "Identity"
+            node.input[:] = [q]
+    kept = [o for o in probe.opset_import if o.domain != MARKER_DOMAIN]
+    del probe.opset_import[:]
+    probe.opset_import.extend(kept)
+    _bfloat16_to_float32(probe)
+    known = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+    del probe.graph.value_info[:]
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: sample[i.name].float().numpy() for i in session.get_inputs()}
+    wanted = [n for n in names if n not in feeds]
+    shapes = {n: list(a.shape) for n, a in zip(wanted, session.run(wanted, feeds), strict=True)}
+    return shapes | {n: list(a.shape) for n, a in feeds.items()}
+
+
+def _bfloat16_to_float32(model: onnx.ModelProto) -> None:
+    """In place: every bfloat16 type, cast, constant and initializer of the graph in float32."""
+    import numpy as np
+
+    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+
+    def tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+        if t.data_type != bf16:
+            return t
+        return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), t.name)
+
+    graph = model.graph
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type == bf16:
+            value.type.tensor_type.elem_type = f32
+    for i, t in enumerate(graph.initializer):
+        graph.initializer[i].CopyFrom(tensor(t))
+    for node in graph.node:
+        for a in node.attribute:
+            if a.name == "to" and a.i == bf16:
+                a.i = f32
+            if a.type == onnx.AttributeProto.TENSOR:
+                a.t.CopyFrom(tensor(a.t))
+
+
+def write_segments(path: Path, sample: Mapping[str, torch.Tensor]) -> list[tuple[str, Path]]:
+    """Cut the traced block graph at `path` into `dit-segment<i>.onnx` beside it (`path` removed)."""
+    model = onnx.load(str(path))
+    parts = []
+    for i, segment in enumerate(split_graph(model, sample)):
+        name = f"dit-{SEGMENT_VARIANT}{i}"
+        target = path.with_name(f"{name}.onnx")
+        onnx.save_model(segment, str(target))
+        parts.append((name, target))
+    path.unlink()
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the segments
+
+
+class Segment(Protocol):
+    """What runs one segment: a runtime Session, or anything with its names and `run`."""
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+Attend = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def segment_names(names: Sequence[str]) -> list[str]:
+    """The segment graphs among `names` (graph or session names), in order."""
+    prefix = f"dit-{SEGMENT_VARIANT}"
+    found = {int(n.removeprefix(prefix)): n for n in names if n.startswith(prefix)}
+    return [found[i] for i in sorted(found)]
+
+
+def run_segments(segments: Sequence[Segment], attend: Attend, values: Mapping[str, torch.Tensor]) -> dict:
+    """Every value of one block call: `values` (its inputs by name), each segment's outputs, and
+    between segments `attend(core, q, k, v)` for the cores whose q/k/v the segment wrote."""
+    values = dict(values)
+    for segment in segments:
+        values |= segment.run({n: values[n] for n in segment.input_names})
+        for name in segment.output_names:
+            if name.endswith(".q"):
+                core = name.removesuffix(".q")
+                values[f"{core}.out"] = attend(core, values[name], values[f"{core}.k"], values[f"{core}.v"])
+    return values
+
+
+class SegmentChain:
+    """The segments and ltx-core's cores between them, behind one Segment interface (one block call)."""
+
+    def __init__(self, segments: Sequence[Segment], block: BasicAVTransformerBlock, output_names: Sequence[str]):
+        self.segments, self.attend = list(segments), plain_attend(block)
+        made = {n for s in self.segments for n in s.output_names}
+        made |= {n.removesuffix(".q") + ".out" for n in made if n.endswith(".q")}
+        self.input_names = list(dict.fromkeys(n for s in self.segments for n in s.input_names if n not in made))
+        self.output_names = list(output_names)
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            values = run_segments(self.segments, self.attend, feeds)
+        return {n: values[n] for n in self.output_names}
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.close()
+
+
+def plain_attend(block: BasicAVTransformerBlock) -> Attend:
+    """ltx-core's own core over the tokens at hand (one device, or a check of the cut)."""
+    return lambda core, q, k, v: AttentionFunction.DEFAULT(q, k, v, getattr(block, core).heads, None)
+
+
+class _OrtSegment:
+    """One segment file on ONNX Runtime's CPU provider (the exporter's check; the runtime has Sessions)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        arrays = self.session.run(self.output_names, {n: feeds[n].numpy() for n in self.input_names})
+        return {n: torch.from_numpy(a) for n, a in zip(self.output_names, arrays, strict=True)}
+
+
+class BlockSplit:
+    """The `GraphSplit` of the block graph: cut at its cores; checked as segments + plain cores."""
+
+    def __init__(
+        self, block: BasicAVTransformerBlock, output_names: Sequence[str], sample: Mapping[str, torch.Tensor]
+    ) -> None:
+        self.block, self.output_names, self.sample = block, tuple(output_names), sample
+
+    def write(self, path: Path) -> list[tuple[str, Path]]:
+        return write_segments(path, self.sample)
+
+    def run(self, files: dict[str, Path], feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        segments = [_OrtSegment(files[name]) for name in segment_names(list(files))]
+        with torch.no_grad():
+            values = run_segments(segments, plain_attend(self.block), feeds)
+        return [values[n] for n in self.output_names]
+
+
+def core_notes(block: BasicAVTransformerBlock) -> list[dict]:
+    """What the manifest records of each cut: the core, its heads, which modalities meet there."""
+    return [
+        {"core": name, "heads": getattr(block, name).heads, "q": q, "kv": kv}
+        for name, q, kv in CORES
+    ]
