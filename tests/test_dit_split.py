@@ -176,3 +176,19 @@ def test_ulysses_refuses_the_whole_dit_graph(tiny, tmp_path, capsys, monkeypatch
     code, _, err = run_cli(cli.main, argv, capsys)
     assert code == 2 and "--dit-layout whole with --parallel cfg=1,ulysses=2" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.mp4").exists()
+
+
+def test_bench_parallel_times_the_split_graphs_on_ort(tiny, tmp_path, monkeypatch):
+    """`ltx-bench --parallel cfg=1 --backends ort` (the one-rank base) on the tiny set's geometry:
+    the split graphs are exported, compiled for ORT and timed through the runner; no torchrun."""
+    from ltx_ascend.tools import bench
+
+    monkeypatch.setattr(bench, "bench_config", lambda layers=1: read_model_config(tiny.checkpoint))
+    threads = torch.get_num_threads()
+    try:
+        row = bench.bench_parallel("cfg=1", "9x128x192", 1, 1, "ort", tmp_path)  # sets 1 thread, as a rank
+    finally:
+        torch.set_num_threads(threads)
+    assert row is not None and row["backend"] == "ort" and row["ranks"] == 1 and row["median_s"] > 0
+    segments = list((tmp_path / "bench" / "dit").rglob("ort-cpu/dit-segment*.onnx"))
+    assert len(segments) == 3, segments
