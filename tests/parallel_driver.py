@@ -5,6 +5,8 @@ starting ranks costs more than a tiny pipeline):
   {"ltx-run": [argv...]}          one `ltx-run` invocation
   {"dit-step": CHECKPOINT}        one guided DiT step, single-rank reference vs cfg=2 and ulysses=2
   {"dit-step-split": [CHECKPOINT, ARTIFACTS]}  the same step, ulysses=2 on the split block graphs (ORT)
+  {"decode": [CHECKPOINT, ARTIFACTS, BACKEND, SHAPE]}
+                                  the video decode's tiles spread over the ranks vs one process
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from pathlib import Path
 import torch
 from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, PerturbationType
 from ltx_core.model.transformer.modality import Modality
+from ltx_core.types import VIDEO_SCALE_FACTORS
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component, read_model_config
+from ltx_ascend.export.video_vae import DECODER_TILING
 from ltx_ascend.pipelines import cli
+from ltx_ascend.pipelines.context import RunContext
+from ltx_ascend.pipelines.decode import decode as decode_stage
 from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
+from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
+from ltx_ascend.pipelines.media import collect_frames
 from ltx_ascend.pipelines.parallel import Parallel
+from ltx_ascend.pipelines.parallel_decode import RankTiles, decoding_ranks
+from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+from ltx_ascend.pipelines.timing import Timings
+from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed as D
+from ltx_ascend.shapes import shape_profile
 from ltx_ascend.tools.plan import ulysses_bytes_per_pass
 
 DIT_MAX_ABS_ERROR = 1e-5  # float32 rounding of GEMMs over a different number of rows
@@ -150,13 +163,87 @@ def _counting_sent_bytes(size: int):
         D.all_to_all, D.all_gather_cat = all_to_all, all_gather_cat
 
 
+def decode(checkpoint: str, artifacts: str, backend: str, shape: str) -> int:
+    """The frames of a decode spread over the ranks (ModelStack.video_decoder with ranks > 1) against
+    one process's decode on rank 0: equal, uint8 frames and the float video before them. Then once
+    with rank 1 sending a wrong tile (its latent tile flipped), which must not be equal."""
+    world = D.init_world(D.Layout(cfg=D.launched_ranks()[1]), torch.device("cpu"))
+    profile = shape_profile(shape)
+    latent = torch.randn(profile.video_latent_shape, generator=torch.Generator().manual_seed(3))  # same on all ranks
+    ranks = decoding_ranks(world, latent.shape)
+
+    def stack(parallel: Parallel | None) -> ModelStack:
+        policy = dev.policy_for("cpu", torch.float32)
+        return ModelStack(
+            CheckpointSet(Path(checkpoint)), policy, BackendChoice.parse(backend), Path(artifacts),
+            fallback="none", build_missing=True, parallel=parallel, log=print if world.is_main else lambda _: None,
+        )  # fmt: skip
+
+    spread = stack(Parallel(world))  # the pipelines' decode stage, as ltx-run's ranks run it
+    ctx = RunContext(None, spread, None, Timings(), main=world.is_main)
+    frames = decode_stage(ctx, latent, None, profile, torch.Generator().manual_seed(0)).frames
+    tiles = RankTiles(_inner_decoder(spread, profile), world.rank, ranks)
+    with torch.inference_mode():
+        video = list(tiles.tiled_decode(latent, DECODER_TILING))
+        decoded = torch.tensor([tiles.decoded])
+        counts = D.all_gather_cat(decoded, None, dim=0).tolist()
+        _wrong_tile(tiles, world.rank)
+        broken = list(tiles.tiled_decode(latent, DECODER_TILING))
+    if not world.is_main:
+        return int(bool(frames.numel() or video or broken))  # only rank 0 yields
+    single = stack(None)
+    expected = collect_frames(single.video_decoder(profile)(latent, None))
+    inner = _inner_decoder(single, profile)
+    with torch.inference_mode():
+        expected_video = torch.cat(list(inner.tiled_decode(latent, DECODER_TILING)), dim=2)
+    frames_error = (frames.int() - expected.int()).abs().max().item()
+    video_error = (torch.cat(video, dim=2) - expected_video).abs().max().item()
+    broken_error = (torch.cat(broken, dim=2) - expected_video).abs().max().item()
+    print(
+        f"decode {backend} {shape}: {len(tiles.tiles)} tiles over {ranks} ranks (decoded per rank {counts}), "
+        f"frames max error {frames_error}, video max error {video_error:.2e}; "
+        f"a wrong tile from rank 1: {broken_error:.2e}",
+        flush=True,
+    )
+    return int(frames_error != 0 or video_error != 0 or broken_error == 0 or spread.used["video_decoder"] != backend)
+
+
+def _inner_decoder(stack: ModelStack, profile):
+    """The decoder ModelStack.video_decoder drives: ltx-core's module (eager) or the per-tile graphs."""
+    sessions = stack._sessions("video_decoder", stack.ckset, profile)
+    if sessions is None:
+        return stack._load("video_decoder", stack.ckset)
+    return GraphTiledDecoder(sessions, VIDEO_SCALE_FACTORS, stack.device, stack.dtype)
+
+
+def _wrong_tile(tiles: RankTiles, rank: int) -> None:
+    """Rank 1 decodes each of its tiles from the tile's latent mirrored left-right (same shape, wrong content)."""
+    if rank != 1:
+        return
+    decode_tile = tiles.decode_tile
+
+    def wrong(index, timestep, generator):
+        latent = tiles.latent
+        tiles.latent = latent.flip(-1)  # the same slice of a mirrored latent
+        try:
+            return decode_tile(index, timestep, generator)
+        finally:
+            tiles.latent = latent
+
+    tiles.decode_tile = wrong
+
+
 def main() -> int:
     torch.set_num_threads(1)
     for job in json.loads(sys.argv[1]):
-        if "dit-step-split" in job:
+        if "ltx-run" in job:
+            code = cli.main(job["ltx-run"])
+        elif "dit-step-split" in job:
             code = dit_step_split(*job["dit-step-split"])
+        elif "decode" in job:
+            code = decode(*job["decode"])
         else:
-            code = cli.main(job["ltx-run"]) if "ltx-run" in job else dit_step(job["dit-step"])
+            code = dit_step(job["dit-step"])
         if code:
             return code
     return 0

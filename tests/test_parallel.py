@@ -3,7 +3,8 @@
 Pass parallel (cfg=2) and Ulysses sequence parallel (ulysses=2) must reproduce the single-process
 output of ti2vid_two_stages and keyframe_interpolation (eager; ORT for cfg) in float32; the DiT
 step with token counts that do not divide by U (padding) must match at the tensor level; bad
-layouts get one-line errors before anything loads.
+layouts get one-line errors before anything loads. The video decode spread over the ranks must
+equal one process's decode exactly.
 """
 
 from __future__ import annotations
@@ -78,12 +79,25 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
         "kf-cfg-eager": _argv(kfi, tiny, tmp_path, "kf-cfg-eager", "eager", *kf, "--parallel", "cfg=2"),
         "kf-uly-eager": _argv(kfi, tiny, tmp_path, "kf-uly-eager", "eager", *kf, "--parallel", "ulysses=2"),
     }
-    jobs = [{"dit-step": str(tiny.checkpoint)}, *({"ltx-run": argv} for argv in runs.values())]
+    # the video decode's tiles over the ranks, at sizes where ltx-core's tiled decode engages: 2 temporal
+    # x 3 spatial tiles (eager and ORT graphs per tile shape) and 3 spatial tiles (rank 0 decodes two)
+    artifacts = str(tmp_path / "artifacts")
+    decodes = [(tiny.checkpoint, artifacts, b, s) for b, s in (("eager", "41x64x1152"), ("ort", "81x64x1152"))]
+    jobs = [
+        {"dit-step": str(tiny.checkpoint)},
+        *({"decode": list(map(str, d))} for d in decodes),
+        *({"ltx-run": argv} for argv in runs.values()),
+    ]
     (out0, _), (out1, err1) = _torchrun(tmp_path / "logs", "tests/parallel_driver.py", json.dumps(jobs))
     print(out0)
     # the DiT step with padded shards: both layouts within float32 rounding of one process
     assert out0.count("max abs error") == 2, out0
     assert "ltx-plan model" in out0, out0  # and ltx-plan's Ulysses byte count equals what was sent
+    # spread decode = one process's decode bit for bit; a rank sending a wrong tile is caught
+    for _, _, backend, shape in decodes:
+        line = next(line for line in out0.splitlines() if line.startswith(f"decode {backend} {shape}:"))
+        assert "frames max error 0, video max error 0.00e+00" in line and "over 2 ranks" in line, line
+        assert float(line.rsplit(" ", 1)[1]) > 0.1, line
     # rank 0 alone reports (one result line per run); rank 1 prints nothing, no progress bars
     assert out0.count(" frames -> ") == len(runs), out0
     assert out0.count("dit=ort") == 1, out0  # the ORT run ran its DiT on ORT graphs of batch 2

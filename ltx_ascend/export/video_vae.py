@@ -68,16 +68,22 @@ class VideoDecoderGraph(torch.nn.Module):
         return (self.decoder(latent),)
 
 
+def noise_source(decoder: VideoDecoder) -> str | None:
+    """What makes the decoder's forward draw noise from the generator, or None (LTX-2.3's released VAE)."""
+    if decoder.timestep_conditioning:
+        return "timestep_conditioning=True (noise + decode timestep inputs)"
+    noisy = [name for name, m in decoder.named_modules() if getattr(m, "inject_noise", False)]
+    return f"blocks with inject_noise=True (first: {noisy[0]})" if noisy else None
+
+
 def check_deterministic_decoder(decoder: VideoDecoder) -> None:
     """Refuse decoders whose forward draws noise: the graph has no noise or timestep input."""
-    if decoder.timestep_conditioning:
+    reason = noise_source(decoder)
+    if reason is not None:
         raise NotImplementedError(
-            "video_decoder with timestep_conditioning=True (noise + decode timestep inputs) is not exported; "
-            "LTX-2.3's released VAE config has timestep_conditioning: false"
+            f"video_decoder with {reason} is not exported; LTX-2.3's released VAE config has "
+            "timestep_conditioning: false and no inject_noise block"
         )
-    noisy = [name for name, m in decoder.named_modules() if getattr(m, "inject_noise", False)]
-    if noisy:
-        raise NotImplementedError(f"video_decoder blocks with inject_noise=True are not exported (first: {noisy[0]})")
 
 
 def video_sample(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -135,16 +141,21 @@ def _tiling_notes(tiling: TilingConfig) -> dict[str, int | None]:
     }
 
 
-def decoder_tiles_latent_shapes(latent_shape: Shape5D, tiling: TilingConfig = DECODER_TILING) -> list[Shape5D]:
-    """The latent shape of every tile `VideoDecoder.tiled_decode` feeds the decoder, in its order.
+def decoder_tiles(latent_shape: Shape5D, tiling: TilingConfig = DECODER_TILING) -> list:
+    """ltx-core's tiles (`Tile`: in_coords, out_coords, blend_mask) for this latent, in the order
+    `VideoDecoder.tiled_decode` decodes them.
 
     Calls ltx-core's own `VideoDecoder._prepare_tiles` (it reads only the latent's shape and the
     decoder's fixed x8/x32/x32 scale factors), on a `meta` tensor: no weights, no data.
     """
     decoder_like = types.SimpleNamespace(video_downscale_factors=VIDEO_SCALE_FACTORS)
+    return VideoDecoder._prepare_tiles(decoder_like, torch.empty(latent_shape, device="meta"), tiling)
+
+
+def decoder_tiles_latent_shapes(latent_shape: Shape5D, tiling: TilingConfig = DECODER_TILING) -> list[Shape5D]:
+    """The latent shape of every tile `VideoDecoder.tiled_decode` feeds the decoder, in its order."""
     latent = torch.empty(latent_shape, device="meta")
-    tiles = VideoDecoder._prepare_tiles(decoder_like, latent, tiling)
-    return [tuple(latent[tile.in_coords].shape) for tile in tiles]
+    return [tuple(latent[tile.in_coords].shape) for tile in decoder_tiles(latent_shape, tiling)]
 
 
 def decoder_tile_latent_shapes(profile: ShapeProfile, tiling: TilingConfig = DECODER_TILING) -> dict[Shape5D, int]:

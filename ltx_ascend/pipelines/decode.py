@@ -6,6 +6,7 @@ import torch
 
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.media import collect_frames
+from ltx_ascend.pipelines.parallel_decode import decoding_ranks
 from ltx_ascend.shapes import ShapeProfile
 
 
@@ -16,9 +17,20 @@ def decode(
     profile: ShapeProfile,
     generator: torch.Generator,
 ) -> Output:
-    if not ctx.main:  # only rank 0 writes the video, so only rank 0 decodes it
-        return Output(frames=torch.zeros(0, 0, 0, 3, dtype=torch.uint8), audio=None)
+    """On several ranks the video's tiles are spread over them (parallel_decode) and rank 0 blends
+    them; the audio decoder and vocoder (a few hundred latent frames at most) run on rank 0 alone."""
+    nothing = Output(frames=torch.zeros(0, 0, 0, 3, dtype=torch.uint8), audio=None)
+    parallel = ctx.stack.parallel
+    world = parallel.world if parallel is not None else None
+    ranks = decoding_ranks(world, video_latent.shape)
+    if world is not None and world.rank >= ranks:  # only rank 0 writes, and there are not tiles for all
+        return nothing
     with ctx.timings.stage("decode"):
-        frames = collect_frames(ctx.stack.video_decoder(profile)(video_latent, generator))
+        chunks = ctx.stack.video_decoder(profile, ranks)(video_latent, generator)
+        if not ctx.main:
+            for _ in chunks:  # this rank's tiles go to rank 0; it yields no frames
+                pass
+            return nothing
+        frames = collect_frames(chunks)
         audio = ctx.stack.audio(profile)(audio_latent) if audio_latent is not None else None
     return Output(frames=frames, audio=audio)

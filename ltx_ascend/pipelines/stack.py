@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from ltx_core.model.audio_vae import decode_audio
 from ltx_core.model.upsampler import upsample_video
-from ltx_core.model.video_vae import TilingConfig, decode_video
+from ltx_core.model.video_vae import decode_video
 from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
@@ -33,9 +33,11 @@ from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_blocks
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.video_vae import DECODER_TILING, noise_source
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
 from ltx_ascend.pipelines.parallel import Parallel
+from ltx_ascend.pipelines.parallel_decode import RankTiles
 from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
@@ -499,19 +501,37 @@ class ModelStack:
         session = sessions["spatial_upsampler"]
         return lambda latent: session.run({"latent": latent.to(self.device, self.dtype)})["latent_x2"]
 
-    def video_decoder(self, profile: ShapeProfile) -> Callable[[torch.Tensor, torch.Generator | None], Iterator]:
-        """Latent -> uint8 frame chunks [f, h, w, 3], as ltx-core's decode_video yields them."""
+    def video_decoder(
+        self, profile: ShapeProfile, ranks: int = 1
+    ) -> Callable[[torch.Tensor, torch.Generator | None], Iterator]:
+        """Latent -> uint8 frame chunks [f, h, w, 3], as ltx-core's decode_video yields them. With
+        `ranks` > 1 (`parallel_decode.decoding_ranks`) this rank decodes its share of the tiles and
+        only rank 0 yields frames."""
         sessions = self._sessions("video_decoder", self.ckset, profile)
         if sessions is None:
             decoder = self._load("video_decoder", self.ckset)
+            placed = lambda: self.on_device(("video_decoder", decoder))  # noqa: E731
+            noise = noise_source(decoder)
+        else:
+            decoder = GraphTiledDecoder(sessions, VIDEO_SCALE_FACTORS, self.device, self.dtype)
+            placed, noise = contextlib.nullcontext, None  # the graphs draw no noise (checked at export)
+        rank = self.parallel.world.rank if ranks > 1 else 0
+        if ranks > 1 and noise is not None:
+            if rank == 0:
+                log.warning("warning: video_decoder with %s draws noise tile by tile: rank 0 decodes alone", noise)
+            ranks = 1
+        if ranks > 1:
+            decoder = RankTiles(decoder, rank, ranks)
+        elif rank != 0:
+            decoder = None
 
-            def eager(latent: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-                with self.on_device(("video_decoder", decoder)):
-                    yield from _no_grad_iter(decode_video(latent, decoder, TilingConfig.default(), generator))
+        def run(latent: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+            if decoder is None:
+                return
+            with placed():
+                yield from _no_grad_iter(decode_video(latent, decoder, DECODER_TILING, generator))
 
-            return eager
-        decoder = GraphTiledDecoder(sessions, VIDEO_SCALE_FACTORS, self.device, self.dtype)
-        return lambda latent, generator: decode_video(latent, decoder, TilingConfig.default(), generator)
+        return run
 
     def audio(self, profile: ShapeProfile) -> Callable[[torch.Tensor], Audio]:
         """Audio latent -> waveform (audio decoder, then the float32 vocoder)."""

@@ -179,6 +179,30 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor] | None, device: torch.devi
     return out
 
 
+# what a tensor sent point to point may be: its header names the dtype by index here
+_SENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.uint8)
+_MAX_DIMS = 8
+
+
+def send_tensor(tensor: torch.Tensor, dst: int) -> None:
+    """`tensor` to rank `dst` (which calls `recv_tensor`): a fixed-size header (dtype, shape), then the data."""
+    header = torch.zeros(2 + _MAX_DIMS, dtype=torch.int64)
+    header[0], header[1] = _SENT_DTYPES.index(tensor.dtype), tensor.ndim
+    header[2 : 2 + tensor.ndim] = torch.tensor(tensor.shape)
+    dist.send(header.to(tensor.device), dst)
+    dist.send(tensor.contiguous(), dst)
+
+
+def recv_tensor(src: int, device: torch.device) -> torch.Tensor:
+    """The tensor rank `src` sends with `send_tensor`, on `device`."""
+    header = torch.zeros(2 + _MAX_DIMS, dtype=torch.int64, device=device)
+    dist.recv(header, src)
+    header = header.tolist()
+    out = torch.empty(header[2 : 2 + header[1]], dtype=_SENT_DTYPES[header[0]], device=device)
+    dist.recv(out, src)
+    return out
+
+
 @contextlib.contextmanager
 def host_lock(path: Path, world: World | bool | None) -> Iterator[None]:
     """One rank at a time on this host (building a shared artifact); a no-op for a single process."""
