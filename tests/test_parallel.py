@@ -29,10 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 FRAMES_PSNR_DB = 60.0
 AUDIO_MAX_ERROR = 1e-4
-# Ulysses runs each attention core over a different number of queries per call; float32 SDPA then
-# rounds differently (~1e-7 at the DiT's X0, e.g. the text cross-attention of 9 of 18 queries),
-# and the tiny set's random VAE and vocoder amplify that to ~1e-4 on the waveform (measured
-# 0.6e-4 to 1.3e-4 here). A split bug costs 0.2 to 0.8 at X0 (checked by breaking the all-to-all).
+# Ulysses with the tiny set's 2 heads rounds ~1e-7 differently at the DiT's X0: ltx-core's per-head
+# attention gate takes the sigmoid of [B, T, 2] values, and ATen's vector loop runs the last
+# numel % 32 of them through its scalar sigmoid (<= 1 ulp apart), so which tokens round which way
+# depends on the split. The tiny set's random VAE and vocoder amplify that to ~1e-4 on the
+# waveform (measured 0.8e-4 to 1.3e-4 here; holding the audio whole on every rank instead of
+# splitting it does not change that: the video carries it in through the A-V attention). With
+# LTX-2.3's 32 heads the gates fill whole vectors and Ulysses is bit-exact (the `dit-heads` job).
+# A split bug costs 0.2 to 0.8 at X0 (checked by breaking the all-to-all).
 ULYSSES_AUDIO_MAX_ERROR = 3e-4
 # 17 frames: 18 video tokens at stage 1, 72 at stage 2, 18 audio tokens (the padded case, tokens
 # not divisible by U, is checked at the DiT step below, where rounding is not amplified by decoders)
@@ -85,6 +89,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
     decodes = [(tiny.checkpoint, artifacts, b, s) for b, s in (("eager", "41x64x1152"), ("ort", "81x64x1152"))]
     jobs = [
         {"dit-step": str(tiny.checkpoint)},
+        {"dit-heads": 32},  # LTX-2.3's head count: Ulysses bit-exact at the token counts below
         *({"decode": list(map(str, d))} for d in decodes),
         *({"ltx-run": argv} for argv in runs.values()),
     ]
@@ -93,6 +98,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
     # the DiT step with padded shards: both layouts within float32 rounding of one process
     assert out0.count("max abs error") == 2, out0
     assert "ltx-plan model" in out0, out0  # and ltx-plan's Ulysses byte count equals what was sent
+    assert out0.count("dit 32 heads") == 3 and out0.count("video error 0.00e+00, audio error 0.00e+00") == 3, out0
     # spread decode = one process's decode bit for bit; a rank sending a wrong tile is caught
     for _, _, backend, shape in decodes:
         line = next(line for line in out0.splitlines() if line.startswith(f"decode {backend} {shape}:"))
@@ -245,3 +251,34 @@ def test_ulysses_on_ort_runs_the_split_block_graphs(tiny, tmp_path):
         torch.set_num_threads(threads)
     load = lambda name: load_file(str(tmp_path / f"{name}.safetensors"))  # noqa: E731
     _assert_same("two-uly-ort", load("two-ort"), load("two-uly-ort"))
+
+
+def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypatch):
+    """A video decoder whose forward draws noise (timestep conditioning: not LTX-2.3's) consumes the
+    generator tile after tile, so its tiles are not spread: rank 0 decodes alone, as one process
+    does, and says so; rank 1 yields nothing (and sends nothing: no process group is open here)."""
+    from types import SimpleNamespace
+
+    from ltx_ascend.pipelines import stack as stack_module
+    from ltx_ascend.pipelines.media import collect_frames
+    from ltx_ascend.runtime import device as dev
+    from ltx_ascend.shapes import shape_profile
+
+    profile = shape_profile("41x64x1152")  # 3 tiles
+    latent = torch.randn(profile.video_latent_shape, generator=torch.Generator().manual_seed(3))
+
+    def decoded(rank: int | None, ranks: int) -> list[torch.Tensor]:
+        parallel = SimpleNamespace(world=SimpleNamespace(rank=rank)) if rank is not None else None
+        policy = dev.policy_for("cpu", torch.float32)
+        stack = stack_module.ModelStack(
+            tiny.checkpoint_set(), policy, stack_module.BackendChoice.parse("eager"), tmp_path, parallel=parallel
+        )
+        return list(stack.video_decoder(profile, ranks)(latent, None))
+
+    expected = collect_frames(decoded(None, 1))
+    monkeypatch.setattr(stack_module, "noise_source", lambda decoder: "timestep_conditioning=True")
+    assert decoded(1, 2) == []
+    assert torch.equal(collect_frames(decoded(0, 2)), expected)
+    assert "video_decoder with timestep_conditioning=True draws noise tile by tile: rank 0 decodes alone" in (
+        capsys.readouterr().err
+    )
