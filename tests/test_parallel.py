@@ -282,3 +282,19 @@ def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypa
     assert "video_decoder with timestep_conditioning=True draws noise tile by tile: rank 0 decodes alone" in (
         capsys.readouterr().err
     )
+
+
+def test_bench_parallel_decode(tmp_path, capsys):
+    """`ltx-bench --parallel --component video_decoder`: one process is the base row; the wrong preset
+    or a backend whose threads it cannot hold to --threads are one-line errors."""
+    from ltx_ascend.tools import bench
+
+    base = ["--component", "video_decoder", "--parallel", "cfg=1", "--artifacts", str(tmp_path)]
+    code, _, err = run_cli(bench.main, ["--preset", "bench", *base], capsys)
+    assert code == 2 and "times the tiny set's decoder: pass --preset tiny" in err, err
+    code, _, err = run_cli(bench.main, ["--preset", "tiny", "--backends", "ort", *base], capsys)
+    assert code == 2 and "runs eager (pass --backends eager)" in err, err
+    argv = ["--preset", "tiny", "--backends", "eager", "--shape", "41x64x1152", "--repeats", "1", "--threads", "1"]
+    code, out, err = run_cli(bench.main, [*argv, *base], capsys)
+    assert code == 0, err
+    assert "video decode (eager, 41x64x1152, 3 tiles) cfg=1,ulysses=1 on 1 rank(s) x 1 thread(s): median" in out, out

@@ -468,6 +468,60 @@ def _ort_parallel_runner(model, config, shape, layout, world, parallel, artifact
     return DiTRunner(config, sessions, block_weights=weights, parallel=parallel)
 
 
+def bench_parallel_decode(
+    layout_text: str, shape: str, backend: str, artifacts: Path, repeats: int, threads: int | None
+) -> dict[str, Any] | None:
+    """The tiny set's tiled video decode (ModelStack.video_decoder, as ltx-run's decode stage runs
+    it), its tiles spread over torchrun's ranks (one process without torchrun: the base). Every rank
+    times the same decodes between barriers; rank 0 reports (None on the others)."""
+    from ltx_ascend.pipelines.parallel import Parallel
+    from ltx_ascend.pipelines.parallel_decode import decoding_ranks
+    from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+    from ltx_ascend.runtime import distributed as D
+
+    if backend != "eager":  # ModelStack's ORT sessions take all cores: threads per rank would not hold
+        raise UserError(f"--backends {backend}: the parallel decode benchmark runs eager (pass --backends eager)")
+    layout = D.Layout.parse(layout_text)
+    cpu = torch.device("cpu")
+    world = D.init_world(layout, cpu)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    with D.host_lock(artifacts / ".tiny.lock", world):
+        tiny = ensure_tiny_set(artifacts / "tiny")
+    profile = shape_profile(shape)
+    latent = torch.randn(profile.video_latent_shape, generator=torch.Generator().manual_seed(0))
+    stack = ModelStack(
+        tiny.checkpoint_set(), dev.policy_for("cpu", torch.float32), BackendChoice.parse(backend), artifacts,
+        fallback="none", build_missing=True, parallel=Parallel(world) if layout.size > 1 else None,
+        log=print if world.is_main else lambda _: None,
+    )  # fmt: skip
+    ranks = decoding_ranks(world, latent.shape)
+    decode = stack.video_decoder(profile, ranks) if world.rank < ranks else None
+    times = []
+    for i in range(repeats + 1):  # the first is the warm-up
+        world.barrier()
+        start = time.perf_counter()
+        if decode is not None:
+            for _ in decode(latent, None):
+                pass
+        world.barrier()
+        if i:
+            times.append(time.perf_counter() - start)
+    if not world.is_main:
+        return None
+    from ltx_ascend.export.video_vae import decoder_tiles
+
+    return {
+        "layout": str(layout),
+        "backend": stack.used["video_decoder"],
+        "ranks": layout.size,
+        "decoding_ranks": ranks,
+        "tiles": len(decoder_tiles(profile.video_latent_shape)),
+        "threads_per_rank": torch.get_num_threads(),
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+    }
+
+
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"{'component':<28} {'backend':<10} {'median s':>10} {'min s':>10} {'peak MB':>9} {'vs eager':>9}"]
     lines.append("-" * len(lines[0]))
@@ -530,14 +584,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parallel",
         metavar="cfg=C,ulysses=U",
-        help="bench preset only: one DiT step on the block chain (--backends eager|ort) split over torchrun's ranks",
+        help="one DiT step (--preset bench; on the block chain, --backends eager|ort) or the tiled video decode "
+        "(--preset tiny --component video_decoder) split over torchrun's ranks",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    if args.parallel and args.component == "video_decoder":
+        if args.preset != "tiny":
+            raise UserError("--parallel --component video_decoder times the tiny set's decoder: pass --preset tiny")
+        shape = args.shape or "81x512x768"
+        shape_profile(shape)
+        backend = args.backends or "eager"
+        row = bench_parallel_decode(args.parallel, shape, backend, args.artifacts, args.repeats, args.threads)
+        if row is not None:
+            print(
+                f"video decode ({row['backend']}, {shape}, {row['tiles']} tiles) {row['layout']} on "
+                f"{row['decoding_ranks']} rank(s) x {row['threads_per_rank']} thread(s): median "
+                f"{row['median_s']:.2f} s, min {row['min_s']:.2f} s"
+            )
+            if args.json:
+                atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
+        return 0
     if args.parallel:
         if args.preset != "bench":
-            raise UserError("--parallel times the bench preset's DiT step: pass --preset bench")
+            raise UserError(
+                "--parallel times the bench preset's DiT step (pass --preset bench) or the tiny set's video decode "
+                "(pass --preset tiny --component video_decoder)"
+            )
         backend = args.backends or "eager"
         if backend not in ("eager", "ort"):
             raise UserError(f"--backends {backend} with --parallel: time one backend, eager or ort")
