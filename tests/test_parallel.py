@@ -89,7 +89,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
     decodes = [(tiny.checkpoint, artifacts, b, s) for b, s in (("eager", "41x64x1152"), ("ort", "81x64x1152"))]
     jobs = [
         {"dit-step": str(tiny.checkpoint)},
-        {"dit-heads": 32},  # LTX-2.3's head count: Ulysses bit-exact at the token counts below
+        {"dit-heads": 32},  # LTX-2.3's head count: Ulysses bit-exact at the pipelines' token counts
         *({"decode": list(map(str, d))} for d in decodes),
         *({"ltx-run": argv} for argv in runs.values()),
     ]
