@@ -257,7 +257,12 @@ class ModelStack:
         resolution = self._resolution(component, ckset, profile, layout)
         sessions = None
         if resolution is not None:
-            sessions = open_component(resolution, fallback=self.fallback, device=self.device, ep=self.ep)
+            # Under torchrun each rank keeps to its share of the host (torchrun sets OMP_NUM_THREADS, which
+            # torch honours and ORT does not): ORT gets torch's thread count, not every core.
+            threads = torch.get_num_threads() if self.parallel is not None else None
+            sessions = open_component(
+                resolution, fallback=self.fallback, device=self.device, ep=self.ep, threads=threads
+            )
         if sessions is None:
             self.used[component] = "eager"
             return None
