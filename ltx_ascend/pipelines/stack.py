@@ -257,11 +257,10 @@ class ModelStack:
         resolution = self._resolution(component, ckset, profile, layout)
         sessions = None
         if resolution is not None:
-            # Under torchrun each rank keeps to its share of the host (torchrun sets OMP_NUM_THREADS, which
-            # torch honours and ORT does not): ORT gets torch's thread count, not every core.
-            threads = torch.get_num_threads() if self.parallel is not None else None
+            # ORT takes torch's thread count (OMP_NUM_THREADS / torch.set_num_threads), not every core: under
+            # torchrun each rank keeps to its share of the host, and eager and compiled runs share one setting.
             sessions = open_component(
-                resolution, fallback=self.fallback, device=self.device, ep=self.ep, threads=threads
+                resolution, fallback=self.fallback, device=self.device, ep=self.ep, threads=torch.get_num_threads()
             )
         if sessions is None:
             self.used[component] = "eager"
