@@ -173,3 +173,86 @@ def test_quantization_report_per_block_cosine(tiny):
     smoothed = quantization_report(config, PROFILE, outlier_channels=2, outlier_scale=200.0, smooth_alpha=0.5)
     update = lambda rs: min(r["cosine"] for r in rs if r["output"].endswith(" - x"))  # noqa: E731
     assert update(spiky) < update(rows) and update(smoothed) > update(spiky)
+
+
+def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_timesteps(tiny, tmp_path):
+    """ort-fused block layouts also carry the block graph fed one video AdaLN row per pass. On one
+    timestep per pass it gives what the per-token graph gives; the runner picks it only then (per-token
+    timesteps keep the per-token graph); another timestep's row fails the comparison."""
+    from ltx_core.guidance.perturbations import PerturbationConfig
+    from ltx_core.model.transformer.modality import Modality
+
+    from ltx_ascend.checkpoints.loader import read_model_config
+    from ltx_ascend.export import dit_blocks
+    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, DiTRunner, Pass
+    from ltx_ascend.runtime.artifacts import open_sessions, resolve
+    from ltx_ascend.tools.bench import _bench_block_item
+
+    ckset = tiny.checkpoint_set()
+    options = ExportOptions(dit_layout="blocks", ort_fused=True)
+    result = export_component("dit", ckset, PROFILE, out=tmp_path, options=options, verify=True)
+    graphs = {g.name: g for g in result.graphs}
+    assert set(graphs) == {"dit-input", "dit-block", SAMPLE_ADALN_GRAPH, "dit-output"}
+    for g in graphs.values():
+        assert all(c.passes(TOLERANCES["float32"]) for c in g.comparisons.values()), (g.name, g.comparisons)
+    request = export_request("dit", ckset, PROFILE, torch.float32, False, options)
+    sessions = open_sessions(resolve(request, tmp_path, "onnx"))
+    adaln = next(s for s in sessions[SAMPLE_ADALN_GRAPH].inputs if s.name == "video_adaln")
+    assert adaln.shape[1] == 1  # [passes, 1, 9 x dim]
+    config, files = read_model_config(ckset.checkpoint), sorted(result.folder.glob("block_*.safetensors"))
+    lean = DiTRunner(config, sessions, block_weights=files)
+    per_token = DiTRunner(config, {k: v for k, v in sessions.items() if k != SAMPLE_ADALN_GRAPH}, block_weights=files)
+
+    g = torch.Generator().manual_seed(0)
+    video_pos, audio_pos = dit.latent_positions(PROFILE)
+    dims = {s.name: s.shape for s in sessions["dit-input"].inputs}
+
+    def modality(name: str, positions: torch.Tensor, timesteps: torch.Tensor) -> Modality:
+        latent = torch.randn(dims[f"{name}_latent"], generator=g)
+        return Modality(latent=latent, sigma=torch.tensor([0.7]), timesteps=timesteps, positions=positions,
+                        context=torch.zeros(1))  # fmt: skip
+
+    shared = {m: torch.full((1, dims[f"{m}_latent"][1], 1), 0.7) for m in ("video", "audio")}
+    video, audio = modality("video", video_pos, shared["video"]), modality("audio", audio_pos, shared["audio"])
+    contexts = (torch.randn(dims[f"{m}_context"], generator=g) for m in ("video", "audio"))
+    passes = [Pass(PerturbationConfig.empty(), *contexts)]
+    feeds = lean._feeds(video, audio, passes)
+    acts = lean.run_input(feeds)
+    assert acts["video_adaln"].shape[1] == 1 and lean.block_session(acts) is sessions[SAMPLE_ADALN_GRAPH]
+    ((v_lean, a_lean),) = lean(video, audio, passes)
+    ((v_tok, a_tok),) = per_token(video, audio, passes)
+    for got, want in ((v_lean, v_tok), (a_lean, a_tok)):
+        assert compare(want, got).passes(TOLERANCES["float32"]), compare(want, got)
+
+    # Per-token timesteps (four tokens conditioned, as an image condition makes them): the per-token graph.
+    conditioned = shared["video"].clone()
+    conditioned[:, :4] = 0.0
+    video_c = dataclasses.replace(video, timesteps=conditioned)
+    acts_c = lean.run_input(lean._feeds(video_c, audio, passes))
+    assert acts_c["video_adaln"].shape[1] > 1 and lean.block_session(acts_c) is sessions["dit-block"]
+    ((v_c, _),) = lean(video_c, audio, passes)
+    ((v_c_tok, _),) = per_token(video_c, audio, passes)
+    assert torch.equal(v_c, v_c_tok)
+    assert dit_blocks.shared_adaln(acts_c) is None  # the full compare alone sees it too
+
+    # A deliberately wrong row (timestep 0.3's) in the per-sample graph fails against the per-token output.
+    video_other = dataclasses.replace(video, timesteps=shared["video"] * 0.3 / 0.7)
+    other = lean.run_input(lean._feeds(video_other, audio, passes))
+    block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, 0), "video_adaln": other["video_adaln"]}
+    block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in lean.block_weights[0].items()}
+    session = sessions[SAMPLE_ADALN_GRAPH]
+    wrong = session.run({s.name: block_in[s.name] for s in session.inputs})["video_x_out"]
+    block_in["video_adaln"] = acts["video_adaln"]
+    right = session.run({s.name: block_in[s.name] for s in session.inputs})["video_x_out"]
+    full = per_token.run_input(feeds)
+    block_in["video_adaln"] = full["video_adaln"]
+    want = sessions["dit-block"].run({s.name: block_in[s.name] for s in sessions["dit-block"].inputs})["video_x_out"]
+    assert compare(want, right).passes(TOLERANCES["float32"])
+    assert not compare(want, wrong).passes(TOLERANCES["float32"])
+
+    # ltx-bench's 22b-block preset times the graph the runner would pick on its (shared-timestep) sample.
+    items = dit.build_items(ckset, PROFILE, torch.float32, options)
+    assert _bench_block_item(items).variant == dit_blocks.SAMPLE_ADALN
+    assert _bench_block_item([i for i in items if i.variant != dit_blocks.SAMPLE_ADALN]).variant == "block"
+    for s in sessions.values():
+        s.close()

@@ -57,6 +57,12 @@ OUTPUT_GRAPH_INPUTS = tuple(
     f"{m}_{f}" for m in ("video", "audio") for f in ("x", "embedded_timestep", "latent", "timesteps")
 )
 OUTPUT_GRAPH_OUTPUTS = ("video_denoised", "audio_denoised")
+# The block graph again, with the video AdaLN table fed once per sample ([B, 1, 9 x dim]) instead of
+# once per token ([B, T, 9 x dim]: 1.36 GB in float32 for 4 passes x 2,304 tokens of the 22B). ltx-core's
+# block broadcasts a 1-token table itself, so the graph is the same block traced at that shape. The
+# runtime picks it only when every token's row is bitwise the same (no per-token conditioning).
+SAMPLE_ADALN = "block-sample-adaln"  # export item variant; graph "dit-block-sample-adaln"
+SAMPLE_ADALN_INPUT = "video_adaln"
 
 
 def block_parameter_names(block: BasicAVTransformerBlock) -> list[str]:
@@ -188,6 +194,21 @@ class DiTOutputGraph(torch.nn.Module):
 def block_skip_columns(feeds: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
     """This block's [batch, 1] column of each whole-model skip mask."""
     return {name: feeds[name][:, block : block + 1].contiguous() for name in SKIP_INPUTS}
+
+
+def shared_adaln(acts: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None) -> torch.Tensor | None:
+    """`acts["video_adaln"]` cut to one row per sample ([B, 1, C], its own memory) when every token's
+    row equals the first bitwise, else None (per-token timesteps: image or video conditioning).
+    `timesteps` ([B, T, ...], the input graph's feed), when given, rules out the full compare cheaply."""
+    table = acts[SAMPLE_ADALN_INPUT]
+    if table.shape[1] == 1:
+        return table
+    if timesteps is not None and not torch.equal(timesteps, timesteps[:, :1].expand_as(timesteps)):
+        return None
+    first = table[:, :1]
+    if not torch.equal(table, first.expand_as(table)):
+        return None
+    return first.clone()  # not a view: the [B, T, C] table must be free to go
 
 
 def block_feeds(
@@ -382,6 +403,24 @@ def build_block_items(
     if split:
         layout |= {"layout": "split", "ulysses": options.ulysses, "cores": dit_split.core_notes(block)}
         layout |= {"shard_tokens": {m: feeds[f"{m}_latent"].shape[1] for m in ("video", "audio")}}
+    sample_adaln_items = []
+    if options.ort_fused and not split:  # ORT's memory-lean variant: also the per-sample AdaLN block graph
+        table = shared_adaln(b_feeds)
+        if table is None:  # the sample feeds share one timestep per pass (dit.sample_feeds)
+            raise RuntimeError("sample feeds have per-token AdaLN rows: cannot trace the per-sample block graph")
+        sample_adaln_items.append(
+            ExportItem(
+                "dit",
+                block_graph,
+                block_graph.input_names,
+                BLOCK_OUTPUTS,
+                {**b_feeds, SAMPLE_ADALN_INPUT: table},
+                block_reference,
+                variant=SAMPLE_ADALN,
+                notes=layout,
+            )
+        )
+
     return [
         ExportItem(
             "dit",
@@ -405,6 +444,7 @@ def build_block_items(
             write_extra=write_weights,
             split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, b_feeds) if split else None,
         ),
+        *sample_adaln_items,
         ExportItem(
             "dit",
             output_graph,

@@ -25,6 +25,8 @@ from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
 
+SAMPLE_ADALN_GRAPH = f"dit-{dit_blocks.SAMPLE_ADALN}"
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -159,8 +161,22 @@ class DiTRunner:
         return result
 
     def run_input(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Patchify and embeddings: the activations every block reads."""
-        return self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+        """Patchify and embeddings: the activations every block reads. With a per-sample AdaLN block
+        graph (`dit_blocks.SAMPLE_ADALN`) and one timestep for all tokens of each pass, the video AdaLN
+        table comes back one row per pass, and the per-token one is dropped."""
+        acts = self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+        if SAMPLE_ADALN_GRAPH in self.sessions:
+            table = dit_blocks.shared_adaln(acts, feeds["video_timesteps"])
+            if table is not None:
+                acts[dit_blocks.SAMPLE_ADALN_INPUT] = table
+        return acts
+
+    def block_session(self, acts: dict[str, torch.Tensor]) -> Session:
+        """The block graph for these activations: per-sample AdaLN when `run_input` cut the table."""
+        tokens = acts["video_x"].shape[1]
+        if SAMPLE_ADALN_GRAPH in self.sessions and tokens > 1 and acts[dit_blocks.SAMPLE_ADALN_INPUT].shape[1] == 1:
+            return self.sessions[SAMPLE_ADALN_GRAPH]
+        return self.sessions["dit-block"]
 
     def run_block(self, index: int, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]) -> None:
         """Block `index` on `acts`, in place (`video_x`, `audio_x` are replaced by its outputs)."""
@@ -170,7 +186,7 @@ class DiTRunner:
         if self.segments:
             out = dit_split.run_segments(self.segments, self.attend, block_in)
         else:
-            block = self.sessions["dit-block"]
+            block = self.block_session(acts)
             out = block.run({s.name: block_in[s.name] for s in block.inputs})
         acts["video_x"], acts["audio_x"] = out["video_x_out"], out["audio_x_out"]
         self.block_weights.release(index)
