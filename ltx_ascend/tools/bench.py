@@ -10,6 +10,9 @@ GEMM, timed in the same run.
 Backends: `eager` (ltx-core, float32), `ort` (the portable graph, ORT_ENABLE_ALL), `ort-fused`
 (`--ort-fused`: MultiHeadAttention, SimplifiedLayerNormalization), `ort-w8a8` (ort-fused with
 `--quantization w8a8`), `eager-w8a8` (the eager W8A8 reference), `om` (Ascend hosts only).
+`22b-block` times one block graph per backend: the one `DiTRunner` would run on the sample (its
+text-to-video passes share one timestep per pass, so ort-fused variants run the per-sample AdaLN
+graph); the JSON row names it (`graph`).
 """
 
 from __future__ import annotations
