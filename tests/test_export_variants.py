@@ -183,9 +183,10 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     from ltx_core.model.transformer.modality import Modality
 
     from ltx_ascend.checkpoints.loader import read_model_config
-    from ltx_ascend.export import dit_blocks
+    from ltx_ascend.export import dit, dit_blocks
     from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, DiTRunner, Pass
-    from ltx_ascend.runtime.artifacts import open_sessions, resolve
+    from ltx_ascend.runtime.artifacts import open_sessions
+    from ltx_ascend.store import resolve_folder
     from ltx_ascend.tools.bench import _bench_block_item
 
     ckset = tiny.checkpoint_set()
@@ -195,8 +196,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     assert set(graphs) == {"dit-input", "dit-block", SAMPLE_ADALN_GRAPH, "dit-output"}
     for g in graphs.values():
         assert all(c.passes(TOLERANCES["float32"]) for c in g.comparisons.values()), (g.name, g.comparisons)
-    request = export_request("dit", ckset, PROFILE, torch.float32, False, options)
-    sessions = open_sessions(resolve(request, tmp_path, "onnx"))
+    sessions = open_sessions(resolve_folder(result.folder, "onnx"))
     adaln = next(s for s in sessions[SAMPLE_ADALN_GRAPH].inputs if s.name == "video_adaln")
     assert adaln.shape[1] == 1  # [passes, 1, 9 x dim]
     config, files = read_model_config(ckset.checkpoint), sorted(result.folder.glob("block_*.safetensors"))
@@ -250,7 +250,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     assert not compare(want, wrong).passes(TOLERANCES["float32"])
 
     # ltx-bench's 22b-block preset times the graph the runner would pick on its (shared-timestep) sample.
-    items = dit.build_items(ckset, PROFILE, torch.float32, options)
+    items = dit_layouts.build_items(ckset, PROFILE, torch.float32, options)
     assert _bench_block_item(items).variant == dit_blocks.SAMPLE_ADALN
     assert _bench_block_item([i for i in items if i.variant != dit_blocks.SAMPLE_ADALN]).variant == "block"
     for s in sessions.values():
