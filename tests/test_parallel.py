@@ -82,6 +82,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
         "two-cfg-ort": _argv(two, tiny, tmp_path, "two-cfg-ort", "ort", "--parallel", "cfg=2"),
         "kf-cfg-eager": _argv(kfi, tiny, tmp_path, "kf-cfg-eager", "eager", *kf, "--parallel", "cfg=2"),
         "kf-uly-eager": _argv(kfi, tiny, tmp_path, "kf-uly-eager", "eager", *kf, "--parallel", "ulysses=2"),
+        "kf-cfg-ort": _argv(kfi, tiny, tmp_path, "kf-cfg-ort", "ort", *kf, "--parallel", "cfg=2"),
     }
     # the video decode's tiles over the ranks, at sizes where ltx-core's tiled decode engages: 2 temporal
     # x 3 spatial tiles (eager and ORT graphs per tile shape) and 3 spatial tiles (rank 0 decodes two)
@@ -106,7 +107,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
         assert float(line.rsplit(" ", 1)[1]) > 0.1, line
     # rank 0 alone reports (one result line per run); rank 1 prints nothing, no progress bars
     assert out0.count(" frames -> ") == len(runs), out0
-    assert out0.count("dit=ort") == 1, out0  # the ORT run ran its DiT on ORT graphs of batch 2
+    assert out0.count("dit=ort") == 2, out0  # the ORT runs ran their DiT on ORT graphs of batch 2
     assert out1 == "" and "it/s" not in err1, (out1, err1[-2000:])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: same kernels, same rounding
@@ -115,6 +116,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
             "two-eager": _argv(two, tiny, tmp_path, "two-eager", "eager"),
             "two-ort": _argv(two, tiny, tmp_path, "two-ort", "ort"),
             "kf-eager": _argv(kfi, tiny, tmp_path, "kf-eager", "eager", *kf),
+            "kf-ort": _argv(kfi, tiny, tmp_path, "kf-ort", "ort", *kf),
         }
         for argv in singles.values():
             assert cli.main(argv) == 0
@@ -127,6 +129,7 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
         ("two-cfg-ort", "two-ort"),
         ("kf-cfg-eager", "kf-eager"),
         ("kf-uly-eager", "kf-eager"),
+        ("kf-cfg-ort", "kf-ort"),
     ):
         _assert_same(name, load(single), load(name))
     assert len(list(tmp_path.glob("*.mp4"))) == len(runs) + len(singles)
@@ -232,25 +235,29 @@ def test_ulysses_on_ort_runs_the_split_block_graphs(tiny, tmp_path):
     the segment graphs; `--fallback none` makes any eager fallback an error. One ORT process is the
     reference. First, one DiT step on split graphs whose shards are padded (13 video, 9 audio
     tokens) against ltx-core eagerly (the driver fails the launch above 1e-5)."""
-    two = "ti2vid_two_stages"
+    two, kfi = "ti2vid_two_stages", "keyframe_interpolation"
+    kf = image_args(keyframes(tmp_path)[:1])  # keyframe tokens appended to the video sequence
     argv = _argv(two, tiny, tmp_path, "two-uly-ort", "ort", "--parallel", "ulysses=2", "--fallback", "none")
+    kf_argv = _argv(kfi, tiny, tmp_path, "kf-uly-ort", "ort", *kf, "--parallel", "ulysses=2", "--fallback", "none")
     split_step = {"dit-step-split": [str(tiny.checkpoint), str(tmp_path / "step-artifacts")]}  # padded shards
-    jobs = json.dumps([split_step, {"ltx-run": argv}])
+    jobs = json.dumps([split_step, {"ltx-run": argv}, {"ltx-run": kf_argv}])
     (out0, err0), (out1, err1) = _torchrun(tmp_path / "logs", "tests/parallel_driver.py", jobs)
     print(out0)
     assert "dit step split graphs (ort) ulysses=2, 13+9 tokens: max abs error" in out0, out0
     assert "split at attention, 1/2 of the tokens)" in out0 and "warning" not in err0, (out0, err0[-2000:])
     assert out1 == "" and "warning" not in err1, (out1, err1[-2000:])
     segments = sorted(p.name for p in (tmp_path / "artifacts" / "dit").rglob("ort-cpu/dit-segment*.onnx"))
-    assert len(segments) == 2 * 3, segments  # stage 1 and stage 2, three segments each
+    assert len(segments) == 2 * 2 * 3, segments  # two pipelines' stage 1 and stage 2, three segments each
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank
     try:
         assert cli.main(_argv(two, tiny, tmp_path, "two-ort", "ort")) == 0
+        assert cli.main(_argv(kfi, tiny, tmp_path, "kf-ort", "ort", *kf)) == 0
     finally:
         torch.set_num_threads(threads)
     load = lambda name: load_file(str(tmp_path / f"{name}.safetensors"))  # noqa: E731
     _assert_same("two-uly-ort", load("two-ort"), load("two-uly-ort"))
+    _assert_same("kf-uly-ort", load("kf-ort"), load("kf-uly-ort"))
 
 
 def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypatch):
