@@ -51,12 +51,7 @@ def dit_step(checkpoint: str) -> int:
     model = load_component("dit", ckset, device=cpu, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     video, audio = _modality(13, 3, g), _modality(7, 1, g)
-    block = model.transformer_blocks[0]
-    dims = (block.attn2.to_k.in_features, block.audio_attn2.to_k.in_features)
-    context = [tuple(torch.randn(1, 6, d, generator=g) for d in dims) for _ in range(2)]
-    stg = PerturbationConfig([Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, [1])])
-    empty = PerturbationConfig.empty()
-    passes = [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
+    passes = _three_passes(model, g, text_tokens=6)
     reference = eager_dit_runner(model, config, cpu, torch.float32)(video, audio, passes)
     failed = 0
     for layout in (D.Layout(cfg=2), D.Layout(ulysses=2)):
@@ -107,12 +102,7 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
         )
 
     video, audio = modality(13, 3), modality(9, 1)
-    block = model.transformer_blocks[0]
-    dims = (block.attn2.to_k.in_features, block.audio_attn2.to_k.in_features)
-    context = [tuple(torch.randn(1, 1024, d, generator=g) for d in dims) for _ in range(2)]
-    stg = PerturbationConfig([Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, [1])])
-    empty = PerturbationConfig.empty()
-    passes = [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
+    passes = _three_passes(model, g, text_tokens=1024)
     reference = eager_dit_runner(model, config, cpu, torch.float32)(video, audio, passes)
     world = D.init_world(D.Layout(ulysses=2), cpu)
     profile = shape_profile("9x128x192", stage=1, batch=3, conditioning_tokens=1)
@@ -168,6 +158,17 @@ def dit_heads(heads: int) -> int:
                   f"audio error {errors[1]:.2e}", flush=True)  # fmt: skip
         failed |= max(errors) != 0.0
     return int(failed)
+
+
+def _three_passes(model, g: torch.Generator, text_tokens: int) -> list[Pass]:
+    """Conditional, negative and STG (block 1) passes with random text contexts: cfg=2 leaves one rank
+    a short chunk."""
+    block = model.transformer_blocks[0]
+    dims = (block.attn2.to_k.in_features, block.audio_attn2.to_k.in_features)
+    context = [tuple(torch.randn(1, text_tokens, d, generator=g) for d in dims) for _ in range(2)]
+    stg = PerturbationConfig([Perturbation(PerturbationType.SKIP_VIDEO_SELF_ATTN, [1])])
+    empty = PerturbationConfig.empty()
+    return [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
 
 
 def _modality(tokens: int, dims: int, g: torch.Generator) -> Modality:
