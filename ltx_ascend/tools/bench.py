@@ -564,6 +564,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _report_parallel(row: dict[str, Any], line: str, json_path: Path | None) -> None:
+    """A multi-rank measurement: its line, and its row as JSON when asked."""
+    print(line)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(row, indent=2) + "\n")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="ltx-bench", description=__doc__.splitlines()[0])
@@ -614,14 +621,14 @@ def main(argv: list[str] | None = None) -> int:
         shape_profile(shape)
         backend = args.backends or "eager"
         row = bench_parallel_decode(args.parallel, shape, backend, args.artifacts, args.repeats, args.threads)
-        if row is not None:
-            print(
+        if row is not None:  # rank 0 reports
+            _report_parallel(
+                row,
                 f"video decode ({row['backend']}, {shape}, {row['tiles']} tiles) {row['layout']} on "
                 f"{row['decoding_ranks']} rank(s) x {row['threads_per_rank']} thread(s): median "
-                f"{row['median_s']:.2f} s, min {row['min_s']:.2f} s"
+                f"{row['median_s']:.2f} s, min {row['min_s']:.2f} s",
+                args.json,
             )
-            if args.json:
-                atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
         return 0
     if args.parallel:
         if args.preset != "bench":
@@ -634,15 +641,15 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--backends {backend} with --parallel: time one backend, eager or ort")
         shape = args.shape or "41x1024x1536"
         row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
-        if row is not None:
+        if row is not None:  # rank 0 reports
             chain = "eager block chain" if backend == "eager" else "ORT block graphs split at attention"
-            print(
+            _report_parallel(
+                row,
                 f"DiT step ({PASSES_PER_STEP} passes, {chain}, {row['video_tokens']} video + "
                 f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
-                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
+                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s",
+                args.json,
             )
-            if args.json:
-                atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
         return 0
     if args.preset == "22b-stream":
         if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
