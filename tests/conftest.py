@@ -23,8 +23,14 @@ def _library_messages_on_the_console() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic() -> None:
+def _deterministic():
+    """Every test starts from one seed and leaves torch's thread count as it found it: a CLI run in-process
+    with --threads (or a test acting as one rank) must not change the kernels, and so the rounding, of
+    the tests after it (the tiny set built twice must be byte-identical)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
