@@ -293,14 +293,14 @@ def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypa
 
 def test_bench_parallel_decode(tmp_path, capsys):
     """`ltx-bench --parallel --component video_decoder`: one process is the base row; the wrong preset
-    or a backend whose threads it cannot hold to --threads are one-line errors."""
+    or a backend it does not time are one-line errors."""
     from ltx_ascend.tools import bench
 
     base = ["--component", "video_decoder", "--parallel", "cfg=1", "--artifacts", str(tmp_path)]
     code, _, err = run_cli(bench.main, ["--preset", "bench", *base], capsys)
     assert code == 2 and "times the tiny set's decoder: pass --preset tiny" in err, err
-    code, _, err = run_cli(bench.main, ["--preset", "tiny", "--backends", "ort", *base], capsys)
-    assert code == 2 and "runs eager (pass --backends eager)" in err, err
+    code, _, err = run_cli(bench.main, ["--preset", "tiny", "--backends", "ort-fused", *base], capsys)
+    assert code == 2 and "times eager or ort" in err, err
     argv = ["--preset", "tiny", "--backends", "eager", "--shape", "41x64x1152", "--repeats", "1", "--threads", "1"]
     code, out, err = run_cli(bench.main, [*argv, *base], capsys)
     assert code == 0, err
