@@ -150,18 +150,12 @@ class ModelStack:
             chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
             return [chosen.for_component(component)]
         if backend in ("ort", "onnx"):  # both run on ONNX Runtime
-            preferred = [
-                Variant(ort_fused=True, dit_layout=layout, **split, **quant),
-                Variant(dit_layout=layout, **split, **quant),
-            ]
-        elif backend == "om" and quant:
-            preferred = [Variant(npu_ops=True, dit_layout=layout, **quant)]
-        elif backend == "om" and split:
-            preferred = [Variant(dit_layout=layout, **split)]
-        elif backend == "om":
-            preferred = [Variant(npu_ops=True, dit_layout=layout), Variant(dit_layout=layout)]
+            preference = [{"ort_fused": True}, {}]
+        elif backend == "om":  # W8A8 only as Ascend's quant ops; the split layout has no fused variant
+            preference = [{"npu_ops": True}] if quant else [{}] if split else [{"npu_ops": True}, {}]
         else:
-            preferred = [Variant(dit_layout=layout, **quant)]
+            preference = [{}]
+        preferred = [Variant(dit_layout=layout, **split, **quant, **fields) for fields in preference]
         unique = []  # the DiT-only fields drop out for the other components: npu-ops and portable remain
         for variant in (v.for_component(component) for v in preferred):
             if variant not in unique:
