@@ -443,14 +443,7 @@ def bench_parallel(
         runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
     else:
         runner = _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts, threads)
-    times = []
-    for i in range(repeats + 1):  # the first is the warm-up
-        world.barrier()
-        start = time.perf_counter()
-        runner(video, audio, passes)
-        world.barrier()
-        if i:
-            times.append(time.perf_counter() - start)
+    times = _timed_on_all_ranks(world, lambda: runner(video, audio, passes), repeats)
     if not world.is_main:
         return None
     return {
@@ -513,16 +506,13 @@ def bench_parallel_decode(
     )  # fmt: skip
     ranks = decoding_ranks(world, latent.shape)
     decode = stack.video_decoder(profile, ranks) if world.rank < ranks else None
-    times = []
-    for i in range(repeats + 1):  # the first is the warm-up
-        world.barrier()
-        start = time.perf_counter()
+
+    def decode_all() -> None:  # chunk by chunk, as ltx-run writes them; ranks past the tiles only wait
         if decode is not None:
             for _ in decode(latent, None):
                 pass
-        world.barrier()
-        if i:
-            times.append(time.perf_counter() - start)
+
+    times = _timed_on_all_ranks(world, decode_all, repeats)
     if not world.is_main:
         return None
     from ltx_ascend.export.video_vae import decoder_tiles
@@ -562,6 +552,19 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['matmul_peak_gflops']:.1f} GFLOP/s"
     )
     return "\n".join(lines)
+
+
+def _timed_on_all_ranks(world: Any, work: Any, repeats: int) -> list[float]:
+    """Seconds per call of `work`, every rank starting and finishing together (barriers), after a warm-up."""
+    times = []
+    for i in range(repeats + 1):
+        world.barrier()
+        start = time.perf_counter()
+        work()
+        world.barrier()
+        if i:
+            times.append(time.perf_counter() - start)
+    return times
 
 
 def _report_parallel(row: dict[str, Any], line: str, json_path: Path | None) -> None:
