@@ -90,18 +90,8 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
     model = load_component("dit", ckset, device=cpu, dtype=torch.float32)
     g = torch.Generator().manual_seed(1)
 
-    def modality(tokens: int, dims: int) -> Modality:
-        timesteps = torch.rand(1, tokens, 1, generator=g)
-        timesteps[:, -1:] = 0.0  # the conditioning token
-        return Modality(
-            latent=torch.randn(1, tokens, 128, generator=g),
-            sigma=torch.tensor([0.7]),
-            timesteps=timesteps,
-            positions=torch.rand(1, dims, tokens, 2, generator=g) * 8,
-            context=torch.zeros(1),
-        )
-
-    video, audio = modality(13, 3), modality(9, 1)
+    last = slice(-1, None)  # the conditioning token
+    video, audio = _modality(13, 3, g, last), _modality(9, 1, g, last)
     passes = _three_passes(model, g, text_tokens=1024)
     reference = eager_dit_runner(model, config, cpu, torch.float32)(video, audio, passes)
     world = D.init_world(D.Layout(ulysses=2), cpu)
@@ -171,10 +161,10 @@ def _three_passes(model, g: torch.Generator, text_tokens: int) -> list[Pass]:
     return [Pass(empty, *context[0]), Pass(empty, *context[1]), Pass(stg, *context[0])]
 
 
-def _modality(tokens: int, dims: int, g: torch.Generator) -> Modality:
-    """Random latent, per-token timesteps (the first two tokens conditioned), positions."""
+def _modality(tokens: int, dims: int, g: torch.Generator, conditioned: slice = slice(0, 2)) -> Modality:
+    """Random latent, per-token timesteps (the `conditioned` tokens at 0), positions."""
     timesteps = torch.rand(1, tokens, 1, generator=g)
-    timesteps[:, :2] = 0.0
+    timesteps[:, conditioned] = 0.0
     return Modality(
         latent=torch.randn(1, tokens, 128, generator=g),
         sigma=torch.tensor([0.7]),
