@@ -1,30 +1,13 @@
 """W8A8 for the DiT's linear layers: int8 weights per output channel, int8 activations per token.
 
-This is the scheme Ascend deployments use for DiTs (msModelSlim's W8A8 dynamic): weights are
-quantized once, symmetric, one scale per output channel; activations are quantized at run time,
-symmetric, one scale per token (row), so a token with a large activation does not crush the
-resolution of every other token. What stays float, and why:
-
-- everything outside `transformer_blocks` (patchify, timestep / AdaLN embeddings, caption
-  projection, the last projection): tiny FLOP share, and errors there reach every block;
-- norms, the AdaLN scale/shift tables and the attention itself (QK^T, softmax, PV): no weights to
-  quantize, and softmax is the most precision-sensitive op of the block;
-- whatever matches a `skip` pattern (fnmatch on the module path inside the block, e.g.
-  `attn2.*` or `*.to_gate_logits`).
-
-One module, three lowerings of the same arithmetic (`QuantLinear`):
-- eager: per-token quantize, int8 x int8 -> int32 matmul (`torch._int_mm`, oneDNN VNNI on x86
-  CPUs; float32 matmul of the int8 values elsewhere), rescale: the reference;
-- ONNX Runtime: ReduceMax(|x|) per row, Round, Clip, +128 -> uint8, `MatMulInteger` with a_zero_point
-  128 (MLAS's u8s8 kernel; int8 activations run MLAS's slow s8s8 path, ~10x slower, measured), rescale;
-- Ascend (`npu_ops`): `NPUDynamicQuant` (per-token int8 + scale) and `QuantBatchMatMul`
-  (CANN's QuantBatchMatmulV3: x1 int8, x2 int8 [N, K] with transpose_x2, per-channel `scale`,
-  `bias`, `pertoken_scale`), which CANN's ONNX parser registers for ai.onnx opsets 8-16 only, so an
-  Ascend W8A8 graph is exported at opset 16 (`store.ASCEND_W8A8_OPSET`).
-
-SmoothQuant (`smooth_alpha`): per input channel s_j = max|x_j|^a / max|W_j|^(1-a) moves activation
-outliers into the weights (x / s, W * s) before quantizing; it needs calibration activations, so
-it is applied where sample activations exist (the export's sample feeds).
+The scheme Ascend deployments use for DiTs (msModelSlim's W8A8 dynamic). Weights are quantized once,
+symmetric, one scale per output channel; activations at run time, symmetric, one scale per token, so
+one token's outlier does not crush every other token's resolution. Only `transformer_blocks`' linears
+are quantized, minus the `skip` patterns. One arithmetic (`QuantLinear`), three lowerings: eager
+(`torch._int_mm`, the reference), ONNX Runtime (`MatMulInteger`) and Ascend (`NPUDynamicQuant` +
+`QuantBatchMatMul` at opset 16, `store.ASCEND_W8A8_OPSET`); optional SmoothQuant (`smooth_alpha`).
+What stays float and why, each lowering's ops and the measurements behind the choices:
+docs/design/w8a8.md.
 """
 
 from __future__ import annotations
