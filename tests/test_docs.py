@@ -72,12 +72,25 @@ def test_every_link_and_cited_path_in_the_docs_resolves():
 def test_every_docs_page_the_code_cites_exists():
     cited = {
         (source.relative_to(ROOT), ref)
-        for source in (ROOT / "ltx_ascend").rglob("*.py")
+        for folder in ("ltx_ascend", "tests")
+        for source in (ROOT / folder).rglob("*.py")
+        if source.name != "test_docs.py"
         for ref in DOC_REF.findall(source.read_text())
     }
     assert cited  # the scan finds the pages the code points to
     missing = [f"{source}: {ref}" for source, ref in sorted(cited) if not (ROOT / ref).exists()]
     assert not missing, "\n".join(missing)
+
+
+def test_the_guide_commands_page_names_only_pipelines_that_exist():
+    """docs/design/pipelines.md lists the LTX-2.3 Ascend guide's commands (seven: the guide has none for
+    ti2vid_one_stage) that tests/test_run_inputs.py runs; a renamed pipeline must be renamed there."""
+    from ltx_ascend.pipelines.stages import PIPELINES
+
+    page = (ROOT / "docs" / "design" / "pipelines.md").read_text()
+    block = page.split("## The LTX-2.3 Ascend guide's commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    named = [line.split()[1] for line in block.splitlines() if line.startswith("ltx-run ")]
+    assert len(named) == 7 and len(set(named)) == 7 and set(named) <= set(PIPELINES)
 
 
 def test_a_dead_link_a_missing_heading_and_a_moved_module_are_reported(tmp_path):

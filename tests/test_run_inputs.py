@@ -40,7 +40,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 
 def guide_commands(tiny, media) -> dict[str, list[str]]:
-    """Every command of the LTX-2.3 Ascend guide (README "Run the pipelines"), `python -m ltx_pipelines.X`
+    """Every command of the LTX-2.3 Ascend guide (docs/design/pipelines.md), `python -m ltx_pipelines.X`
     written as `ltx-run X`, with the tiny set's files in place of the released ones."""
     dev = ["--checkpoint-path", str(tiny.checkpoint)]
     gemma = ["--gemma-root", str(tiny.gemma_root)]
