@@ -118,6 +118,25 @@ def test_claim_is_atomic_across_processes(store_url):
     assert sum(1 for v in claimed.values() if v) >= 2, f"no concurrency happened: {claimed}"
 
 
+def test_one_store_is_shared_by_threads(store):
+    """An API process's request threads and its replicas' threads share one store object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = {j.id for j in _make(store, 40)}
+
+    def drain(worker: str) -> list[str]:
+        got = []
+        while (job := store.claim(worker, 60, ["m"])) is not None:
+            got.append(job.id)
+            assert store.set_progress(job.id, worker, 50) and store.complete(job.id, worker, f"{job.id}.mp4")
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        claimed = [i for got in pool.map(drain, ["t0", "t1", "t2", "t3"]) for i in got]
+    assert sorted(claimed) == sorted(ids)
+    assert store.counts()["completed"] == 40
+
+
 # -- leases, fencing --------------------------------------------------------------------------------------
 def test_an_expired_lease_is_requeued_with_a_note(store):
     job = store.create("m", {})
@@ -492,3 +511,29 @@ def test_postgres_open_refuses_a_wrong_url_in_one_line(pg_server):
     with pytest.raises(UserError) as err:
         open_store(f"postgresql://postgres:s3cret@127.0.0.1:{_free_port()}/x", retry_s=0.2)
     assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_postgres_commits_progress_asynchronously_and_state_changes_durably(postgres_url, monkeypatch):
+    """Progress and renewals (most of a job's writes) skip the WAL flush; create/claim/complete never do."""
+    from ltx_ascend.serve import jobs_postgres
+
+    store = open_store(postgres_url)
+    seen: list[str] = []
+    execute = jobs_postgres._PgTx.execute
+    monkeypatch.setattr(
+        jobs_postgres._PgTx, "execute", lambda tx, sql, params=(): seen.append(sql) or execute(tx, sql, params)
+    )
+
+    def soft(call) -> bool:
+        seen.clear()
+        call()
+        return "SET LOCAL synchronous_commit = off" in seen
+
+    job = store.create("m", {})
+    assert not soft(lambda: store.create("m", {}))
+    assert not soft(lambda: store.claim("w1", 60, ["m"]))
+    assert soft(lambda: store.set_progress(job.id, "w1", 5))
+    assert soft(lambda: store.renew(job.id, "w1", 60))
+    assert not soft(lambda: store.complete(job.id, "w1", "o.mp4"))
+    assert not soft(lambda: store.cancel(job.id))
+    store.close()

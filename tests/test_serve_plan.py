@@ -125,6 +125,7 @@ def test_the_store_calls_per_job_are_what_the_store_does(tmp_path, monkeypatch):
         store.get(job.id)
     store.close()
     assert seen == {"tx": expected.transactions, "written": expected.rows_written, "read": expected.rows_read}
+    assert expected.durable_transactions == 3  # create, claim, complete: the rest are soft (progress, lease)
 
 
 @pytest.mark.parametrize(

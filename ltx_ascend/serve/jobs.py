@@ -166,6 +166,10 @@ class SqlJobStore:
     def _run(self, body: Callable[[Tx], T], *, write: bool = True) -> T:
         raise NotImplementedError
 
+    def _soft_commit(self, tx: Tx) -> None:
+        """A lease renewal or progress report may be lost in a database crash (the next one repeats it): the
+        engine may commit it without waiting for the disk (PostgreSQL: synchronous_commit off)."""
+
     def _serialize_creates(self, tx: Tx) -> None:
         """Make the max_queue count and the insert one critical section (SQLite: BEGIN IMMEDIATE already)."""
 
@@ -262,30 +266,26 @@ class SqlJobStore:
     def renew(self, job_id: str, worker: str, lease_s: float, *, attempt: int | None = None) -> bool:
         """Extend the lease; False once it was lost (requeued, taken over, finished): stop working on it."""
         where, args = self._holder(job_id, worker, attempt)
-        return self._run(
-            lambda tx: (
-                tx.execute(
-                    f"UPDATE jobs SET lease_expires_at = ?, lease_s = ? WHERE {where}",
-                    (tx.now + lease_s, lease_s, *args),
-                )
-                == 1
-            )
-        )
+
+        def body(tx: Tx) -> bool:
+            self._soft_commit(tx)
+            sql = f"UPDATE jobs SET lease_expires_at = ?, lease_s = ? WHERE {where}"
+            return tx.execute(sql, (tx.now + lease_s, lease_s, *args)) == 1
+
+        return self._run(body)
 
     def set_progress(self, job_id: str, worker: str, progress: int, *, attempt: int | None = None) -> bool:
         """Record progress (0..100) and renew the lease by the attempt's lease length."""
         if not 0 <= int(progress) <= 100:
             raise ValueError(f"progress must be 0..100, got {progress}")
         where, args = self._holder(job_id, worker, attempt)
-        return self._run(
-            lambda tx: (
-                tx.execute(
-                    f"UPDATE jobs SET progress = ?, lease_expires_at = ? + lease_s WHERE {where}",
-                    (int(progress), tx.now, *args),
-                )
-                == 1
-            )
-        )
+
+        def body(tx: Tx) -> bool:
+            self._soft_commit(tx)
+            sql = f"UPDATE jobs SET progress = ?, lease_expires_at = ? + lease_s WHERE {where}"
+            return tx.execute(sql, (int(progress), tx.now, *args)) == 1
+
+        return self._run(body)
 
     def _finish(
         self, job_id: str, worker: str, attempt: int | None, status: str, column: str | None = None, value: Any = None

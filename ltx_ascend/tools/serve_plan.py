@@ -69,6 +69,7 @@ class JobTraffic:
     """What one video costs the job store: transactions, row versions written, rows read, and bytes."""
 
     transactions: int
+    durable_transactions: int  # state changes that wait for the WAL flush; progress and renewals do not
     rows_written: int
     rows_read: int
     row_bytes: int
@@ -96,9 +97,13 @@ def job_transactions(steps: int, other_s: float, latency_s: float, lease_s: floa
 def job_traffic(calls: dict[str, tuple], params_bytes: int) -> JobTraffic:
     row = ROW_HEADER_BYTES + sum(params_bytes if b is None else b for b in COLUMN_BYTES.values())
     tx = sum(c[0] for c in calls.values())
+    durable = sum(c[0] for name, c in calls.items() if name in DURABLE)
     written = sum(c[1] for c in calls.values())
     read = sum(c[2] for c in calls.values())
-    return JobTraffic(tx, written, read, row, (written + read) * row)
+    return JobTraffic(tx, durable, written, read, row, (written + read) * row)
+
+
+DURABLE = ("create", "claim", "complete")  # the writes that are job state changes (synchronous commits)
 
 
 # -- the layouts ------------------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ def serve_plan(
             "poll_s": poll_s,
             "prompt_chars": prompt_chars,
             "fleet_transactions_per_s": fleet_vph * traffic.transactions / 3600,
+            "fleet_durable_per_s": fleet_vph * traffic.durable_transactions / 3600,
+            "fleet_soft_writes_per_s": fleet_vph * (traffic.rows_written - traffic.durable_transactions) / 3600,
             "fleet_bytes_per_s": fleet_vph * traffic.bytes_total / 3600,
         },
         "storage": {
@@ -302,6 +309,8 @@ def format_serve_plan(plan: dict[str, Any], result: dict[str, Any]) -> str:
         f"per video, at {fleet:,.0f} videos/h over {hosts} host(s) ({plan['best_throughput']} per host):",
         f"{'traffic':<32} {'per video':>14} {'fleet':>16}",
         f"{'job store transactions':<32} {store['transactions']:>14,} {store['fleet_transactions_per_s']:>14.2f}/s",
+        f"{'  of which durable commits':<32} {store['durable_transactions']:>14,}"
+        f" {store['fleet_durable_per_s']:>14.2f}/s",
         f"{'job store rows written / read':<32} {str(store['rows_written']) + ' / ' + str(store['rows_read']):>14}",
         f"{'job store bytes (rows x ' + str(store['row_bytes']) + ' B)':<32} {store['bytes_total'] / 1e3:>12.1f} KB"
         f" {store['fleet_bytes_per_s'] / 1e3:>13.2f} KB/s",
@@ -311,7 +320,8 @@ def format_serve_plan(plan: dict[str, Any], result: dict[str, Any]) -> str:
         + ", ".join(f"{name} {c[0]}" for name, c in store["calls"].items())
         + f" (lease {store['lease_s']:g} s, client poll every {store['poll_s']:g} s, prompt {store['prompt_chars']} "
         f"chars); mp4 at {storage['mp4_mbit_s']:g} Mbit/s (H.264 at this size: an assumption, --mp4-mbit-s)",
-        f"fleet: {store['fleet_transactions_per_s']:.1f} single-row transactions/s on the job store (one PostgreSQL "
+        f"fleet: {store['fleet_durable_per_s']:.1f} durable commits/s + {store['fleet_soft_writes_per_s']:.1f} "
+        "progress/lease writes/s (asynchronous commits) + reads, all single-row, on the job store (one PostgreSQL "
         f"server commits thousands a second) and {storage['fleet_bytes_per_s'] * 8 / 1e6:.1f} Mbit/s of shared "
         f"storage ({100 * storage['fleet_bytes_per_s'] * 8 / 10e9:.2f} % of one 10 GbE link): negligible beside "
         f"{plan['hosts'] * plan['host_devices']} devices busy {plan['layouts'][0]['latency_s']:.0f} s a video",
