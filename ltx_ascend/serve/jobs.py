@@ -460,7 +460,11 @@ class SqliteJobStore(SqlJobStore):
 
     BUSY_TIMEOUT_MS = 30_000
 
-    def __init__(self, path: str | Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    def __init__(
+        self, path: str | Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry_s: float | None = None
+    ) -> None:
+        """`retry_s` is accepted for one open_store call over both engines: SQLite has no connection to lose
+        (its busy_timeout waits out another process's write lock)."""
         super().__init__(max_attempts=max_attempts)
         self.path = Path(path)
         if self.path.is_dir():
@@ -481,7 +485,9 @@ class SqliteJobStore(SqlJobStore):
             self._run(setup)
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise UserError(f"{self.path} is not a job store ({exc}): give a new file or the store's own") from None
+            raise UserError(
+                f"cannot use {self.path} as a job store ({exc}): give a new file in a writable folder, or the store's"
+            ) from None
         except BaseException:
             self.close()
             raise
