@@ -50,8 +50,10 @@ def cli_entry(fn: F) -> F:
             raise SystemExit(130) from None
         except Exception as exc:  # a bug of ours, not bad input: keep the traceback
             traceback.print_exc()
+            detail = str(exc).splitlines()[0] if str(exc) else ""
             print(
-                f"internal error: {type(exc).__name__} (a bug in ltx-ascend, not in your input): "
+                f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
+                "(a bug in ltx-ascend, not in your input): "
                 "please report it with the traceback above",
                 file=sys.stderr,
             )

@@ -35,6 +35,7 @@ from ltx_ascend.checkpoints.gemma import (
 )
 from ltx_ascend.components import REGISTRY
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import check_finite_safetensors
 
 # What the loader can build: the registry's components, plus Gemma's text encoder (its own path).
 ALL_COMPONENTS = (*REGISTRY, "text_encoder")
@@ -117,6 +118,7 @@ def validate_lora(lora: LoraSpec, checkpoint: Path) -> int:
     fuse to nothing; we refuse it instead.
     """
     read_safetensors_metadata(lora.path, "LoRA")
+    check_finite_safetensors(lora.path, "LoRA")  # a NaN LoRA would only show as a NaN waveform at the end
     model_keys = {
         k for k in (LTXV_MODEL_COMFY_RENAMING_MAP.apply_to_key(key) for key in tensor_keys(checkpoint)) if k is not None
     }
