@@ -202,7 +202,7 @@ def decode_image(source: str | Path | bytes, what: str):
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: PIL's RGB conversion clips, so scale
                 array = np.asarray(im, dtype=np.float64)
                 peak = 65535.0 if im.mode.startswith("I;16") else max(float(array.max()), 1.0)
-                im = Image.fromarray((array / peak * 255).clip(0, 255).astype(np.uint8), "L")
+                im = Image.fromarray((array / peak * 255).clip(0, 255).astype(np.uint8))
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{what} {shown}: cannot decode it as an image ({exc}); pass a PNG or JPEG") from None
