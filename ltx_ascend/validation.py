@@ -58,7 +58,7 @@ def check_finite(values: Mapping[str, Any]) -> None:
         for label, number in _numbers_in(value):
             if not math.isfinite(number):
                 shown = f"{name} {label}".strip()
-                raise UserError(f"{shown} is {number}: pass a finite number (not NaN or infinity)")
+                raise UserError(f"{shown} {number}: must be a finite number (not NaN or infinity)")
 
 
 def flag_values(namespace_vars: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -342,7 +342,6 @@ FLAG_NAMES = {"images": "--image", "lora": "--lora", "distilled_lora": "--distil
 
 def input_files(args: argparse.Namespace) -> dict[str, object]:
     """Every file the run reads (flag -> path or paths): no output may be one of them."""
-    loras = [lora.path for lora in (*(args.lora or ()), *(args.distilled_lora or ()))]
     videos = [v.path for v in getattr(args, "video_conditioning", None) or ()]
     mask = getattr(args, "conditioning_attention_mask", None)
     cache = args.step_cache[1:] if args.step_cache.startswith("@") else None
@@ -351,7 +350,8 @@ def input_files(args: argparse.Namespace) -> dict[str, object]:
         "--distilled-checkpoint-path": getattr(args, "distilled_checkpoint_path", None),
         "--spatial-upsampler-path": args.spatial_upsampler_path,
         "--gemma-root": V.files_under(args.gemma_root),
-        "--lora": loras,
+        "--lora": [lora.path for lora in args.lora or ()],
+        "--distilled-lora": [lora.path for lora in args.distilled_lora or ()],
         "--image": [image.path for image in args.images],
         "--audio-path": getattr(args, "audio_path", None),
         "--video-path": getattr(args, "video_path", None),
