@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,7 +107,7 @@ def contained(folder: str | Path, name: str) -> Path:
     way) may lead out of `folder` either. Checked before anything is opened."""
     folder = Path(folder)
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise UserError(f"{folder / MANIFEST}: file name {name!r} is not a file name: rebuild the artifact with --force")
+        raise UserError(f"{folder / MANIFEST}: {name!r} is not a file name: rebuild the artifact with --force")
     parts = Path(name).parts
     if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or "\\" in name:
         raise UserError(

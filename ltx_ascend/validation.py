@@ -69,7 +69,7 @@ def flag_values(namespace_vars: Mapping[str, Any], flags: Mapping[str, str] | No
 
 def positive(value: float | int, what: str, *, example: str) -> float | int:
     """A finite number > 0 (a count, a size, a bandwidth)."""
-    if isinstance(value, float) and not math.isfinite(value) or not value > 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or not value > 0:
         raise UserError(f"{what} {value:g}: must be > 0, e.g. {example}")
     return value
 
@@ -247,7 +247,7 @@ def check_finite_safetensors(path: str | Path, what: str) -> None:
     import torch
 
     with safetensors.safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
+        for key in list(f.keys()):
             tensor = f.get_tensor(key)
             if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
                 raise UserError(

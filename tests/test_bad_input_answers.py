@@ -71,7 +71,7 @@ def test_bench_refuses_zero_threads(tmp_path, monkeypatch, capsys, extra, needle
         raise AssertionError("the benchmark ran")
 
     monkeypatch.setattr(bench, "bench_component", forbidden)
-    code, out, err = run_cli(bench.main, ["--artifacts", str(tmp_path / "a"), "--backends", "eager", *extra], capsys)
+    code, _, err = run_cli(bench.main, ["--artifacts", str(tmp_path / "a"), "--backends", "eager", *extra], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and needle in lines[0] and ">= 1" in lines[0], err
     assert not (tmp_path / "a").exists()

@@ -117,7 +117,7 @@ def test_symlink_out_of_the_folder_is_refused(tiny, store, tmp_path):
 
 def test_manifest_read_refuses_before_any_caller_joins_a_name(store, tmp_path):
     """Every reader (runtime, compile, verify, bench) goes through Manifest.read: one check for all."""
-    out, compiled = _copy(store, tmp_path)
+    _, compiled = _copy(store, tmp_path)
     export = compiled.parent
     _edit(export, lambda body: body["io"]["graphs"]["dit"].update({"file": "../../../../etc/passwd"}))
     with pytest.raises(UserError, match="outside its folder"):

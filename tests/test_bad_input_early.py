@@ -54,7 +54,7 @@ def _run(tiny, media, tmp_path, capsys, pipeline, *extra):  # noqa: F811
 def _resave(src: Path, dst: Path, config_edit=None, tensor_edit=None) -> Path:
     """A copy of a .safetensors file with its config metadata or tensors edited."""
     with safe_open(str(src), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in list(f.keys())}
         metadata = dict(f.metadata() or {})
     if config_edit is not None:
         config = json.loads(metadata["config"])
@@ -86,7 +86,9 @@ def test_step_cache_numbers_are_ascii_digits(tiny, media, tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize(("env", "needle"), [({"RANK": "abc"}, "RANK='abc'"), ({"WORLD_SIZE": "²"}, "WORLD_SIZE")])
-def test_torchrun_environment_that_is_not_a_number(tiny, media, tmp_path, monkeypatch, capsys, no_model, env, needle):  # noqa: F811
+def test_torchrun_environment_that_is_not_a_number(
+    tiny, media, tmp_path, monkeypatch, capsys, no_model, env, needle  # noqa: F811
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -135,8 +137,9 @@ def test_verify_lora_strength_that_is_not_a_number(tiny, capsys):
 
 
 def test_export_text_tokens_zero_before_loading(tiny, tmp_path, capsys, no_model):
-    argv = ["--component", "text_connectors", "--shape", "9x128x192", "--text-tokens", "0",
-            "--out", str(tmp_path / "a"), "--checkpoint-path", str(tiny.checkpoint), "--gemma-root", str(tiny.gemma_root)]  # fmt: skip
+    argv = ["--component", "text_connectors", "--shape", "9x128x192", "--text-tokens", "0"]
+    argv += ["--out", str(tmp_path / "a"), "--checkpoint-path", str(tiny.checkpoint)]
+    argv += ["--gemma-root", str(tiny.gemma_root)]
     code, _, err = run_cli(export_cli.main, argv, capsys)
     _one_line_exit_2(code, err, "--text-tokens 0", ">= 1")
     assert not (tmp_path / "a").exists() or not list((tmp_path / "a").iterdir())
@@ -233,5 +236,6 @@ def test_prompt_that_is_not_utf8(tiny, media, tmp_path, monkeypatch, capsys, no_
     """Bytes of argv that are not UTF-8 arrive as lone surrogates (os.fsdecode): UnicodeEncodeError in
     the cache key, before the fix."""
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(tiny, media, tmp_path, capsys, "ti2vid_one_stage", flag, b"caf\xe9".decode("utf-8", "surrogateescape"))
+    prompt = b"caf\xe9".decode("utf-8", "surrogateescape")
+    code, _, err = _run(tiny, media, tmp_path, capsys, "ti2vid_one_stage", flag, prompt)
     _one_line_exit_2(code, err, flag, "not valid UTF-8")

@@ -71,7 +71,7 @@ def test_non_finite_flag_is_refused_before_anything_loads(
 
 def _nan_lora(tiny, tmp_path):
     with safe_open(str(tiny.distilled_lora), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in list(f.keys())}
         metadata = f.metadata()
     first = next(k for k in tensors if k.endswith("lora_B.weight"))
     tensors[first] = torch.full_like(tensors[first], float("nan"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -70,10 +71,10 @@ CASES = [
 def test_output_on_an_input_is_refused(files, tmp_path, monkeypatch, capsys, flag, target, needle):
     monkeypatch.chdir(tmp_path)
     path = files.get(target) or next((tmp_path / "gemma").rglob(target.split("/")[-1]))
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     argv = [*_argv(files, tmp_path), "--output-path", str(tmp_path / "out.mp4"), flag, str(path)]
     _refused(capsys, argv, monkeypatch, flag, needle, "destroy the input")
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
 
 
 def test_timings_json_equal_to_output_path(files, tmp_path, monkeypatch, capsys):

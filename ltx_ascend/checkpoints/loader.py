@@ -137,7 +137,7 @@ def check_config_fits_weights(path: str | Path, section: dict[str, Any]) -> None
     loaded): a config that does not fit its weights is one line here, not a size mismatch after loading."""
     layers, shapes = set(), {}
     with safetensors.safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
+        for key in list(f.keys()):
             name = LTXV_MODEL_COMFY_RENAMING_MAP.apply_to_key(key) or ""
             if name.startswith("transformer_blocks."):
                 layers.add(int(name.split(".")[1]))

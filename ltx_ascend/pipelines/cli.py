@@ -24,6 +24,7 @@ from types import ModuleType
 
 from ltx_core.components.guiders import MultiModalGuiderParams
 
+from ltx_ascend import validation as V
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import LoraSpec, read_model_config, validate_set
@@ -50,7 +51,6 @@ from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import add_fallback_arg
 from ltx_ascend.shapes import check_pixel_shape
 from ltx_ascend.store import Variant
-from ltx_ascend import validation as V
 
 
 def pipeline_modules() -> dict:

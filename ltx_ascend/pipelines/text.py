@@ -8,6 +8,7 @@ made by one backend or build are never served to a run of another (a parity test
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -86,10 +87,8 @@ class PromptEncoder:
             # A cache entry is only a saving: a damaged one is discarded and the prompt encoded again.
             log.warning("warning: prompt-cache entry %s is unreadable (%s): discarded, encoding the prompt again",
                         path, exc)  # fmt: skip
-            try:
+            with contextlib.suppress(OSError):  # a read-only cache: the new entry's write fails the same way
                 path.unlink()
-            except OSError:
-                pass  # a read-only cache: the new entry's write fails the same way, quietly
             return None
 
     def _store(self, key: str, emb: PromptEmbeddings, prompt: str, producer: str) -> None:

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from ltx_ascend.errors import UserError
-from ltx_ascend.validation import env_int
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.validation import env_int
 
 PROCESS_GROUP_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 _FIX = "as `torchrun --nproc-per-node N ltx-run ... --parallel cfg=C,ulysses=U` with C x U = N"
