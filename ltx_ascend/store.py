@@ -99,19 +99,20 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def contained(folder: str | Path, name: str) -> Path:
+def contained(folder: str | Path, name: str, source: str = MANIFEST) -> Path:
     """`folder / name`, refused unless it stays inside `folder`: a manifest (possibly from a store
     shared between hosts or users) must never make us open a file elsewhere.
 
     `name` must be a relative path without `..` parts, and no symlink (the file or a folder on its
-    way) may lead out of `folder` either. Checked before anything is opened."""
+    way) may lead out of `folder` either. Checked before anything is opened. `source` is the file that
+    named it (for the message)."""
     folder = Path(folder)
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise UserError(f"{folder / MANIFEST}: {name!r} is not a file name: rebuild the artifact with --force")
+        raise UserError(f"{folder / source}: {name!r} is not a file name: rebuild the artifact with --force")
     parts = Path(name).parts
     if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or "\\" in name:
         raise UserError(
-            f"{folder / MANIFEST} names {name!r}, outside its folder (absolute or `..`): refused; "
+            f"{folder / source} names {name!r}, outside its folder (absolute or `..`): refused; "
             "rebuild the artifact with --force (and check who wrote this store)"
         )
     path = folder / name

@@ -143,3 +143,28 @@ def test_contained_keeps_names_inside(tmp_path):
     assert contained(tmp_path, "not-yet-written.onnx") == tmp_path / "not-yet-written.onnx"
     with pytest.raises(UserError, match="outside"):
         contained(tmp_path / "sub", "../sub/g.onnx")
+
+
+def test_onnx_external_data_outside_the_folder_is_refused_for_atc(tmp_path):
+    """A graph whose initializer's external data `location` leaves the folder: refused before ATC reads it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ltx_ascend.compile.compiler import Graph, check_external_data
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save_model(model, str(tmp_path / "g.onnx"), save_as_external_data=True, location="g.onnx.data",
+                    size_threshold=0)  # fmt: skip
+    check_external_data(Graph(tmp_path, "g", "g.onnx", []))  # inside: fine
+    model = onnx.load(str(tmp_path / "g.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../outside.bin"
+    (tmp_path / "g.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(UserError, match="outside its folder"):
+        check_external_data(Graph(tmp_path, "g", "g.onnx", []))

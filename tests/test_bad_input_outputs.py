@@ -103,6 +103,8 @@ def test_pipeline_inputs_audio_and_video(files, tmp_path, monkeypatch, capsys):
     retake = ["retake", "--checkpoint-path", files["checkpoint"], "--gemma-root", files["gemma"],
               "--video-path", files["video"], "--start-time", "0.1", "--end-time", "0.3", "--prompt", "x"]  # fmt: skip
     _refused(capsys, [*retake, "--output-path", files["video"]], monkeypatch, "--output-path", "--video-path")
+    retake += ["--output-path", str(tmp_path / "o.mp4"), "--loras", files["lora"]]
+    _refused(capsys, [*retake, "--raw-output", files["lora"]], monkeypatch, "--raw-output", "--loras")
 
 
 def test_step_cache_out_is_an_output_too(files, tmp_path, monkeypatch, capsys):

@@ -70,6 +70,18 @@ def graphs_of(folder: Path) -> tuple[Manifest, list[Graph]]:
     return manifest, graphs
 
 
+def check_external_data(graph: Graph) -> None:
+    """Every external-data file an ONNX graph names stays inside its artifact folder, as its manifest's
+    names do (ONNX Runtime >= 1.20 refuses such paths itself; ATC is given the graph as is)."""
+    import onnx
+
+    model = onnx.load(str(graph.path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                contained(graph.path.parent, entry.value, source=graph.path.name)
+
+
 def graph_variant(folder: Path) -> str:
     return Manifest.read(folder).variant
 
@@ -158,6 +170,7 @@ def atc_jobs(
     out = folder / f"om-{soc}-{precision}"
     jobs = []
     for g in graphs:
+        check_external_data(g)
         size = sum(p.stat().st_size for p in folder.glob(g.file + "*"))
         jobs.append(
             AtcJob(

@@ -352,6 +352,7 @@ def input_files(args: argparse.Namespace) -> dict[str, object]:
         "--gemma-root": V.files_under(args.gemma_root),
         "--lora": [lora.path for lora in args.lora or ()],
         "--distilled-lora": [lora.path for lora in args.distilled_lora or ()],
+        "--loras": list(getattr(args, "loras", None) or ()),  # retake's LoRAs (paths, strength 1)
         "--image": [image.path for image in args.images],
         "--audio-path": getattr(args, "audio_path", None),
         "--video-path": getattr(args, "video_path", None),
