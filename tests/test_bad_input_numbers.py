@@ -132,3 +132,23 @@ def test_non_finite_latent_names_its_stage():
         check_finite_tensor(latent, "stage 1 (video latent)")
     with pytest.raises(UserError, match="pass a file with finite values"):
         check_finite_tensor(latent, "--audio-path a.wav", user_input=True)
+
+
+def test_audio_file_with_nan_samples_is_refused_where_it_is_read(tmp_path):
+    """A float WAV can carry NaN: refused as the user's file (exit 2), not found as a NaN latent later."""
+    import av
+    import numpy as np
+
+    from ltx_ascend.pipelines.audio_input import decode_audio
+
+    samples = np.zeros((1, 2 * 16000), np.float32)
+    samples[0, 100] = np.nan
+    with av.open(str(tmp_path / "nan.wav"), "w", format="wav") as container:
+        stream = container.add_stream("pcm_f32le", rate=16000)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="stereo")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    with pytest.raises(UserError, match=r"--audio-path .*nan.wav: 1 of \d+ values are NaN or infinite"):
+        decode_audio(tmp_path / "nan.wav", max_duration=0.5)

@@ -19,6 +19,7 @@ import torch
 from ltx_core.types import Audio
 
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import check_finite_tensor
 
 ENCODER_CHANNELS = 2  # LTX-2.3's audio VAE encodes stereo mel spectrograms
 
@@ -113,6 +114,8 @@ def decode_audio(
         audio = audio[..., skip:]
     if max_duration is not None:
         audio = audio[..., : round(max_duration * rate)]
+    # A float file can hold NaN: refused here, naming the file, not as a NaN latent several stages on.
+    check_finite_tensor(torch.from_numpy(audio), f"{flag} {path}", user_input=True)
     if audio.shape[0] == 1:  # mono: the same signal on both channels
         audio = np.repeat(audio, ENCODER_CHANNELS, axis=0)
     return Audio(waveform=torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0), sampling_rate=rate)
