@@ -9,7 +9,31 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ltx_ascend.errors import UserError
+from ltx_ascend.errors import DiskFull, UserError, is_disk_full
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@contextlib.contextmanager
+def disk_full_names_folder(folder: Path, scratch: Path, what: str) -> Iterator[None]:
+    """A full disk while writing `scratch` (a temp file or folder in `folder`) becomes `DiskFull` naming
+    `folder` and the bytes written when it filled (what the write needs at least); the caller's cleanup
+    still runs. Raised before that cleanup, so the bytes are counted first."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        written = 0
+        with contextlib.suppress(OSError):
+            written = _tree_bytes(scratch)
+        raise DiskFull(folder, written or None, what) from exc
 
 
 @contextlib.contextmanager
@@ -24,7 +48,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     work = tmp / target.name
     try:
-        yield work
+        with disk_full_names_folder(target.parent, tmp, f"writing {target.name}"):
+            yield work
         if not work.exists():
             raise FileNotFoundError(f"nothing was written to {work}")
         if target.is_dir() and not target.is_symlink():

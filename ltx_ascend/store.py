@@ -99,6 +99,42 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def contained(folder: str | Path, name: str, source: str = MANIFEST) -> Path:
+    """`folder / name`, refused unless it stays inside `folder`: a manifest (possibly from a store
+    shared between hosts or users) must never make us open a file elsewhere.
+
+    `name` must be a relative path without `..` parts, and no symlink (the file or a folder on its
+    way) may lead out of `folder` either. Checked before anything is opened. `source` is the file that
+    named it (for the message)."""
+    folder = Path(folder)
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise UserError(f"{folder / source}: {name!r} is not a file name: rebuild the artifact with --force")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or "\\" in name:
+        raise UserError(
+            f"{folder / source} names {name!r}, outside its folder (absolute or `..`): refused; "
+            "rebuild the artifact with --force (and check who wrote this store)"
+        )
+    path = folder / name
+    root, target = folder.resolve(), path.resolve()  # a link (to the file or a folder on its way) is followed
+    if root not in target.parents:
+        raise UserError(
+            f"{path} leads to {target}, outside {root} (a symlink): refused; rebuild the artifact with --force "
+            "(and check who wrote this store)"
+        )
+    return path
+
+
+def manifest_names(body: dict[str, Any]) -> list[str]:
+    """Every file name a manifest body refers to: `files`, `sizes`, and each graph's `file` / `onnx`."""
+    names = [*body.get("files", {}), *body.get("sizes", {})]
+    graphs = body.get("io", {}).get("graphs", {}) if isinstance(body.get("io"), dict) else {}
+    for entry in graphs.values() if isinstance(graphs, dict) else ():
+        if isinstance(entry, dict):
+            names += [entry[k] for k in ("file", "onnx") if k in entry]
+    return names
+
+
 def request_key(request: dict[str, Any]) -> str:
     """Stable hash of what an artifact must match (never of when or where it was built)."""
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -180,10 +216,16 @@ class Manifest:
         )
         if manifest.key != body.get("key"):
             raise UserError(f"{path}: its key does not match its request (edited by hand?): rebuild with --force")
+        for name in manifest_names(body):  # before any caller joins a name to the folder
+            contained(folder, name)
         return manifest
 
     def files_present(self, folder: str | Path) -> bool:
-        return all((Path(folder) / name).is_file() for name in self.files)
+        return all(contained(folder, name).is_file() for name in self.files)
+
+    def graph_file(self, folder: str | Path, graph: str) -> Path:
+        """The file of graph `graph` inside `folder` (checked to stay inside it)."""
+        return contained(folder, self.io["graphs"][graph]["file"])
 
 
 def differences(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
@@ -231,12 +273,13 @@ def file_sizes(folder: str | Path, names: list[str]) -> dict[str, int]:
 VERIFIED = ".verified.json"
 
 
-def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
+def verify_files(folder: str | Path, manifest: Manifest, rebuild: str, *, rehash: bool = False) -> None:
     """Check every file the manifest records against its size and sha256 before anything reads it.
 
     A file whose size and mtime match an earlier successful check is not hashed again (the result is
-    cached in `.verified.json` beside it, written best-effort: a read-only store re-hashes). `rebuild`
-    is the command that makes the artifact again, named in the one-line error."""
+    cached in `.verified.json` beside it, written best-effort: a read-only store re-hashes), unless
+    `rehash` (compile, `ltx-verify --rehash`: see docs/design/hash-cache.md for what the cache does and
+    does not promise). `rebuild` is the command that makes the artifact again, named in the error."""
     folder = Path(folder)
     cache_path = folder / VERIFIED
     try:
@@ -245,7 +288,7 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
         cache = {}
     changed = False
     for name, expected in manifest.files.items():
-        path = folder / name
+        path = contained(folder, name)
         if not path.is_file():
             raise UserError(f"{path} is missing (the manifest lists it): {rebuild}")
         stat = path.stat()
@@ -254,7 +297,7 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
             raise UserError(
                 f"{path} is {stat.st_size} bytes, its manifest says {recorded} (truncated or replaced?): {rebuild}"
             )
-        if cache.get(name) == [stat.st_size, stat.st_mtime_ns, expected]:
+        if not rehash and cache.get(name) == [stat.st_size, stat.st_mtime_ns, expected]:
             continue
         actual = sha256_file(path)
         if actual != expected:
@@ -267,6 +310,42 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
     if changed:
         with contextlib.suppress(OSError):  # a read-only artifact store: verified again next time
             atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class Rehashed:
+    """One artifact folder re-hashed in full: how many files and bytes, and why it failed (None: it matches)."""
+
+    folder: Path
+    files: int
+    bytes: int
+    error: str | None = None
+
+
+def rehash_tree(root: str | Path) -> list[Rehashed]:
+    """Re-hash every file of every artifact folder under `root` (itself included), trusting no cache.
+
+    What `ltx-verify --rehash` runs: the check that does not rely on size+mtime (docs/design/hash-cache.md).
+    A folder that matches gets its `.verified.json` refreshed; one that does not is reported, not changed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder; pass an artifact folder or a store (e.g. artifacts/)")
+    found = []
+    for path in sorted(root.rglob(MANIFEST)):
+        folder = path.parent
+        if any(part.startswith(".") or part.endswith(".partial") for part in folder.relative_to(root).parts):
+            continue  # a build in progress or a temp folder, not an artifact
+        try:
+            manifest = Manifest.read(folder)
+            verify_files(folder, manifest, "rebuild it with --force", rehash=True)
+        except UserError as exc:
+            found.append(Rehashed(folder, 0, 0, str(exc)))
+            continue
+        size = sum(contained(folder, n).stat().st_size for n in manifest.files)
+        found.append(Rehashed(folder, len(manifest.files), size))
+    if not found:
+        raise UserError(f"{root}: no {MANIFEST} under it; pass an artifact folder or a store (e.g. artifacts/)")
+    return found
 
 
 # -- identity and variant -----------------------------------------------------------------------
@@ -620,7 +699,7 @@ def resolve_folder(
         verify_files(compiled, manifest, f"recompile it with `ltx-compile {target} --force {folder}`")
     graphs, io = {}, {}
     for name, entry in manifest.io["graphs"].items():
-        graphs[name] = compiled / entry["file"]  # an om manifest names the .om ATC wrote
+        graphs[name] = contained(compiled, entry["file"])  # an om manifest names the .om ATC wrote
         io[name] = entry
         if not graphs[name].is_file():
             return fail(f"incomplete: {graphs[name]} is missing; recompile with --force")

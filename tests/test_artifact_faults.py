@@ -233,3 +233,61 @@ def test_export_to_a_read_only_location_is_one_line_before_anything_is_written(t
     code, _, err = run_cli(export_cli.main, argv, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--out /proc/ltx-ascend-test/out" in err and "writable" in err
+
+
+def _tamper_graph(graph: Path) -> None:
+    """A valid graph with one weight changed, written with the file's old mtime (what `touch -r` does)."""
+    import onnx
+    from onnx import numpy_helper
+
+    stat = graph.stat()
+    model = onnx.load(str(graph))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(graph))
+    import os
+
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_compile_force_over_a_tampered_export_refuses_instead_of_sealing_it(tiny, store, tmp_path, capsys):
+    """Before the fix `ltx-compile --target ort --force` compiled the changed graph and sealed its new
+    hash, so every later run trusted it. Compile re-hashes its input export first (no cache trusted)."""
+    from ltx_ascend.compile import cli as compile_cli
+
+    out = _copy(store, tmp_path)
+    resolution = _resolve(tiny, out)  # verified: .verified.json caches the export's hashes
+    export_graph = resolution.folder / "dit.onnx"
+    _tamper_graph(export_graph)
+    sealed = (resolution.compiled / MANIFEST).read_text()
+    code, _, err = run_cli(compile_cli.main, ["--target", "ort", "--force", str(resolution.folder)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "sha256" in lines[0] and str(export_graph) in lines[0], err
+    assert (resolution.compiled / MANIFEST).read_text() == sealed  # nothing re-sealed
+
+
+def test_rehash_finds_what_the_size_mtime_cache_trusts(tiny, store, tmp_path, capsys):
+    """The size+mtime cache does not see a same-size change that keeps the mtime (documented in
+    docs/design/hash-cache.md); `ltx-verify --rehash` re-hashes every file and does."""
+    from ltx_ascend.tools import verify
+
+    out = _copy(store, tmp_path)
+    code, stdout, err = run_cli(verify.main, ["--rehash", str(out)], capsys)
+    assert code == 0 and "2 artifact folders re-hashed: every file matches" in stdout, err
+    resolution = _resolve(tiny, out)
+    graph = resolution.graphs["dit"]
+    data = bytearray(graph.read_bytes())
+    stat = graph.stat()
+    data[-64:-56] = bytes(8)  # same size, old mtime: the cache's blind spot
+    graph.write_bytes(bytes(data))
+    import os
+
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _resolve(tiny, out).ok  # what the cache does not promise
+    code, stdout, err = run_cli(verify.main, ["--rehash", str(out)], capsys)
+    assert code == 2 and "DIFFERS" in stdout and str(graph) in stdout, stdout
+    assert err.strip().splitlines() == [
+        "error: 1 of 2 artifact folders do not match their manifests (listed above): rebuild them with --force"
+    ]

@@ -40,7 +40,24 @@ def validate_gemma_root(root: str | Path) -> Path:
             raise UserError(f"Gemma root {root} has no {name}: {fix}")
     if not any(root.rglob("model*.safetensors")):
         raise UserError(f"Gemma root {root} has no model*.safetensors weights: {fix}")
+    check_tokenizer(next(iter(sorted(root.rglob("tokenizer.model")))))
     return root
+
+
+def check_tokenizer(path: Path) -> None:
+    """tokenizer.model loads as a SentencePiece model (a few MB, read in milliseconds): a corrupt one is
+    one line here, not a crash after the checkpoint has been read."""
+    import sentencepiece
+
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        if processor.get_piece_size() < 1:
+            raise RuntimeError("no pieces")
+    except Exception as exc:  # sentencepiece raises RuntimeError / OSError with its parser's message
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path} is not a readable SentencePiece tokenizer ({reason}): restore the Gemma root's tokenizer.model"
+        ) from None
 
 
 def read_gemma_config(root: str | Path | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ltx_ascend.checkpoints.gemma import (
 )
 from ltx_ascend.components import REGISTRY
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import check_finite_safetensors
 
 # What the loader can build: the registry's components, plus Gemma's text encoder (its own path).
 ALL_COMPONENTS = (*REGISTRY, "text_encoder")
@@ -105,6 +106,78 @@ def read_model_config(path: str | Path, what: str = "checkpoint") -> dict[str, A
         raise UserError(f"{what} {path}: its `config` metadata is not valid JSON ({exc.msg})") from None
 
 
+# What our code reads from the transformer config (ltx-core defaults the rest to the 22B's values).
+TRANSFORMER_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "audio_num_attention_heads",
+                    "audio_attention_head_dim")  # fmt: skip
+UPSAMPLER_SCALE = 2.0  # every two-stage pipeline's stage 2 is twice stage 1's size
+
+
+def transformer_config(config: Any, where: str) -> dict[str, Any]:
+    """The `transformer` section of an LTX-2.3 config, its sizes whole numbers >= 1; a config of
+    another model (an upsampler's, a VAE's) is refused in one line instead of a KeyError later."""
+    section = config.get("transformer") if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        kind = config.get("_class_name", "another model") if isinstance(config, dict) else "not a mapping"
+        raise UserError(
+            f"{where}: its config has no `transformer` section ({kind}): pass the LTX-2.3 checkpoint "
+            "(the .safetensors with the transformer, VAEs and vocoder)"
+        )
+    for key in TRANSFORMER_KEYS:
+        value = section.get(key)
+        if key in section and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise UserError(f"{where}: transformer.{key} = {value!r} must be a whole number >= 1")
+    for key in ("num_layers", "num_attention_heads", "audio_num_attention_heads"):
+        if key not in section:
+            raise UserError(f"{where}: its transformer config has no {key}: pass the released LTX-2.3 config")
+    return section
+
+
+def check_config_fits_weights(path: str | Path, section: dict[str, Any]) -> None:
+    """The transformer sizes the config gives match the tensor shapes in the file's header (read, not
+    loaded): a config that does not fit its weights is one line here, not a size mismatch after loading."""
+    layers, shapes = set(), {}
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        for key in list(f.keys()):
+            name = LTXV_MODEL_COMFY_RENAMING_MAP.apply_to_key(key) or ""
+            if name.startswith("transformer_blocks."):
+                layers.add(int(name.split(".")[1]))
+                if name in ("transformer_blocks.0.attn1.to_q.weight", "transformer_blocks.0.audio_attn1.to_q.weight"):
+                    shapes[name] = tuple(f.get_slice(key).get_shape())
+    if not layers:
+        return  # no transformer weights in this file: load_component names what is missing
+    expected = {
+        "num_layers": (section["num_layers"], max(layers) + 1),
+        "video width (num_attention_heads x attention_head_dim)": (
+            section["num_attention_heads"] * section.get("attention_head_dim", 128),
+            shapes.get("transformer_blocks.0.attn1.to_q.weight", (None,))[0],
+        ),
+        "audio width (audio_num_attention_heads x audio_attention_head_dim)": (
+            section["audio_num_attention_heads"] * section.get("audio_attention_head_dim", 64),
+            shapes.get("transformer_blocks.0.audio_attn1.to_q.weight", (None,))[0],
+        ),
+    }
+    for what, (config_value, weights_value) in expected.items():
+        if weights_value is not None and config_value != weights_value:
+            raise UserError(
+                f"checkpoint {path}: its config's {what} is {config_value}, its weights' is {weights_value}: "
+                "the config does not fit the weights; pass the checkpoint with its own config metadata"
+            )
+
+
+def check_spatial_upsampler(path: str | Path) -> None:
+    """An x2 spatial latent upsampler (read from its config metadata): an x1.5 one or a temporal one
+    would fail inside ltx-core after loading."""
+    config = read_model_config(path, "spatial upsampler")
+    scale = config.get("spatial_scale", UPSAMPLER_SCALE)
+    if not config.get("spatial_upsample", True) or config.get("temporal_upsample", False):
+        raise UserError(f"spatial upsampler {path}: its config is not a spatial-only upsampler; pass the x2 one")
+    if config.get("rational_resampler", False) or scale != UPSAMPLER_SCALE:
+        raise UserError(
+            f"spatial upsampler {path}: it scales x{scale:g}, the pipelines' stage 2 is x{UPSAMPLER_SCALE:g}: "
+            "pass the x2 spatial upsampler (ltx-2.3-spatial-upscaler-x2)"
+        )
+
+
 def tensor_keys(path: str | Path) -> list[str]:
     with safetensors.safe_open(str(path), framework="pt") as f:
         return list(f.keys())
@@ -117,6 +190,7 @@ def validate_lora(lora: LoraSpec, checkpoint: Path) -> int:
     fuse to nothing; we refuse it instead.
     """
     read_safetensors_metadata(lora.path, "LoRA")
+    check_finite_safetensors(lora.path, "LoRA")  # a NaN LoRA would only show as a NaN waveform at the end
     model_keys = {
         k for k in (LTXV_MODEL_COMFY_RENAMING_MAP.apply_to_key(key) for key in tensor_keys(checkpoint)) if k is not None
     }
@@ -138,9 +212,10 @@ def validate_lora(lora: LoraSpec, checkpoint: Path) -> int:
 
 def validate_set(ckset: CheckpointSet) -> None:
     """Every input check that needs no weights: files exist, metadata present, LoRAs and Gemma sane."""
-    read_model_config(ckset.checkpoint)
+    section = transformer_config(read_model_config(ckset.checkpoint), f"checkpoint {ckset.checkpoint}")
+    check_config_fits_weights(ckset.checkpoint, section)
     if ckset.spatial_upsampler is not None:
-        read_model_config(ckset.spatial_upsampler, "spatial upsampler")
+        check_spatial_upsampler(ckset.spatial_upsampler)
     if ckset.gemma_root is not None:
         validate_gemma_root(ckset.gemma_root)
     for lora in ckset.loras:

@@ -30,7 +30,17 @@ from ltx_ascend.compile.atc import (
 from ltx_ascend.compile.ort import PROVIDERS, optimize_for_ort, uses_external_data
 from ltx_ascend.errors import UserError
 from ltx_ascend.graph_lint import Violation, lint_onnx
-from ltx_ascend.store import MANIFEST, PORTABLE, Manifest, Variant, file_hashes, file_sizes, request_key
+from ltx_ascend.store import (
+    MANIFEST,
+    PORTABLE,
+    Manifest,
+    Variant,
+    contained,
+    file_hashes,
+    file_sizes,
+    request_key,
+    verify_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ class Graph:
 
     @property
     def path(self) -> Path:
-        return self.folder / self.file
+        return contained(self.folder, self.file)
 
 
 def graphs_of(folder: Path) -> tuple[Manifest, list[Graph]]:
@@ -58,6 +68,18 @@ def graphs_of(folder: Path) -> tuple[Manifest, list[Graph]]:
         raise UserError(f"{folder} holds a compiled '{manifest.kind}' artifact: pass the exported folder above it")
     graphs = [Graph(folder, name, g["file"], g["inputs"]) for name, g in manifest.io["graphs"].items()]
     return manifest, graphs
+
+
+def check_external_data(graph: Graph) -> None:
+    """Every external-data file an ONNX graph names stays inside its artifact folder, as its manifest's
+    names do (ONNX Runtime >= 1.20 refuses such paths itself; ATC is given the graph as is)."""
+    import onnx
+
+    model = onnx.load(str(graph.path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                contained(graph.path.parent, entry.value, source=graph.path.name)
 
 
 def graph_variant(folder: Path) -> str:
@@ -83,6 +105,12 @@ def lint_graphs(graphs: list[Graph], target: str = "om") -> list[tuple[Graph, li
     return out
 
 
+def verify_export(folder: Path, export: Manifest) -> None:
+    """Every file of the export against its manifest's sha256, re-hashed (the size+mtime cache is not
+    trusted here): compiling seals the graphs' hashes, so a tampered export must not be laundered."""
+    verify_files(folder, export, f"re-export it with `ltx-export --force` (artifact {folder})", rehash=True)
+
+
 def target_request(export: Manifest, target: dict[str, Any]) -> dict[str, Any]:
     return {"export": export.request, "target": target}
 
@@ -104,10 +132,11 @@ def compile_ort(folder: Path, provider: str, *, force: bool) -> tuple[Path, bool
     with file_lock(folder / f".{out.name}.lock"):
         if not force and _cached(out, request):
             return out, True
+        verify_export(folder, export)
         out.mkdir(exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
         for g in graphs:
-            optimize_for_ort(g.path, out / g.file, provider)
+            optimize_for_ort(g.path, contained(out, g.file), provider)
         names = [p.name for p in out.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
         Manifest(
             kind="ort",
@@ -141,6 +170,7 @@ def atc_jobs(
     out = folder / f"om-{soc}-{precision}"
     jobs = []
     for g in graphs:
+        check_external_data(g)
         size = sum(p.stat().st_size for p in folder.glob(g.file + "*"))
         jobs.append(
             AtcJob(
@@ -201,6 +231,7 @@ def compile_om(
     request = target_request(export, target)
     if not force and _cached(out, request):
         return out, True
+    verify_export(folder, export)
     out.mkdir(exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     written = {}

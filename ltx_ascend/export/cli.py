@@ -19,6 +19,7 @@ from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
 from ltx_ascend.shapes import TEXT_TOKENS, parse_shape
+from ltx_ascend.validation import check_finite, flag_values
 
 DEFAULT_OUT = Path("artifacts")
 TINY_DISTILLED_LORA_STRENGTH = 0.8  # the strength Lightricks' two-stage examples use
@@ -143,6 +144,15 @@ def format_results(results: list[ExportResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_writable_dir(args.out, "--out")  # before the tiny set or any graph is written
+    check_finite(flag_values(vars(args)))
+    for flag, value, minimum in (
+        ("--text-tokens", args.text_tokens, 1),
+        ("--batch", args.batch, 1),
+        ("--ulysses", args.ulysses, 1),
+        ("--conditioning-tokens", args.conditioning_tokens, 0),
+    ):
+        if value < minimum:  # checked before the tiny set is written or any model loads
+            raise UserError(f"{flag} {value}: must be >= {minimum}")
     components = EXPORTABLE if args.component == "all" else (args.component,)
     for name in components:
         if name not in EXPORTABLE:

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 from ltx_ascend import dtypes
-from ltx_ascend.atomic import file_lock, replace_dir
+from ltx_ascend.atomic import disk_full_names_folder, file_lock, replace_dir
 from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
@@ -157,7 +157,8 @@ def export_component(
             return hit  # another process built it while this one waited
         building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
         try:
-            reports = _build(component, ckset, profile, dtype, options, verify, request, building)
+            with disk_full_names_folder(folder.parent, building, f"building {component}"):
+                reports = _build(component, ckset, profile, dtype, options, verify, request, building)
             replace_dir(building, folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)

@@ -3,7 +3,9 @@
 The decoding reproduces ltx-pipelines' `decode_audio_from_file` (seek to the start time, keep the
 codec frames that overlap the window, trim to the exact start and duration), and adds the checks a
 user needs: a file that does not decode, or that has more than two channels, is a one-line error;
-mono is up-mixed to stereo, the layout LTX-2.3's audio VAE encodes.
+mono is up-mixed to stereo, the layout LTX-2.3's audio VAE encodes. One difference: the read window
+(`max_duration`) is measured from the first decoded sample at or after the start, not in stream
+timestamps, so an mp3 whose first frame starts at 25 ms (encoder delay) still yields the full window.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from ltx_core.types import Audio
 
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import check_finite_tensor
 
 ENCODER_CHANNELS = 2  # LTX-2.3's audio VAE encodes stereo mel spectrograms
 
@@ -87,10 +90,12 @@ def decode_audio(
             frame_time = float(frame.pts * stream.time_base)
             if frame_time + frame.samples / frame.sample_rate < start_time:
                 continue
-            if frame_time > end_time:
-                break
             if first_time is None:
                 first_time = frame_time
+                if max_duration:  # the window is measured from the first decoded sample, not stream time 0
+                    end_time = max(start_time, first_time) + max_duration
+            if frame_time > end_time:
+                break
             samples.append(_frame_to_float(frame))
     except (av.error.FFmpegError, ValueError) as exc:
         raise UserError(f"{flag} {path}: cannot decode its audio ({exc})") from None
@@ -109,6 +114,8 @@ def decode_audio(
         audio = audio[..., skip:]
     if max_duration is not None:
         audio = audio[..., : round(max_duration * rate)]
+    # A float file can hold NaN: refused here, naming the file, not as a NaN latent several stages on.
+    check_finite_tensor(torch.from_numpy(audio), f"{flag} {path}", user_input=True)
     if audio.shape[0] == 1:  # mono: the same signal on both channels
         audio = np.repeat(audio, ENCODER_CHANNELS, axis=0)
     return Audio(waveform=torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0), sampling_rate=rate)

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from ltx_core.components.guiders import MultiModalGuiderParams
 
+from ltx_ascend import validation as V
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import LoraSpec, read_model_config, validate_set
@@ -238,7 +239,7 @@ def _guider(args: argparse.Namespace, prefix: str, cross: str, base: MultiModalG
 def request_from_args(args: argparse.Namespace, defaults: P.PipelineDefaults) -> Request:
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Request(
-        prompt=args.prompt or DEFAULT_PROMPT,
+        prompt=DEFAULT_PROMPT if args.prompt is None else args.prompt,  # "" is a prompt; only no --prompt is the demo
         negative_prompt=args.negative_prompt,
         seed=pick(args.seed, defaults.seed),
         height=pick(args.height, defaults.height),
@@ -263,16 +264,7 @@ NEGATIVE_INDEX_NOTE = (
 def _check_image(image: ImageInput, num_frames: int) -> ImageInput:
     """The image exists, decodes, and its frame index is in range; a negative index counts from the
     end (Python style: -1 is the last frame), as the LTX-2.3 Ascend guide's keyframe command means it."""
-    path = Path(image.path)
-    if not path.is_file():
-        raise UserError(f"--image {image.path}: file not found")
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises many types for a file that is not an image
-        raise UserError(f"--image {image.path}: cannot decode it as an image ({exc}); pass a PNG or JPEG") from None
+    V.decode_image(Path(image.path), "--image")  # decodes, RGB-convertible, at least 2x2
     if not -num_frames <= image.frame_idx < num_frames:
         raise UserError(
             f"--image {image.path} {image.frame_idx}: frame index must be in [0, {num_frames - 1}] "
@@ -344,9 +336,50 @@ class Checked:
     step_cache: StepCacheSpec
 
 
+# argparse dests whose flag is not `--` + the dest with dashes.
+FLAG_NAMES = {"images": "--image", "lora": "--lora", "distilled_lora": "--distilled-lora"}
+
+
+def input_files(args: argparse.Namespace) -> dict[str, object]:
+    """Every file the run reads (flag -> path or paths): no output may be one of them."""
+    videos = [v.path for v in getattr(args, "video_conditioning", None) or ()]
+    mask = getattr(args, "conditioning_attention_mask", None)
+    cache = args.step_cache[1:] if args.step_cache.startswith("@") else None
+    return {
+        "--checkpoint-path": args.checkpoint_path,
+        "--distilled-checkpoint-path": getattr(args, "distilled_checkpoint_path", None),
+        "--spatial-upsampler-path": args.spatial_upsampler_path,
+        "--gemma-root": V.files_under(args.gemma_root),
+        "--lora": [lora.path for lora in args.lora or ()],
+        "--distilled-lora": [lora.path for lora in args.distilled_lora or ()],
+        "--loras": list(getattr(args, "loras", None) or ()),  # retake's LoRAs (paths, strength 1)
+        "--image": [image.path for image in args.images],
+        "--audio-path": getattr(args, "audio_path", None),
+        "--video-path": getattr(args, "video_path", None),
+        "--video-conditioning": videos,
+        "--conditioning-attention-mask": None if mask is None else mask.path,
+        "--step-cache": cache,
+    }
+
+
+def output_files(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Every file the run writes (flag -> path)."""
+    return {
+        "--output-path": args.output_path,
+        "--raw-output": args.raw_output,
+        "--timings-json": args.timings_json,
+        "--step-cache-out": args.step_cache_out if args.step_cache_search is not None else None,
+    }
+
+
 def parse_and_check(argv: list[str] | None) -> Checked:
     """Parse an `ltx-run` command line and check every input before anything loads or is written."""
     args = build_parser().parse_args(argv)
+    V.check_finite(V.flag_values(vars(args), FLAG_NAMES))
+    for flag in ("prompt", "negative_prompt"):
+        if getattr(args, flag) is not None:
+            V.utf8_text(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    V.check_distinct_outputs(output_files(args), input_files(args))
     module = importlib.import_module(PIPELINES[args.pipeline])
     two_stage = getattr(module, "TWO_STAGE", False)
     if getattr(module, "DISTILLED", False) and args.checkpoint_path is None:

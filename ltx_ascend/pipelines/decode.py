@@ -8,6 +8,7 @@ from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.media import collect_frames
 from ltx_ascend.pipelines.parallel_decode import decoding_ranks
 from ltx_ascend.shapes import ShapeProfile
+from ltx_ascend.validation import check_finite_tensor
 
 
 def decode(
@@ -25,6 +26,8 @@ def decode(
     ranks = decoding_ranks(world, video_latent.shape)
     if world is not None and world.rank >= ranks:  # only rank 0 writes, and there are not tiles for all
         return nothing
+    check_finite_tensor(video_latent, "decode (video latent in)")
+    check_finite_tensor(audio_latent, "decode (audio latent in)")
     with ctx.timings.stage("decode"):
         chunks = ctx.stack.video_decoder(profile, ranks)(video_latent, generator)
         if not ctx.main:
@@ -33,4 +36,6 @@ def decode(
             return nothing
         frames = collect_frames(chunks)
         audio = ctx.stack.audio(profile)(audio_latent) if audio_latent is not None else None
+    if audio is not None:  # here, not in the AAC encoder at the very end
+        check_finite_tensor(audio.waveform, "decode (audio waveform)")
     return Output(frames=frames, audio=audio)

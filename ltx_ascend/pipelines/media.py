@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from ltx_ascend.atomic import atomic_path, check_writable_file
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import decode_image
 
 AUDIO_CODEC = "aac"
 AUDIO_RATE = 48000
@@ -130,13 +131,9 @@ def resize_and_center_crop(frames: torch.Tensor, height: int, width: int) -> tor
 
 
 def load_image(path: str, height: int, width: int, crf: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A conditioning image as a 1-frame video in [-1, 1]: [1, 3, 1, height, width]."""
-    from PIL import Image
-
-    try:
-        image = np.array(Image.open(path))[..., :3]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--image {path}: cannot decode it as an image ({exc})") from None
+    """A conditioning image as a 1-frame video in [-1, 1]: [1, 3, 1, height, width] (grayscale, palette
+    and alpha images converted to RGB: `validation.decode_image`)."""
+    image = decode_image(path if isinstance(path, bytes) else Path(path), "--image")
     if crf:
         image = _h264_round_trip(image, crf)
     frames = resize_and_center_crop(torch.tensor(image, dtype=torch.float32, device=device), height, width)

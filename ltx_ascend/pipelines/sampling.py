@@ -31,6 +31,7 @@ from ltx_ascend.pipelines.samplers import DenoiseFn, euler_loop
 from ltx_ascend.pipelines.stages import FIXED_AUDIO_GUIDER, StageSpec
 from ltx_ascend.pipelines.text import PromptEmbeddings
 from ltx_ascend.shapes import LATENT_CHANNELS
+from ltx_ascend.validation import check_finite_tensor
 
 
 def video_tools(shape: VideoPixelShape) -> VideoLatentTools:
@@ -236,6 +237,8 @@ def sampling_stage(
                                                on_step=record.steps.append)  # fmt: skip
         video = vtools.unpatchify(vtools.clear_conditioning(video))
         audio = atools.unpatchify(atools.clear_conditioning(audio))
+        check_finite_tensor(video.latent, f"{spec.name} (video latent)")  # where it appears, named
+        check_finite_tensor(audio.latent, f"{spec.name} (audio latent)")
         del runner, denoise
         stack.free()
     return video, audio
@@ -258,6 +261,7 @@ def upsample_then_refine(
     req = ctx.request
     with ctx.timings.stage("upsample"):
         upscaled = ctx.stack.upsampler(req.profile(stage=1))(video.latent[:1])
+    check_finite_tensor(upscaled, "upsample (video latent)")
     conditionings = conditionings_for(ctx, req.images, req.pixel_shape(stage=2), stage=2)
     stage_options.setdefault("initial_audio", audio.latent)
     return sampling_stage(ctx, spec, conditionings, noiser, positive, initial_video=upscaled, **stage_options)

@@ -47,7 +47,7 @@ from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
-from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first
+from ltx_ascend.store import Manifest, Resolution, Variant, contained, resolve, resolve_first
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,8 @@ class ModelStack:
         else:
             if "dit" in sessions and prefetch is not None:
                 raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
-            files = sorted(self.folders["dit"].glob("block_*.safetensors"))
+            folder = self.folders["dit"]  # each block file inside the artifact folder (no symlink out)
+            files = sorted(contained(folder, p.name) for p in folder.glob("block_*.safetensors"))
             weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
             runner = DiTRunner(
                 config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ltx_ascend.errors import UserError
+from ltx_ascend.validation import utf8_file
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,7 @@ def parse_spec(text: str) -> StepCacheSpec:
     text = text.strip()
     if text.startswith("@"):
         path = Path(text[1:])
-        try:
-            lines = [ln.strip() for ln in path.read_text().splitlines()]
-        except OSError as exc:
-            raise UserError(
-                f"--step-cache {text}: cannot read {path} ({exc.strerror}): pass a SPEC file that exists"
-            ) from None
+        lines = [ln.strip() for ln in utf8_file(path, f"--step-cache {text}").splitlines()]
         specs = [ln for ln in lines if ln and not ln.startswith("#")]
         if not specs:
             raise UserError(f"--step-cache {text}: {path} holds no SPEC line: write one, e.g. auto:threshold=0.2")
@@ -158,7 +154,7 @@ def _parse_value(text: str, key: str, value: str):
         return UserError(f"--step-cache {text}: {key}={value} is not {expected}")
 
     if key in ("start", "end", "interval", "warmup"):
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes '²'
             raise fail("a whole number >= 0")
         number = int(value)
         if key == "interval" and number < 1:
@@ -173,7 +169,7 @@ def _parse_value(text: str, key: str, value: str):
             raise fail("a finite number >= 0")
         return number
     if key == "blocks":
-        match = re.fullmatch(r"(\d+)-(\d+)", value)
+        match = re.fullmatch(r"([0-9]+)-([0-9]+)", value)
         if not match or int(match[1]) > int(match[2]):
             raise fail("a block range A-B with A <= B (e.g. blocks=4-43)")
         return int(match[1]), int(match[2])

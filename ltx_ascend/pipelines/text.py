@@ -8,8 +8,10 @@ made by one backend or build are never served to a run of another (a parity test
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.store import fingerprint_file, fingerprint_tree
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,16 @@ class PromptEncoder:
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
         if path is None or not path.is_file():
             return None
-        tensors = load_file(str(path), device=str(self.device))
-        return PromptEmbeddings(tensors["video"], tensors["audio"])
+        try:
+            tensors = load_file(str(path), device=str(self.device))
+            return PromptEmbeddings(tensors["video"], tensors["audio"])
+        except Exception as exc:  # truncated or foreign file: safetensors raises its own error types
+            # A cache entry is only a saving: a damaged one is discarded and the prompt encoded again.
+            log.warning("warning: prompt-cache entry %s is unreadable (%s): discarded, encoding the prompt again",
+                        path, exc)  # fmt: skip
+            with contextlib.suppress(OSError):  # a read-only cache: the new entry's write fails the same way
+                path.unlink()
+            return None
 
     def _store(self, key: str, emb: PromptEmbeddings, prompt: str, producer: str) -> None:
         if self.cache_dir is None:

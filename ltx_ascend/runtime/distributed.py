@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as dev
+from ltx_ascend.validation import env_int
 
 PROCESS_GROUP_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 _FIX = "as `torchrun --nproc-per-node N ltx-run ... --parallel cfg=C,ulysses=U` with C x U = N"
@@ -57,8 +58,11 @@ def launched_ranks() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) as torchrun sets them, or None outside torchrun."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
-    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return rank, size, int(os.environ.get("LOCAL_RANK", rank))
+    rank, size = env_int(os.environ, "RANK"), env_int(os.environ, "WORLD_SIZE", minimum=1)
+    local = env_int(os.environ, "LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
+    if rank >= size:
+        raise UserError(f"environment RANK={rank} is not below WORLD_SIZE={size}: start the ranks with torchrun")
+    return rank, size, local
 
 
 def check_layout(layout: Layout) -> tuple[int, int, int]:

@@ -617,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    for flag, value in (("--threads", args.threads), ("--layers", args.layers)):
+        if value is not None and value < 1:  # torch.set_num_threads(0) and ORT's 0 ("all cores") would run anyway
+            raise UserError(f"{flag} {value}: must be >= 1")
+    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
+        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
     if args.parallel and args.component == "video_decoder":
         if args.preset != "tiny":
             raise UserError("--parallel --component video_decoder times the tiny set's decoder: pass --preset tiny")

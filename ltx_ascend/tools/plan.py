@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ltx_ascend import dtypes
-from ltx_ascend.checkpoints.loader import read_model_config
+from ltx_ascend.checkpoints.loader import read_model_config, transformer_config
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines.stages import PIPELINES, PlannedStage, declared_stages
@@ -38,6 +38,7 @@ from ltx_ascend.runtime.dit_memory import (
 )
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 from ltx_ascend.tools import serve_plan
+from ltx_ascend.validation import check_finite, flag_values, positive
 
 
 @dataclass(frozen=True)
@@ -591,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_plan.check_arguments(args)
     from ltx_ascend.runtime.distributed import Layout, check_heads
 
+    check_finite(flag_values(vars(args)))
+    examples = {"devices": "8", "hbm_gb": "64", "peak_tflops": "280", "h2d_gb_s": "25", "link_gb_s": "56"}
+    for dest, example in examples.items():  # a count or size of 0 or less would print a plan, or divide by it
+        if getattr(args, dest) is not None:
+            positive(getattr(args, dest), f"--{dest.replace('_', '-')}", example=example)
     layout = Layout.parse(args.parallel) if args.parallel else Layout(cfg=args.devices)
     if layout.size != args.devices:
         raise UserError(
@@ -627,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
     if expected is None and args.step_cache.startswith("@"):
         expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
-    transformer = config["transformer"]
+    where = f"--checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else f"--config {args.config}"
+    transformer = transformer_config(config, where)
     heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
     check_heads(layout, heads)
     result = plan(

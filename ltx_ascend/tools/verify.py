@@ -21,7 +21,7 @@ from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraStateDictWithStren
 from safetensors.torch import load_file
 
 from ltx_ascend.atomic import atomic_write_text
-from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config, read_safetensors_metadata
 from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export import dit_blocks, dit_split
@@ -30,7 +30,7 @@ from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.session import Session
-from ltx_ascend.store import Manifest, profile_of, resolve_folder
+from ltx_ascend.store import Manifest, contained, profile_of, rehash_tree, resolve_folder
 
 FLOAT16_MAX = 65504.0
 
@@ -178,7 +178,7 @@ def verify_artifact(
     if per_block and manifest.component == "dit":
         if "dit-block" not in sessions:
             raise UserError(f"{folder}: --per-block needs a DiT exported as blocks (--dit-layout blocks)")
-        files = sorted(folder.glob("block_*.safetensors"))
+        files = sorted(contained(folder, p.name) for p in folder.glob("block_*.safetensors"))
         if not files:
             raise UserError(f"{folder}: no block_XX.safetensors beside the block graph (a --random-weights export)")
         rows, first_bad = per_block_scan(items, sessions, files, source_set, dtype)
@@ -312,6 +312,34 @@ def _quantization_main(args: argparse.Namespace) -> int:
     return 0 if all(r["cosine"] >= MIN_COSINE for r in rows) else 1
 
 
+def parse_lora_arg(path: str, strength: str) -> LoraSpec:
+    """`--lora PATH STRENGTH`: a finite number, checked (with the file) before any artifact is run."""
+    from ltx_ascend.validation import finite_number
+
+    value = finite_number(strength, f"--lora {path}", example="0.8")
+    read_safetensors_metadata(path, "LoRA")
+    return LoraSpec(Path(path), value)
+
+
+def _rehash_main(folders: list[Path]) -> int:
+    """`ltx-verify --rehash DIR...`: one line per artifact folder; exit 2 if any file differs."""
+    if not folders:
+        raise UserError("--rehash: pass the artifact folders or stores to re-hash (e.g. artifacts/)")
+    rows = [row for folder in folders for row in rehash_tree(folder)]
+    for row in rows:
+        status = "ok" if row.error is None else "DIFFERS"
+        print(f"{status:<8} {row.folder}  {row.files} files, {row.bytes / 2**20:.1f} MiB" if row.error is None
+              else f"{status:<8} {row.error}")  # fmt: skip
+    bad = [row for row in rows if row.error is not None]
+    if bad:
+        raise UserError(
+            f"{len(bad)} of {len(rows)} artifact folders do not match their manifests (listed above): rebuild them "
+            "with --force"
+        )
+    print(f"{len(rows)} artifact folders re-hashed: every file matches its manifest")
+    return 0
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="ltx-verify", description=__doc__.splitlines()[0])
@@ -323,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-block", action="store_true", help="walk a block-layout DiT to the first bad block")
     parser.add_argument("--lora", nargs=2, action="append", default=[], metavar=("PATH", "STRENGTH"),
                         help="report a LoRA: rank, alpha, touched weights, device-vs-CPU merge")  # fmt: skip
+    parser.add_argument(
+        "--rehash",
+        action="store_true",
+        help="only re-hash every file of every artifact under each ARTIFACT_DIR (a folder or a whole store) "
+        "against its manifest, trusting no size+mtime cache; exit 2 if any differs",
+    )
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     quant = parser.add_argument_group("--quantization w8a8: per-block cosine of W8A8 vs float at the real width")
@@ -337,8 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quantization is not None:
         return _quantization_main(args)
+    if args.rehash:
+        return _rehash_main(args.artifacts)
     if not args.artifacts and not args.lora:
         raise UserError("nothing to verify: pass ARTIFACT_DIR... and/or --lora PATH STRENGTH")
+    loras_given = [parse_lora_arg(path, strength) for path, strength in args.lora]
+    if loras_given and not args.checkpoint_path:
+        raise UserError("--lora needs --checkpoint-path (the base weights it merges into)")
     inputs = None if args.inputs == "random" else Path(args.inputs)
     if inputs is not None and not inputs.is_file():
         raise UserError(f"--inputs {inputs}: not found (use random, or a .safetensors of named feeds)")
@@ -353,10 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     device = dev.policy_from_args(args).device
     loras = []
-    for path, strength in args.lora:
-        if not args.checkpoint_path:
-            raise UserError("--lora needs --checkpoint-path (the base weights it merges into)")
-        loras.append(lora_report(LoraSpec(Path(path), float(strength)), args.checkpoint_path, device))
+    for lora in loras_given:
+        loras.append(lora_report(lora, args.checkpoint_path, device))
     report = markdown(results, loras)
     print(report)
     if args.report:
