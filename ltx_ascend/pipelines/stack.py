@@ -47,7 +47,7 @@ from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
-from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first
+from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,14 @@ class ModelStack:
         if resolution is not None:
             # ORT takes torch's thread count (OMP_NUM_THREADS / torch.set_num_threads), not every core: under
             # torchrun each rank keeps to its share of the host, and eager and compiled runs share one setting.
+            # Every rank on its own card: om opens on the rank's NPU, ORT's CUDA provider on the rank's GPU.
             sessions = open_component(
-                resolution, fallback=self.fallback, device=self.device, ep=self.ep, threads=torch.get_num_threads()
+                resolution,
+                fallback=self.fallback,
+                device=self.device,
+                ep=self.ep,
+                threads=torch.get_num_threads(),
+                device_id=dev.accelerator_index(self.device),
             )
         if sessions is None:
             self.used[component] = "eager"
@@ -378,7 +384,7 @@ class ModelStack:
         else:
             if "dit" in sessions and prefetch is not None:
                 raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
-            files = sorted(self.folders["dit"].glob("block_*.safetensors"))
+            files = weight_files(self.folders["dit"])  # content-addressed: <artifacts>/weights/<key>/
             weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
             runner = DiTRunner(
                 config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel

@@ -108,6 +108,11 @@ class OrtSession(Session):
         if threads is not None and threads < 1:
             raise UserError(f"threads must be at least 1, got {threads}")
 
+        # The CUDA provider runs on the tensors' GPU (device_id), not always on GPU 0: one rank, one card.
+        providers: list = list(PROVIDERS[provider])
+        if provider == "cuda":
+            providers[0] = (providers[0], {"device_id": self.device.index or 0})
+        self.providers = providers
         options = ort.SessionOptions()
         self.preoptimized = is_preoptimized(path)
         # An ort-* graph was saved after ORT_ENABLE_ALL: optimising it again costs load time for nothing.
@@ -123,7 +128,7 @@ class OrtSession(Session):
         options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(
                 f"ONNX Runtime could not load {path} ({str(exc).splitlines()[0][:200]}): the graph file is damaged "
