@@ -34,6 +34,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,6 +60,7 @@ FINGERPRINT_METHOD = (
 
 
 _FINGERPRINTS: dict[tuple, dict[str, Any]] = {}
+_SETTLED_NS = 2_000_000_000
 
 
 def fingerprint_file(path: str | Path) -> dict[str, Any]:
@@ -72,7 +74,10 @@ def fingerprint_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if memo in _FINGERPRINTS:  # this process fingerprinted this very file already (same size, mtime, inode)
+    # Remembered within this process for files unchanged for a while (an mtime tick is coarse: a file
+    # rewritten within it at the same size would look the same, so recent files are read again).
+    settled = time.time_ns() - stat.st_mtime_ns > _SETTLED_NS
+    if settled and memo in _FINGERPRINTS:
         return dict(_FINGERPRINTS[memo])
     digest = hashlib.sha256()
     size = stat.st_size
@@ -87,8 +92,10 @@ def fingerprint_file(path: str | Path) -> dict[str, Any]:
         for i in range(_SAMPLES):
             f.seek(start + (span * i) // _SAMPLES)
             digest.update(f.read(_SAMPLE_BYTES))
-    _FINGERPRINTS[memo] = {"size": size, "sha256_sampled": digest.hexdigest()}
-    return dict(_FINGERPRINTS[memo])
+    found = {"size": size, "sha256_sampled": digest.hexdigest()}
+    if settled:
+        _FINGERPRINTS[memo] = found
+    return dict(found)
 
 
 def fingerprint_tree(root: str | Path, patterns: tuple[str, ...] = ("*.json", "*.model", "*.safetensors")) -> dict:
