@@ -82,3 +82,10 @@ def test_stand_in_refuses_memory_of_one_card_used_under_another(tmp_path, monkey
     assert fake.violations and "device 1 used under device 0" in fake.violations[0]
     session.close()
     assert acl.rt.set_device(2) != 0  # no third card
+
+
+def test_ort_cuda_takes_the_rank_gpu():
+    from ltx_ascend.runtime.ort_session import session_providers
+
+    assert session_providers("cuda", torch.device("cuda", 3))[0] == ("CUDAExecutionProvider", {"device_id": 3})
+    assert session_providers("cpu", torch.device("cpu")) == ["CPUExecutionProvider"]

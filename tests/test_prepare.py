@@ -24,7 +24,7 @@ from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines.stack import BackendChoice
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.shapes import shape_profile
-from ltx_ascend.store import WEIGHTS, fingerprint_file, weight_files, weights_key
+from ltx_ascend.store import WEIGHTS, ensure_weights, fingerprint_file, weight_files, weights_bytes, weights_key
 from ltx_ascend.tools import prepare
 from tests.conftest import run_cli
 
@@ -226,3 +226,57 @@ def test_sources_are_identified_by_content_and_profiles_by_graph_shape(tiny, tmp
     assert request("dit", shape_profile("9x64x96", fps=24.0)) == request("dit", shape_profile("9x64x96", fps=24.5))
     assert request("dit", shape_profile("9x64x96", fps=24.0)) != request("dit", shape_profile("9x64x96", fps=12.0))
     assert request("dit", shape_profile("9x64x96")) != request("dit", shape_profile("9x64x96", batch=2))
+
+
+def test_weight_sets_are_written_whole_or_not_at_all(tmp_path):
+    """An interrupted write leaves nothing a later run uses; a complete set is written once; a damaged
+    one (truncated) is not taken as complete, and is written again."""
+    material = {"component": "dit", "kind": "blocks", "probe": 1}
+    folder = tmp_path / WEIGHTS / weights_key(material)
+
+    def killed(building: Path) -> list[str]:
+        (building / "block_00.safetensors").write_bytes(b"half a block")
+        raise KeyboardInterrupt  # the process stopped mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_weights(tmp_path, material, killed)
+    assert not folder.exists() and not weights_bytes(tmp_path, weights_key(material))
+    writes = []
+
+    def good(building: Path) -> list[str]:
+        writes.append(building)
+        (building / "block_00.safetensors").write_bytes(b"x" * 64)
+        return ["block_00.safetensors"]
+
+    key, names, written = ensure_weights(tmp_path, material, good)
+    assert written and names == ["block_00.safetensors"] and weights_bytes(tmp_path, key) == 64
+    assert ensure_weights(tmp_path, material, good)[2] is False and len(writes) == 1  # found, not rewritten
+    (folder / "block_00.safetensors").write_bytes(b"x" * 10)  # truncated after the fact
+    assert weights_bytes(tmp_path, key) is None
+    assert ensure_weights(tmp_path, material, good)[2] is True and weights_bytes(tmp_path, key) == 64
+
+
+@pytest.mark.contract
+def test_prepare_for_om_compiles_with_atc_in_parallel(ckpt_root, tmp_path, capsys, monkeypatch):
+    """--backend om: exports, then ATC (the stand-in `atc`) compiles in a pool of --jobs; the proof
+    finds the .om artifacts where `ltx-run --backend om` looks."""
+    import os
+    import stat
+
+    from tests.fake_cann import FAKE_ATC
+
+    atc = tmp_path / "bin" / "atc"
+    atc.parent.mkdir()
+    atc.write_text("#!/bin/sh\n" + FAKE_ATC)
+    atc.chmod(atc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{atc.parent}{os.pathsep}{os.environ['PATH']}")
+    store = tmp_path / "store"
+    argv = ["ti2vid_one_stage", "--shapes", "9x128x192", *_ckpt(ckpt_root), "--backend",
+            "eager,dit=om,video_decoder=om", "--dit-layout", "blocks", "--dtype", "float32", "--soc", "Ascend910B4",
+            "--jobs", "2", "--artifacts", str(store)]  # fmt: skip
+    code, out, err = run_cli(prepare.main, argv, capsys)
+    assert code == 0, err
+    assert "(0 present, 2 to build)" in out and "ok       ti2vid_one_stage 9x128x192" in out
+    assert "compile dit (ATC, waited)" in out
+    assert len(list(store.glob("dit/*/*/om-Ascend910B4-*/manifest.json"))) == 1
+    assert len(list(store.glob("video_decoder/*/*/om-Ascend910B4-*/manifest.json"))) == 1
