@@ -27,6 +27,7 @@ is a hit, one that differs is refused with the fields that differ named.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -291,9 +292,22 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str) -> None:
             )
         cache[name] = [stat.st_size, stat.st_mtime_ns, expected]
         changed = True
-    if changed:
+    if changed and not _READ_ONLY.get():
         with contextlib.suppress(OSError):  # a read-only artifact store: verified again next time
             atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
+
+
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("store_read_only", default=False)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Within it, checking artifacts writes nothing, not even the hash cache (`ltx-run --check`)."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
 
 
 # -- content-addressed weights ------------------------------------------------------------------

@@ -154,18 +154,24 @@ def test_a_copied_store_with_moved_checkpoints_runs_with_no_rebuild(prepared, ck
 def test_check_names_each_miss_and_the_prepare_command_and_writes_nothing(prepared, ckpt_root, tmp_path, capsys):
     store, code, _, _ = prepared
     assert code == 0
+    store = tmp_path / "store"  # a copy whose hash caches are gone: --check hashes, and must not record it
+    shutil.copytree(prepared[0], store)
+    for cache in store.rglob(".verified.json"):
+        cache.unlink()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
     before = _files(store)
-    code, out, err = run_cli(cli.main, _run_argv("ti2vid_one_stage", ckpt_root, store, "25x128x192", tmp_path,
+    code, out, err = run_cli(cli.main, _run_argv("ti2vid_one_stage", ckpt_root, store, "25x128x192", out_dir,
                                                  "--check"), capsys)  # fmt: skip
     assert code == 2
     assert "MISS  dit at 25x128x192-b4 on ort" in out and "MISS  video_decoder at 25x128x192-b1" in out, out
     assert "ltx-prepare ti2vid_one_stage --shapes 25x128x192 --checkpoint-path" in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    code, out, err = run_cli(cli.main, _run_argv("ti2vid_one_stage", ckpt_root, store, SHAPES[1], tmp_path,
+    code, out, err = run_cli(cli.main, _run_argv("ti2vid_one_stage", ckpt_root, store, SHAPES[1], out_dir,
                                                  "--check"), capsys)  # fmt: skip
     assert code == 0, err
     assert "finds all 2 compiled artifacts" in out
-    assert _files(store) == before and not list(tmp_path.iterdir())  # --check wrote nothing
+    assert _files(store) == before and not list(out_dir.iterdir())  # --check wrote nothing
 
 
 def test_fallback_none_refuses_a_missing_dit_before_gemma_loads(prepared, ckpt_root, tmp_path, capsys, monkeypatch):

@@ -447,7 +447,7 @@ def run_setup(checked: Checked, layout: distributed.Layout, *, connect: bool = T
     if tiny:
         if not write_tiny and not TinySet(args.artifacts / "tiny").is_complete():
             where = args.artifacts / "tiny"
-            raise UserError(f"no tiny set under {where} yet (--check writes nothing): {prepare_command(checked)}")
+            raise UserError(f"no tiny set under {where} yet (writing nothing here): {prepare_command(checked)}")
         print(f"no --checkpoint-path: using the tiny LTX-2.3 set under {args.artifacts / 'tiny'}", flush=True)
         tiny_set = ensure_tiny_set(args.artifacts / "tiny")
         args.checkpoint_path, args.gemma_root = tiny_set.checkpoint, args.gemma_root or tiny_set.gemma_root

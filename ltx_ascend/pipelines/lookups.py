@@ -31,6 +31,7 @@ from ltx_ascend.pipelines.text import PromptEmbeddings
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.shapes import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, ShapeProfile, shape_name
 from ltx_ascend.store import PORTABLE, Resolution, Variant
+from ltx_ascend.store import read_only as store_read_only
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,14 @@ class LookupStack(ModelStack):
         """The same settings as `stack` (backends, layout, parallel, variant...), building nothing."""
         fields = {f.name: getattr(stack, f.name) for f in dataclasses.fields(ModelStack) if f.init}
         return cls(**{**fields, "build_missing": False, "log": lambda _: None, "used": {}, "folders": {}})
+
+    def _resolution(self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"):
+        """ModelStack's lookup without the ranks' build lock (nothing is built here, and nothing written)."""
+        resolution = self._resolve_or_build(component, ckset, profile, layout)
+        if resolution is not None and not resolution.ok and self.prepare_hint:
+            reason = f"{resolution.reason}; to build it: {self.prepare_hint}"
+            resolution = dataclasses.replace(resolution, reason=reason)
+        return resolution
 
     def _look(self, component: str, profile: ShapeProfile, ckset: CheckpointSet | None = None, layout: str = "auto"):
         ckset = ckset or self.ckset
@@ -189,12 +198,15 @@ class LookupStack(ModelStack):
         pass
 
 
-def lookups(module, request: Request, stack: ModelStack) -> list[Lookup]:
+def lookups(module, request: Request, stack: ModelStack, *, write_cache: bool = False) -> list[Lookup]:
     """Every component lookup `module.run` makes for `request` on a stack set up like `stack`, in the
-    order the run makes them. The pipeline's own progress bars and prints are kept off the console."""
+    order the run makes them. The pipeline's own progress bars and prints are kept off the console.
+    Every file found is checked as a run checks it (sizes, sha256); the hash cache of those checks is
+    written only with `write_cache` (ltx-prepare), so `ltx-run --check` writes nothing."""
     recorder = LookupStack.like(stack)
     context = RunContext(dataclasses.replace(request), recorder, _StubPrompts(recorder, request.profile()), Timings())
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), torch.inference_mode():
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with quiet[0], quiet[1], torch.inference_mode(), contextlib.nullcontext() if write_cache else store_read_only():
         module.run(context)
     return recorder.lookups
 

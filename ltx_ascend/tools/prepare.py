@@ -166,7 +166,7 @@ def _shapes(text: str) -> list[str]:
 _SAID: set[str] = set()
 
 
-def _setup(pipeline: str, shape: str, argv: list[str]) -> Run:
+def _setup(pipeline: str, shape: str, argv: list[str], *, writes: bool = True) -> Run:
     frames, height, width = parse_shape(shape)
     out = str(Path(tempfile.gettempdir()) / "ltx-prepare-unused.mp4")  # checked writable by ltx-run, never written
     run_argv = [pipeline, *argv, "--num-frames", str(frames), "--height", str(height), "--width", str(width)]
@@ -175,7 +175,7 @@ def _setup(pipeline: str, shape: str, argv: list[str]) -> Run:
     layout = checked.args.parallel or distributed.Layout()
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # ltx-run's "using the tiny set" line: said once, not per run
-        ckset, policy, parallel = run_cli.run_setup(checked, layout, connect=False)
+        ckset, policy, parallel = run_cli.run_setup(checked, layout, connect=False, write_tiny=writes)
     for line in said.getvalue().splitlines():
         if line not in _SAID:
             _SAID.add(line)
@@ -345,7 +345,7 @@ def prove(runs: list[Run], timings: Timings) -> list[str]:
     failed = []
     with timings.stage("check"):
         for run in runs:
-            run.found = lookups(run.checked.module, run.checked.request, run.stack)
+            run.found = lookups(run.checked.module, run.checked.request, run.stack, write_cache=True)
             left = misses(run.found)
             compiled = sum(1 for lookup in run.found if lookup.compiled)
             if left:
@@ -397,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                 if dropped:
                     print(f"note: {pipeline} takes no {', '.join(dropped)}: left out for it", file=sys.stderr)
                 for shape in shapes:
-                    run = _setup(pipeline, shape, pipeline_argv)
-                    run.found = lookups(run.checked.module, run.checked.request, run.stack)
+                    run = _setup(pipeline, shape, pipeline_argv, writes=not own.plan_only)
+                    run.found = lookups(run.checked.module, run.checked.request, run.stack,
+                                        write_cache=not own.plan_only)  # fmt: skip
                     runs.append(run)
             out = Path(runs[0].checked.args.artifacts)
             items = plan_items(runs, out)
