@@ -286,3 +286,51 @@ def test_prepare_for_om_compiles_with_atc_in_parallel(ckpt_root, tmp_path, capsy
     assert "compile dit (ATC, waited)" in out
     assert len(list(store.glob("dit/*/*/om-Ascend910B4-*/manifest.json"))) == 1
     assert len(list(store.glob("video_decoder/*/*/om-Ascend910B4-*/manifest.json"))) == 1
+
+
+def test_every_pipeline_lists_its_lookups_at_the_guide_shape_without_loading_a_model(tiny, tmp_path, monkeypatch):
+    """The guide's command of each pipeline (121x1024x1536 where it sets a size) on the recording stack:
+    its DiT at each stage's passes and conditioning tokens, its upsampler and decoders, in seconds."""
+    from ltx_ascend.checkpoints import loader
+    from ltx_ascend.pipelines.lookups import lookups
+    from tests.test_pipeline_a2vid_two_stage import sine, write_wav
+    from tests.test_pipeline_ic_lora import write_video
+    from tests.test_run_inputs import guide_commands
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    from ltx_ascend.pipelines import stack as stack_module
+    from ltx_ascend.pipelines import text as text_module
+
+    for module in (loader, stack_module, text_module):
+        monkeypatch.setattr(module, "load_component", no_model)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "media"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(folder / "first_frame.png")
+    Image.new("RGB", (96, 64)).save(folder / "last_frame.png")
+    paths = {"first_frame.png": folder / "first_frame.png", "last_frame.png": folder / "last_frame.png",
+             "speech.wav": write_wav(folder / "speech.wav", sine(2, seconds=6.0)),
+             "source.mp4": write_video(folder / "source.mp4", frames=9, height=96, width=160),
+             "control.mp4": write_video(folder / "control.mp4", frames=9, height=96, width=160)}  # fmt: skip
+    found = {}
+    for name, argv in guide_commands(tiny, paths).items():
+        # Two steps: the step count changes no graph (the sigma tables of the distilled stages keep theirs).
+        argv = [*argv, "--backend", "ort", "--artifacts", str(tmp_path / "store"), "--num-inference-steps", "2"]
+        checked = cli.parse_and_check(argv)
+        ckset, policy, parallel = cli.run_setup(checked, cli.distributed.Layout(), connect=False, write_tiny=False)
+        stack = cli.make_stack(checked, ckset, policy, parallel, checked.step_cache, None)
+        found[name] = lookups(checked.module, checked.request, stack)
+    assert not (tmp_path / "store").exists()
+    dits = {name: [lk.shape for lk in found[name] if lk.component == "dit"] for name in found}
+    # keyframe interpolation: every image a keyframe, 2 x (512/32 x 768/32) tokens at stage 1, 4 guided passes
+    assert dits["keyframe_interpolation"] == ["121x512x768-b4-c768", "121x1024x1536-b1-c3072"], dits
+    assert dits["ti2vid_two_stages"] == ["121x512x768-b4", "121x1024x1536-b1"], dits
+    for name, listed in found.items():
+        components = {lk.component for lk in listed}
+        assert {"dit", "video_decoder"} <= components, (name, components)
+        if name not in ("ti2vid_one_stage", "retake"):
+            assert "spatial_upsampler" in components, (name, components)
