@@ -188,7 +188,7 @@ def test_fallback_none_refuses_a_missing_dit_before_gemma_loads(prepared, ckpt_r
     argv[argv.index("eager,dit=ort,video_decoder=ort")] = "eager,dit=ort"
     code, _, err = run_cli(cli.main, argv, capsys)
     assert code == 2, err
-    assert "dit at 25x128x192-b4" in err and "ltx-prepare ti2vid_one_stage --shapes 25x128x192" in err
+    assert "dit: at 25x128x192-b4" in err and "ltx-prepare ti2vid_one_stage --shapes 25x128x192" in err
 
 
 def test_the_fallback_warning_names_the_prepare_command(ckpt_root, tmp_path, caplog):

@@ -538,7 +538,7 @@ def check_lookups(checked: Checked, stack: ModelStack) -> list:
     if missing and (checked.args.fallback == "none" or checked.args.check):
         first = missing[0]
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"{first.component} at {first.shape}: {first.resolution.reason}{more}")
+        raise UserError(f"{first.component}: at {first.shape}: {first.resolution.reason}{more}")
     return found
 
 
