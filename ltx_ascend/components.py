@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ltx_ascend.errors import UserError
-from ltx_ascend.shapes import ShapeProfile, shape_profile
+from ltx_ascend.shapes import GRAPH_SHAPE_FIELDS, ShapeProfile, shape_profile
 from ltx_ascend.store import Variant, artifact_request, fingerprint_file, fingerprint_tree
 
 # What a source fingerprint may cover.
@@ -43,6 +43,8 @@ class ComponentSpec:
     # How it loads from the main checkpoint: ltx-core's ("module:Configurator", "module:SD_OPS"), read by
     # checkpoints/loader.py. None: a loader of its own (text connectors: Gemma-sized; upsampler: own file).
     weights: tuple[str, str] | None = None
+    # The profile fields its graphs' shapes depend on (the store keys artifacts by these alone).
+    shape_fields: tuple[str, ...] = GRAPH_SHAPE_FIELDS
 
     def graph_dtype_for(self, dtype: torch.dtype) -> torch.dtype:
         return self.graph_dtype or dtype
@@ -64,26 +66,33 @@ class ComponentSpec:
 
 
 _EXPORT = "ltx_ascend.export."
+_VIDEO = ("batch", "latent_frames", "latent_height", "latent_width")  # a VAE/upsampler graph: the latent grid
+_AUDIO_SHAPE = ("batch", "audio_latent_frames", "audio_mel_bins", "audio_channels")
+_TEXT = ("batch", "text_tokens")
 _VAE, _AUDIO = "ltx_core.model.video_vae:", "ltx_core.model.audio_vae:"
 _SPECS = (
     ComponentSpec("dit", _EXPORT + "dit_layouts:build_items", "dit", (CHECKPOINT, LORAS), "dit",
                   weights=("ltx_core.model.transformer:LTXModelConfigurator",
                            "ltx_core.model.transformer:LTXV_MODEL_COMFY_RENAMING_MAP")),
     ComponentSpec("text_connectors", _EXPORT + "text_connectors:build_items", "text_connectors",
-                  (CHECKPOINT, GEMMA_CONFIG), "stage"),
+                  (CHECKPOINT, GEMMA_CONFIG), "stage", shape_fields=_TEXT),
     ComponentSpec("video_encoder", _EXPORT + "video_vae:build_encoder_items", "video_encoder", (CHECKPOINT,), "stage",
-                  weights=(_VAE + "VideoEncoderConfigurator", _VAE + "VAE_ENCODER_COMFY_KEYS_FILTER")),
+                  weights=(_VAE + "VideoEncoderConfigurator", _VAE + "VAE_ENCODER_COMFY_KEYS_FILTER"),
+                  shape_fields=_VIDEO),
     ComponentSpec("spatial_upsampler", _EXPORT + "upsampler:build_items", "upsampler", (UPSAMPLER_FILE,), "stage1",
-                  needs="spatial_upsampler"),
+                  needs="spatial_upsampler", shape_fields=_VIDEO),
     ComponentSpec("video_decoder", _EXPORT + "video_vae:build_decoder_items", "video_decoder", (CHECKPOINT,), "stage",
-                  weights=(_VAE + "VideoDecoderConfigurator", _VAE + "VAE_DECODER_COMFY_KEYS_FILTER")),
+                  weights=(_VAE + "VideoDecoderConfigurator", _VAE + "VAE_DECODER_COMFY_KEYS_FILTER"),
+                  shape_fields=_VIDEO),
     ComponentSpec("audio_encoder", None, "audio_encoder", (CHECKPOINT,), "stage",
                   weights=(_AUDIO + "AudioEncoderConfigurator", _AUDIO + "AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER")),
     ComponentSpec("audio_decoder", _EXPORT + "audio:build_audio_decoder_items", "audio", (CHECKPOINT,), "stage",
-                  weights=(_AUDIO + "AudioDecoderConfigurator", _AUDIO + "AUDIO_VAE_DECODER_COMFY_KEYS_FILTER")),
+                  weights=(_AUDIO + "AudioDecoderConfigurator", _AUDIO + "AUDIO_VAE_DECODER_COMFY_KEYS_FILTER"),
+                  shape_fields=_AUDIO_SHAPE),
     ComponentSpec("vocoder", _EXPORT + "audio:build_vocoder_items", "audio", (CHECKPOINT,), "stage",
                   graph_dtype=torch.float32,
-                  weights=(_AUDIO + "VocoderConfigurator", _AUDIO + "VOCODER_COMFY_KEYS_FILTER")),
+                  weights=(_AUDIO + "VocoderConfigurator", _AUDIO + "VOCODER_COMFY_KEYS_FILTER"),
+                  shape_fields=_AUDIO_SHAPE),
 )  # fmt: skip
 REGISTRY: dict[str, ComponentSpec] = {s.name: s for s in _SPECS}
 COMPONENTS = tuple(REGISTRY)  # what `--backend NAME=B` can name
@@ -135,4 +144,22 @@ def request_for(
 ) -> dict[str, Any]:
     """The store request of `component` exported from `ckset` (a CheckpointSet) at `profile`."""
     source = source_fingerprint(component, ckset, random)
-    return artifact_request(component, profile, dtype, source, variant or Variant())
+    return artifact_request(component, profile, dtype, source, variant or Variant(), spec(component).shape_fields)
+
+
+def source_paths(component: str, ckset: Any) -> dict[str, Any]:
+    """Where the files its fingerprint covers were read from: recorded beside a manifest as a hint for
+    ltx-verify (which re-checks their content), never part of an artifact's identity."""
+    if ckset is None:
+        return {}
+    covers = spec(component).source
+    out: dict[str, Any] = {}
+    if UPSAMPLER_FILE in covers and ckset.spatial_upsampler is not None:
+        out["spatial_upsampler"] = str(Path(ckset.spatial_upsampler).resolve())
+    if CHECKPOINT in covers:
+        out["checkpoint"] = str(Path(ckset.checkpoint).resolve())
+    if LORAS in covers:
+        out["loras"] = [str(Path(lora.path).resolve()) for lora in ckset.loras]
+    if GEMMA_CONFIG in covers and ckset.gemma_root is not None:
+        out["gemma_root"] = str(Path(ckset.gemma_root).resolve())
+    return out

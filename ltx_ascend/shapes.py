@@ -43,6 +43,22 @@ def check_pixel_shape(frames: int, height: int, width: int, *, two_stage: bool =
             raise UserError(f"{name} {side} must be a multiple of {multiple}{why}: try {fix}")
 
 
+# The profile fields that set graph shapes; a component's graphs read a subset (components.py).
+GRAPH_SHAPE_FIELDS = (
+    "batch",
+    "text_tokens",
+    "conditioning_tokens",
+    "latent_frames",
+    "latent_height",
+    "latent_width",
+    "audio_latent_frames",
+    "audio_mel_bins",
+    "audio_channels",
+)
+TEMPORAL_SCALE, SPATIAL_SCALE = 8, 32  # LTX-2.3's video VAE: 8 frames and 32 x 32 pixels per latent cell
+
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
     """Every size one stage of one pipeline needs, derived from a pixel shape."""
@@ -92,6 +108,32 @@ class ShapeProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"video_tokens": self.video_tokens, "audio_tokens": self.audio_tokens}
+
+    def graph_shape(self, fields: tuple[str, ...] = GRAPH_SHAPE_FIELDS) -> dict[str, int]:
+        """What of this profile changes a graph's static shapes (`fields`: those its component reads):
+        the store keys artifacts by it, so requests that make the same graphs share one artifact
+        (the frame rate, the stage number and the pixel sizes are not in it: the latent sizes are)."""
+        unknown = set(fields) - set(GRAPH_SHAPE_FIELDS)
+        if unknown:
+            raise ValueError(f"not graph-shape fields: {sorted(unknown)}")
+        return {name: getattr(self, name) for name in fields}
+
+
+def shape_name(shape: dict[str, int]) -> str:
+    """A readable folder name for a graph shape: the pixel size of a video latent grid (9x64x96), else
+    the audio latent frames (a26) or the text tokens (t1024); then -b<batch> and -c<conditioning tokens>."""
+    if "latent_frames" in shape:
+        frames = (shape["latent_frames"] - 1) * TEMPORAL_SCALE + 1
+        parts = [f"{frames}x{shape['latent_height'] * SPATIAL_SCALE}x{shape['latent_width'] * SPATIAL_SCALE}"]
+    elif "audio_latent_frames" in shape:
+        parts = [f"a{shape['audio_latent_frames']}"]
+    else:
+        parts = [f"t{shape.get('text_tokens', 0)}"]
+    if "batch" in shape:
+        parts.append(f"b{shape['batch']}")
+    if shape.get("conditioning_tokens"):
+        parts.append(f"c{shape['conditioning_tokens']}")
+    return "-".join(parts)
 
 
 def shape_profile(

@@ -8,11 +8,17 @@ module, which imports none of them.
 - **Variant** (`Variant`: Ascend-fused ops, ORT-fused ops, DiT layout, quantization): how the graphs
   are built for a runtime. Variants of one identity sit side by side, so a backend can take the one
   that suits it best.
-- **Layout**:
+- **Layout** (docs/design/store.md):
 
-      <out>/<component>/<profile>-<dtype>-<identity key>/<variant label>-<variant key>/   manifest.json, *.onnx
+      <out>/<component>/<graph shape>-<dtype>-<identity key>/<variant label>-<variant key>/   manifest.json, *.onnx
                                                                             .../ort-<ep>/                ltx-compile
                                                                             .../om-<soc>-<precision>/    ltx-compile
+      <out>/weights/<content key>/                 weight files graphs take as inputs, shared by every
+                                                   shape, layout and variant made from the same weights
+
+  Sources are identified by content (size, header, sampled hash), never by path, and the graph shape
+  holds only what changes a graph's shapes: a store copied elsewhere, with its checkpoints at other
+  paths, is found as it is.
 
 A request (identity + variant fields) hashes to a key; an artifact whose manifest carries the same key
 is a hit, one that differs is refused with the fields that differ named.
@@ -21,10 +27,16 @@ is a hit, one that differs is refused with the fields that differ named.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
+import re
+import shutil
 import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -34,9 +46,9 @@ from typing import Any
 import torch
 
 from ltx_ascend import dtypes
-from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.atomic import atomic_write_text, file_lock, replace_dir
 from ltx_ascend.errors import UserError
-from ltx_ascend.shapes import ShapeProfile
+from ltx_ascend.shapes import GRAPH_SHAPE_FIELDS, ShapeProfile, shape_name
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -48,15 +60,28 @@ FINGERPRINT_METHOD = (
 )
 
 
-def fingerprint_file(path: str | Path) -> dict[str, Any]:
-    """A fast identity for a weights file: reads ~16 MiB whatever the size (44 GB included).
+_FINGERPRINTS: dict[tuple, dict[str, Any]] = {}
+_SETTLED_NS = 2_000_000_000
 
-    A changed header, size or any sampled byte changes it; a change confined to unsampled bytes
-    of an identically shaped file would not: the method is recorded with the value.
+
+def fingerprint_file(path: str | Path) -> dict[str, Any]:
+    """A fast identity for a weights file by its content: reads ~16 MiB whatever the size (44 GB included).
+
+    A changed header (which holds the checkpoint's config), size or any sampled byte changes it; a
+    change confined to unsampled bytes of an identically shaped file would not: the method is
+    recorded with the value. The path is not part of it, so a store finds its sources wherever they
+    are mounted (`source_paths` keeps where they were, as a hint for ltx-verify only).
     """
     path = Path(path)
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    # Remembered within this process for files unchanged for a while (an mtime tick is coarse: a file
+    # rewritten within it at the same size would look the same, so recent files are read again).
+    settled = time.time_ns() - stat.st_mtime_ns > _SETTLED_NS
+    if settled and memo in _FINGERPRINTS:
+        return dict(_FINGERPRINTS[memo])
     digest = hashlib.sha256()
-    size = path.stat().st_size
+    size = stat.st_size
     digest.update(str(size).encode())
     with path.open("rb") as f:
         head = f.read(8)
@@ -68,7 +93,10 @@ def fingerprint_file(path: str | Path) -> dict[str, Any]:
         for i in range(_SAMPLES):
             f.seek(start + (span * i) // _SAMPLES)
             digest.update(f.read(_SAMPLE_BYTES))
-    return {"path": str(path.resolve()), "size": size, "sha256_sampled": digest.hexdigest()}
+    found = {"size": size, "sha256_sampled": digest.hexdigest()}
+    if settled:
+        _FINGERPRINTS[memo] = found
+    return dict(found)
 
 
 def fingerprint_tree(root: str | Path, patterns: tuple[str, ...] = ("*.json", "*.model", "*.safetensors")) -> dict:
@@ -78,7 +106,7 @@ def fingerprint_tree(root: str | Path, patterns: tuple[str, ...] = ("*.json", "*
     for path in sorted(p for pattern in patterns for p in root.rglob(pattern)):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(fingerprint_file(path)["sha256_sampled"].encode())
-    return {"path": str(root.resolve()), "sha256_sampled": digest.hexdigest()}
+    return {"sha256_sampled": digest.hexdigest()}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -307,7 +335,7 @@ def verify_files(folder: str | Path, manifest: Manifest, rebuild: str, *, rehash
             )
         cache[name] = [stat.st_size, stat.st_mtime_ns, expected]
         changed = True
-    if changed:
+    if changed and not _READ_ONLY.get():
         with contextlib.suppress(OSError):  # a read-only artifact store: verified again next time
             atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
 
@@ -346,6 +374,134 @@ def rehash_tree(root: str | Path) -> list[Rehashed]:
     if not found:
         raise UserError(f"{root}: no {MANIFEST} under it; pass an artifact folder or a store (e.g. artifacts/)")
     return found
+
+
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("store_read_only", default=False)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Within it, checking artifacts writes nothing, not even the hash cache (`ltx-run --check`)."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
+# -- content-addressed weights ------------------------------------------------------------------
+#
+# Weight files a graph takes as inputs (the DiT's per-block weights) depend on what they are made of
+# (source content, LoRAs and strengths, dtype, quantization), not on the shape, layout or variant of
+# the graphs that read them, so they live once under <out>/weights/<key>/ and every export manifest
+# that uses them names them by key: {"weights": {"key": KEY, "files": [NAME, ...]}} in its graph entry.
+
+WEIGHTS = "weights"
+WEIGHTS_FORMAT = 1  # bump when the weight file layout changes: old keys stop matching
+_KEY = re.compile(r"^[0-9a-f]{16}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def weights_request(material: dict[str, Any]) -> dict[str, Any]:
+    return {"weights_format": WEIGHTS_FORMAT, **material}
+
+
+def weights_key(material: dict[str, Any]) -> str:
+    """The content key of weight files made from `material` (source fingerprints, dtype, quantization...)."""
+    return request_key(weights_request(material))
+
+
+def weights_dir(out: str | Path, key: str) -> Path:
+    if not _KEY.match(key):
+        raise UserError(f"weights key {key!r} is not a store key (edited by hand?): re-export the artifact")
+    return Path(out) / WEIGHTS / key
+
+
+def store_root(artifact_folder: str | Path) -> Path:
+    """The store an exported artifact folder (<out>/<component>/<identity>/<variant>) belongs to."""
+    return Path(artifact_folder).parents[2]
+
+
+def _complete_weights(folder: Path, key: str, *, rehash: bool = False) -> Manifest | None:
+    manifest = valid_manifest(folder)
+    if manifest is None or manifest.kind != WEIGHTS or manifest.key != key:
+        return None
+    for name, size in manifest.sizes.items():
+        if (folder / name).stat().st_size != size:
+            return None
+    if rehash:
+        try:
+            verify_files(folder, manifest, "rebuilding")
+        except UserError:
+            return None
+    return manifest
+
+
+def ensure_weights(
+    out: str | Path, material: dict[str, Any], write: Callable[[Path], list[str]], *, force: bool = False
+) -> tuple[str, list[str], bool]:
+    """(key, file names, written now) of the weight files made from `material`, written by `write(folder)`
+    only when the store lacks them (`force`: also when a file's sha256 no longer matches). They are
+    written into a temporary folder and renamed into place with their manifest, under a lock: a reader
+    sees all of them or none, and two exports needing the same weights write them once."""
+    out = Path(out)
+    key = weights_key(material)
+    folder = weights_dir(out, key)
+    if (found := _complete_weights(folder, key, rehash=force)) is not None:
+        return key, sorted(found.files), False
+    with file_lock(out / ".locks" / f"weights-{key}.lock"):
+        if (found := _complete_weights(folder, key, rehash=force)) is not None:
+            return key, sorted(found.files), False  # another process wrote them while this one waited
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=folder.parent))
+        try:
+            names = sorted(write(building))
+            Manifest(
+                kind=WEIGHTS,
+                component=str(material.get("component", "")),
+                variant="",
+                request=weights_request(material),
+                io={"files": names},
+                files=file_hashes(building, names),
+                sizes=file_sizes(building, names),
+            ).write(building)
+            replace_dir(building, folder)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return key, names, True
+
+
+def weight_refs(manifest: Manifest) -> list[tuple[str, list[str]]]:
+    """(key, file names) of every content-addressed weight set an export manifest names, checked to be
+    store keys and plain file names (a manifest never points outside the store)."""
+    refs = []
+    for graph in manifest.io.get("graphs", {}).values():
+        ref = graph.get("weights")
+        if not ref:
+            continue
+        key, names = str(ref.get("key", "")), [str(n) for n in ref.get("files", [])]
+        weights_dir(".", key)  # refuses a key that is not one
+        bad = [n for n in names if not _NAME.match(n) or n in (".", "..")]
+        if bad:
+            raise UserError(f"{manifest.component}: weight file name {bad[0]!r} is not a plain file name: re-export it")
+        refs.append((key, names))
+    return refs
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The weight files (in order) the exported artifact at `folder` binds to its graphs: its
+    content-addressed weights in the store it sits in."""
+    folder = Path(folder)
+    manifest = Manifest.read(folder)
+    root = store_root(folder)
+    return [weights_dir(root, key) / name for key, names in weight_refs(manifest) for name in names]
+
+
+def weights_bytes(out: str | Path, key: str) -> int | None:
+    """Bytes on disk of the weight set `key`, or None when the store lacks it (complete)."""
+    folder = weights_dir(out, key)
+    manifest = _complete_weights(folder, key) if folder.is_dir() else None
+    return None if manifest is None else sum(manifest.sizes.values())
 
 
 # -- identity and variant -----------------------------------------------------------------------
@@ -451,15 +607,21 @@ class Variant:
 
 
 def artifact_request(
-    component: str, profile: ShapeProfile, dtype: torch.dtype, source: dict[str, Any], variant: Variant
+    component: str,
+    profile: ShapeProfile,
+    dtype: torch.dtype,
+    source: dict[str, Any],
+    variant: Variant,
+    shape_fields: tuple[str, ...] = GRAPH_SHAPE_FIELDS,
 ) -> dict[str, Any]:
-    """What an artifact must match: its identity fields and its variant's, flat (the manifest's `request`)."""
+    """What an artifact must match: its identity fields and its variant's, flat (the manifest's `request`).
+    Its `profile` holds only the `shape_fields` of `profile` (what its graphs' shapes depend on)."""
     variant = variant.for_component(component)
     variant.check()
     request = {
         "component": component,
         "dit_layout": variant.dit_layout if component == "dit" else None,
-        "profile": profile.to_dict(),
+        "profile": profile.graph_shape(shape_fields),
         "dtype": dtypes.name(dtype),
         "opset": variant.opset,
         "npu_ops": variant.npu_ops,
@@ -487,15 +649,20 @@ def variant_of(request: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k not in IDENTITY_FIELDS}
 
 
-def profile_of(request: dict[str, Any]) -> ShapeProfile:
+def built_profile(manifest: Manifest) -> ShapeProfile:
+    """The full shape profile an exported artifact was traced at (its sample feeds), recorded beside
+    its request: any profile with the same graph shape makes the same graphs."""
+    recorded = manifest.extra.get("profile")
+    if recorded is None:
+        raise UserError(f"{manifest.component}: the manifest records no profile (an older export): re-export it")
     names = {f.name for f in dataclasses.fields(ShapeProfile)}
-    return ShapeProfile(**{k: v for k, v in request["profile"].items() if k in names})
+    return ShapeProfile(**{k: v for k, v in recorded.items() if k in names})
 
 
 def identity_dir(out: str | Path, request: dict[str, Any]) -> Path:
     """Where every variant of the request's identity lives."""
-    profile = profile_of(request)
-    return Path(out) / request["component"] / f"{profile.key}-{request['dtype']}-{request_key(identity_of(request))}"
+    name = shape_name(request["profile"])
+    return Path(out) / request["component"] / f"{name}-{request['dtype']}-{request_key(identity_of(request))}"
 
 
 def artifact_dir(out: str | Path, request: dict[str, Any]) -> Path:
@@ -580,6 +747,7 @@ class Resolution:
     io: dict[str, Any] = field(default_factory=dict)  # graph name -> manifest io entry
     variant: str = ""  # the variant's label ("portable", "npu-ops", ...)
     reason: str | None = None
+    weights: tuple[Path, ...] = ()  # the content-addressed weight files its graphs bind (DiT blocks), in order
 
     @property
     def ok(self) -> bool:
@@ -697,10 +865,19 @@ def resolve_folder(
     verify_files(folder, export, f"re-export it with `ltx-export --force` (artifact {folder})")
     if compiled != folder:
         verify_files(compiled, manifest, f"recompile it with `ltx-compile {target} --force {folder}`")
+    weights = []
+    for key, names in weight_refs(export):
+        held = weights_dir(store_root(folder), key)
+        held_manifest = _complete_weights(held, key) if held.is_dir() else None
+        rebuild = f"re-export it with `ltx-export --force` (artifact {folder})"
+        if held_manifest is None or set(held_manifest.files) != set(names):
+            return fail(f"its weights {held} are missing or incomplete: {rebuild}")
+        verify_files(held, held_manifest, rebuild)
+        weights += [held / name for name in names]
     graphs, io = {}, {}
     for name, entry in manifest.io["graphs"].items():
         graphs[name] = contained(compiled, entry["file"])  # an om manifest names the .om ATC wrote
         io[name] = entry
         if not graphs[name].is_file():
             return fail(f"incomplete: {graphs[name]} is missing; recompile with --force")
-    return Resolution(export.component, backend, folder, compiled, graphs, io, variant=label)
+    return Resolution(export.component, backend, folder, compiled, graphs, io, variant=label, weights=tuple(weights))

@@ -13,6 +13,10 @@ No Ascend hardware or CANN here, so these follow the documents instead, quirks i
   `register_device_tensor` marks a CPU tensor as NPU memory (what torch_npu's allocator would give).
   `execute_async` runs the loaded model: a `FakeModel` given to the stand-in, or, when the .om file is
   an ONNX graph (what the fake `atc` writes), that graph on ONNX Runtime.
+  Several devices (`devices=N`), each with its own memory: a context belongs to the device it was
+  made on, `malloc` allocates on the current context's device, and device memory of device d used
+  under device e (a `memcpy` operand, an `execute_async` buffer, a model loaded on another device) is
+  an error (`ACL_ERROR_INVALID_PARAM`) and a recorded violation, as on a real multi-card host.
 - ATC (CANN ATC reference): `FAKE_ATC` writes `{--output}.om`, or `{--output}_<os>_<cpu>.om` when
   `--host_env_os/--host_env_cpu` are given; `FAKE_ATC_ALWAYS_SUFFIX` always appends `_linux_aarch64`.
   Both copy the ONNX model into the .om so the stand-in `acl` can run it.
@@ -118,6 +122,7 @@ class _Model:
     spec: FakeModel
     context: int
     running: bool = False
+    device: int = 0
 
 
 @dataclass
@@ -129,6 +134,7 @@ class FakeAcl:
     initialised: bool = False
     soc_name: str | None = "Ascend910B4"
     execute_seconds: float = 0.0
+    devices: int = 1  # cards on this host, ids 0 .. devices - 1
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -136,6 +142,8 @@ class FakeAcl:
         self.memory: dict[int, ctypes.Array] = {}  # device memory we allocated
         self.device_ranges: dict[int, int] = {}  # address -> size of all device memory (ours + "npu tensors")
         self.device_refs: dict[int, int] = {}
+        self.context_device: dict[int, int] = {}  # context -> the device it belongs to
+        self.memory_device: dict[int, int] = {}  # device address -> the device it is on
         self.default_context: dict[int, int] = {}
         self.models: dict[int, _Model] = {}
         self.datasets: dict[int, list[int]] = {}
@@ -201,17 +209,41 @@ class FakeAcl:
     def count(self, name: str) -> int:
         return self.names().count(name)
 
-    def foreign_context(self) -> int:
-        """A live context someone else (torch_npu) created, current on this thread."""
+    def foreign_context(self, device: int = 0) -> int:
+        """A live context someone else (torch_npu) created on `device`, current on this thread."""
         self.current = self._new("context")
+        self.context_device[self.current] = device
         return self.current
 
-    def register_device_tensor(self, tensor) -> None:
-        """Treat this CPU tensor's memory as NPU device memory (what a torch_npu tensor is)."""
+    def register_device_tensor(self, tensor, device: int = 0) -> None:
+        """Treat this CPU tensor's memory as memory of NPU `device` (what a torch_npu tensor is)."""
         self.device_ranges[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        self.memory_device[tensor.data_ptr()] = device
 
     def _is_device(self, address: int, size: int) -> bool:
-        return any(start <= address and address + size <= start + n for start, n in self.device_ranges.items())
+        return self.device_of(address, size) is not None
+
+    def device_of(self, address: int, size: int) -> int | None:
+        """The device whose memory holds [address, address + size), or None for host memory."""
+        for start, n in self.device_ranges.items():
+            if start <= address and address + size <= start + n:
+                return self.memory_device.get(start, 0)
+        return None
+
+    @property
+    def current_device(self) -> int | None:
+        return self.context_device.get(self.current or 0)
+
+    def model_devices(self) -> list[int]:
+        """The device of every model loaded so far (unloaded ones included), in load order."""
+        return [m.device for m in self.models.values()]
+
+    def _cross_device(self, what: str, device: int | None) -> bool:
+        """Device memory of `device` used under another current device: recorded, and an error."""
+        if device is None or device == self.current_device:
+            return False
+        self.violations.append(f"{what}: memory of device {device} used under device {self.current_device}")
+        return True
 
     def torch_npu_op(self) -> int:
         """What a torch_npu op needs: a live current context on this thread (0 = ok)."""
@@ -249,11 +281,14 @@ class FakeAcl:
     # ---------------------------------------------------------------- acl.rt
 
     def _rt_set_device(self, device_id):
+        if not 0 <= device_id < self.devices:
+            return ACL_ERROR_INVALID_PARAM  # no such card
         self.device_refs[device_id] = self.device_refs.get(device_id, 0) + 1  # ACL counts set/reset pairs
         if self.live.get(self.default_context.get(device_id, 0)) != "context":
             self.default_context[device_id] = self._new("context")
-        if self.live.get(self.current or 0) != "context":
-            self.current = self.default_context[device_id]  # set_device binds the default context
+            self.context_device[self.default_context[device_id]] = device_id
+        if self.live.get(self.current or 0) != "context" or self.current_device != device_id:
+            self.current = self.default_context[device_id]  # set_device binds the device's default context
         return 0
 
     def _rt_reset_device(self, device_id):
@@ -268,6 +303,7 @@ class FakeAcl:
         if not self.device_refs.get(device_id):
             return 0, ACL_ERROR_INVALID_PARAM
         self.current = self._new("context")
+        self.context_device[self.current] = device_id
         return self.current, 0
 
     def _rt_destroy_context(self, context):
@@ -293,12 +329,14 @@ class FakeAcl:
         ptr = ctypes.addressof(buf)
         self.memory[ptr] = buf
         self.device_ranges[ptr] = size
+        self.memory_device[ptr] = self.current_device or 0
         self.live[ptr] = "device_memory"
         return ptr, 0
 
     def _rt_free(self, ptr):
         self.memory.pop(ptr, None)
         self.device_ranges.pop(ptr, None)
+        self.memory_device.pop(ptr, None)
         return self._drop(ptr, "device_memory")
 
     def _rt_memcpy(self, dst, dest_max, src, count, kind):
@@ -307,6 +345,10 @@ class FakeAcl:
         dst_dev, src_dev = self._is_device(dst, count), self._is_device(src, count)
         wanted = {MEMCPY_H2D: (True, False), MEMCPY_D2H: (False, True), MEMCPY_D2D: (True, True)}.get(kind)
         if wanted != (dst_dev, src_dev):
+            return ACL_ERROR_INVALID_PARAM
+        if self._cross_device("memcpy", self.device_of(dst, count)) or self._cross_device(
+            "memcpy", self.device_of(src, count)
+        ):
             return ACL_ERROR_INVALID_PARAM
         ctypes.memmove(dst, src, count)
         return 0
@@ -321,7 +363,7 @@ class FakeAcl:
             return 0, ACL_ERROR_RT_CONTEXT_NULL
         spec = onnx_model(path) or self.model
         handle = self._new("model")
-        self.models[handle] = _Model(spec, self.current)  # type: ignore[arg-type]
+        self.models[handle] = _Model(spec, self.current, device=self.current_device or 0)  # type: ignore[arg-type]
         return handle, 0
 
     def _mdl_unload(self, model):
@@ -410,12 +452,20 @@ class FakeAcl:
                 ptr, size = self.buffers[handle]
                 if size != io.size or not self._is_device(ptr, size):
                     return ACL_ERROR_INVALID_PARAM
+                if self.device_of(ptr, size) != state.device:
+                    self.violations.append(f"execute: input {io.name} on device {self.device_of(ptr, size)}, "
+                                           f"model on device {state.device}")  # fmt: skip
+                    return ACL_ERROR_INVALID_PARAM
                 feeds[io.name] = np.frombuffer(ctypes.string_at(ptr, size), NUMPY_OF_ACL[io.dtype]).reshape(io.dims)
             results = spec.fn(feeds)
             for io, handle, value in zip(spec.outputs, outs, results, strict=True):
                 ptr, size = self.buffers[handle]
                 data = np.ascontiguousarray(value, dtype=NUMPY_OF_ACL[io.dtype]).tobytes()
                 if size != io.size or len(data) != size or not self._is_device(ptr, size):
+                    return ACL_ERROR_INVALID_PARAM
+                if self.device_of(ptr, size) != state.device:
+                    self.violations.append(f"execute: output {io.name} on device {self.device_of(ptr, size)}, "
+                                           f"model on device {state.device}")  # fmt: skip
                     return ACL_ERROR_INVALID_PARAM
                 ctypes.memmove(ptr, data, size)
         finally:

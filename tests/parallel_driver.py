@@ -82,7 +82,7 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
     from ltx_ascend.pipelines.dit_runner import DiTRunner
     from ltx_ascend.runtime.artifacts import open_component
     from ltx_ascend.shapes import shape_profile
-    from ltx_ascend.store import resolve_folder
+    from ltx_ascend.store import resolve_folder, weight_files
 
     ckset = CheckpointSet(Path(checkpoint))
     config = read_model_config(ckset.checkpoint)
@@ -101,7 +101,7 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
     with D.host_lock(out / ".build.lock", world):  # one rank exports, the other finds it
         folder = export_component("dit", ckset, profile, options=options, out=out).folder
     sessions = open_component(resolve_folder(folder, "onnx"), fallback="none", threads=1)
-    files = sorted(folder.glob("block_*.safetensors"))
+    files = weight_files(folder)
     runner = DiTRunner(config, sessions, block_weights=files, parallel=Parallel(world))
     x0 = runner(video, audio, passes)
     pairs = [(a, b) for got, ref in zip(x0, reference, strict=True) for a, b in zip(got, ref, strict=True)]

@@ -35,7 +35,7 @@ def _runner(tiny, tmp_path, layout: str, backend: str = "onnx", soc: str | None 
         compile_om(result.folder, soc, None, force=False, dry_run=False)
     resolution = resolve_folder(result.folder, backend, soc=soc)
     sessions = open_component(resolution, fallback="none", threads=1)
-    weights = sorted(resolution.folder.glob("block_*.safetensors"))
+    weights = list(resolution.weights)
     reports = {g.name: g for g in result.graphs}
     return DiTRunner(read_model_config(ckset.checkpoint), sessions, block_weights=weights), reports
 

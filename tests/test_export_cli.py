@@ -58,7 +58,8 @@ def test_export_writes_manifest_and_hits_cache(tiny, tmp_path, capsys):
     assert "exported" in out
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["kind"] == "onnx" and manifest["component"] == "dit"
-    assert manifest["request"]["profile"]["video_tokens"] == 12
+    assert manifest["extra"]["profile"]["video_tokens"] == 12  # traced at; the key holds the graph shape
+    assert "fps" not in manifest["request"]["profile"] and "path" not in manifest["request"]["source"]["checkpoint"]
     assert manifest["request"]["source"]["checkpoint"]["sha256_sampled"]
     assert "fingerprint_method" in manifest and manifest["tools"]["ltx-core"] == "1.0.0"
     graph = manifest["io"]["graphs"]["dit"]

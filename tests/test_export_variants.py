@@ -17,7 +17,7 @@ from ltx_ascend.export.exporter import export_component
 from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, compare
 from ltx_ascend.shapes import shape_profile
-from ltx_ascend.store import Variant
+from ltx_ascend.store import Variant, weight_files
 
 PROFILE = shape_profile("9x64x96", text_tokens=64)
 
@@ -199,7 +199,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     sessions = open_sessions(resolve_folder(result.folder, "onnx"))
     adaln = next(s for s in sessions[SAMPLE_ADALN_GRAPH].inputs if s.name == "video_adaln")
     assert adaln.shape[1] == 1  # [passes, 1, 9 x dim]
-    config, files = read_model_config(ckset.checkpoint), sorted(result.folder.glob("block_*.safetensors"))
+    config, files = read_model_config(ckset.checkpoint), weight_files(result.folder)
     lean = DiTRunner(config, sessions, block_weights=files)
     per_token = DiTRunner(config, {k: v for k, v in sessions.items() if k != SAMPLE_ADALN_GRAPH}, block_weights=files)
 

@@ -122,7 +122,7 @@ def test_distilled_ort_matches_eager(tiny, tmp_path):
     assert frames.psnr_db >= COMPILED_FRAMES_PSNR_DB, frames
     assert audio.cosine >= COMPILED_AUDIO_MIN_COSINE, audio
     dits = sorted(p.name.split("-float32")[0] for p in (tmp_path / "artifacts" / "dit").iterdir())
-    assert dits == ["9x128x192-b1-s2-c24", "9x64x96-b1-s1-c6"], dits  # one keyframe latent: 2x3, then 4x6 tokens
+    assert dits == ["9x128x192-b1-c24", "9x64x96-b1-c6"], dits  # one keyframe latent: 2x3, then 4x6 tokens
 
 
 @pytest.mark.parametrize(

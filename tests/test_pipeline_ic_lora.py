@@ -16,7 +16,7 @@ from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.metrics import compare
 from ltx_ascend.pipelines import cli, ic_lora
 from ltx_ascend.pipelines import params as ours
-from ltx_ascend.shapes import shape_profile
+from ltx_ascend.shapes import shape_name, shape_profile
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims
@@ -153,7 +153,7 @@ def test_ic_lora_ort_matches_eager(tiny, control, tmp_path, capsys):
     # Stage 1's DiT carries the reference tokens: 9 frames at 32x64 (stage 1 / 2).
     tokens = shape_profile((9, 32, 64)).video_latent_tokens
     stage_1 = shape_profile((9, 128, 256), stage=1, conditioning_tokens=tokens)
-    assert tokens == 4 and list((tmp_path / "artifacts" / "dit").glob(f"{stage_1.key}-float32-*")), stage_1.key
+    assert tokens == 4 and list((tmp_path / "artifacts" / "dit").glob(f"{shape_name(stage_1.graph_shape())}-float32-*"))
     # The reference video is encoded by a video-encoder graph at its own shape.
     assert list((tmp_path / "artifacts" / "video_encoder").glob("9x32x64-b1-float32-*"))
     _compare("ic_lora eager vs ort float32", eager, compiled, COMPILED_FRAMES_PSNR_DB, COMPILED_AUDIO_MIN_COSINE)

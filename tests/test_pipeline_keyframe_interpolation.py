@@ -93,7 +93,7 @@ def test_keyframe_interpolation_ort_matches_eager(tiny, tmp_path):
     # Three keyframes of one latent frame each: 3 x (2x3) tokens at stage 1, 3 x (4x6) at stage 2;
     # stage 1 runs its 4 guidance passes (cond, uncond, STG, modality) in one call.
     dits = sorted(p.name.split("-float32")[0] for p in (tmp_path / "artifacts" / "dit").iterdir())
-    assert dits == ["9x128x192-b1-s2-c72", "9x64x96-b4-s1-c18"], dits
+    assert dits == ["9x128x192-b1-c72", "9x64x96-b4-c18"], dits
 
 
 def test_conditioning_tokens_read_from_the_built_state():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ltx_ascend.export import cli as export_cli
 from ltx_ascend.export.components import ExportItem
-from ltx_ascend.store import Manifest, file_hashes, file_sizes
+from ltx_ascend.store import Manifest, file_hashes, file_sizes, store_root, weight_files
 from ltx_ascend.tools import verify
 from tests.conftest import run_cli
 
@@ -50,13 +50,21 @@ def _reseal(folder):
     (folder / ".verified.json").unlink(missing_ok=True)
 
 
+def _copy_store(folder, tmp_path):
+    """The artifact in a copy of its whole store (its block weights live in the store's weights/)."""
+    root = store_root(folder)
+    shutil.copytree(root, tmp_path / "store")
+    return tmp_path / "store" / folder.relative_to(root)
+
+
 def test_per_block_scan_finds_the_first_bad_block(block_artifact, tmp_path, capsys):
-    folder = tmp_path / block_artifact.name
-    shutil.copytree(block_artifact, folder)
-    weights = load_file(str(folder / "block_01.safetensors"))
+    folder = _copy_store(block_artifact, tmp_path)
+    block_1 = weight_files(folder)[1]
+    assert block_1.name == "block_01.safetensors" and block_1.parent.parent.name == "weights"
+    weights = load_file(str(block_1))
     weights["attn1.to_out.0.weight"] = weights["attn1.to_out.0.weight"] * 3  # a bad compile of block 1
-    save_file(weights, str(folder / "block_01.safetensors"))
-    _reseal(folder)
+    save_file(weights, str(block_1))
+    _reseal(block_1.parent)
     # eager reads the checkpoint, the compiled chain the (now wrong) block file: block 1 must be flagged
     results = verify.verify_artifact(folder, backend="onnx", per_block=True)
     block = next(r for r in results if r.graph == "dit-block")
@@ -65,8 +73,7 @@ def test_per_block_scan_finds_the_first_bad_block(block_artifact, tmp_path, caps
 
 
 def test_broken_graph_fails_with_exit_1(block_artifact, tmp_path, capsys):
-    folder = tmp_path / block_artifact.name
-    shutil.copytree(block_artifact, folder)
+    folder = _copy_store(block_artifact, tmp_path)
     path = folder / "dit-output.onnx"
     model = onnx.load(str(path))
     biggest = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)

@@ -41,6 +41,9 @@ class ExportItem:
     notes: dict[str, Any] = field(default_factory=dict)
     # Files beside the graph the runtime also needs (the DiT's per-block weights); returns their names.
     write_extra: Callable[[Path], list[str]] | None = None
+    # What `write_extra`'s files are made of: when set, they go to the store's content-addressed
+    # weights (store.ensure_weights), written once for every artifact made from the same weights.
+    weights_material: dict[str, Any] | None = None
     # A graph cut into parts after tracing (the DiT block at its attention cores, export/dit_split.py).
     split: GraphSplit | None = None
 

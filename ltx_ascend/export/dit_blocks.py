@@ -256,6 +256,24 @@ def write_block_weights(
     return names
 
 
+def weights_material(
+    ckset: CheckpointSet, num_layers: int, dtype: torch.dtype, quantization: str = "", skip: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What the per-block weight files are made of, and nothing else (not the shape, layout or variant of
+    the graphs that bind them): their content key in the store (`store.weights_key`)."""
+    from ltx_ascend import dtypes
+    from ltx_ascend.components import source_fingerprint
+
+    return {
+        "component": "dit",
+        "kind": "blocks",
+        "source": source_fingerprint("dit", ckset),  # the checkpoint's content, the LoRAs and strengths
+        "dtype": dtypes.name(dtype),
+        "num_layers": num_layers,
+        "quantization": {"scheme": quantization, "skip": list(skip)} if quantization else None,
+    }
+
+
 def block_index(name: str) -> int:
     match = re.fullmatch(r"block_(\d+)\.safetensors", name)
     if not match:
@@ -442,6 +460,9 @@ def build_block_items(
             variant="block",
             notes=layout,
             write_extra=write_weights,
+            weights_material=None
+            if ckset is None
+            else weights_material(ckset, num_layers, dtype, options.quantization, options.quantization_skip),
             split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, b_feeds) if split else None,
         ),
         *sample_adaln_items,

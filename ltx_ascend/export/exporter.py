@@ -20,14 +20,24 @@ import torch
 from ltx_ascend import dtypes
 from ltx_ascend.atomic import disk_full_names_folder, file_lock, replace_dir
 from ltx_ascend.checkpoints.loader import CheckpointSet
-from ltx_ascend.components import request_for
+from ltx_ascend.components import request_for, source_paths
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
 from ltx_ascend.export.onnx_writer import export_onnx
 from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.shapes import ShapeProfile
-from ltx_ascend.store import MANIFEST, Manifest, artifact_dir, file_hashes, file_sizes, request_key
+from ltx_ascend.store import (
+    MANIFEST,
+    Manifest,
+    artifact_dir,
+    ensure_weights,
+    file_hashes,
+    file_sizes,
+    request_key,
+    weight_refs,
+    weights_bytes,
+)
 
 
 @dataclass
@@ -144,7 +154,7 @@ def export_component(
     options = options or ExportOptions()
     request = request_for(component, ckset, profile, dtype, options.variant, options.random)
     folder = artifact_dir(out, request)
-    if not force and (hit := _cached_export(component, folder, request)) is not None:
+    if not force and (hit := _cached_export(component, folder, request, out)) is not None:
         return hit
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -153,24 +163,26 @@ def export_component(
             f"cannot write artifacts under {folder.parent} ({exc.strerror}): pass a writable --out"
         ) from None
     with file_lock(Path(out) / ".locks" / f"{component}-{folder.parent.name}-{folder.name}.lock"):
-        if not force and (hit := _cached_export(component, folder, request)) is not None:
+        if not force and (hit := _cached_export(component, folder, request, out)) is not None:
             return hit  # another process built it while this one waited
         building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
         try:
             with disk_full_names_folder(folder.parent, building, f"building {component}"):
-                reports = _build(component, ckset, profile, dtype, options, verify, request, building)
+                reports = _build(component, ckset, profile, dtype, options, verify, request, building, out, force)
             replace_dir(building, folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)
     return ExportResult(component, folder, False, reports)
 
 
-def _cached_export(component: str, folder: Path, request: dict[str, Any]) -> ExportResult | None:
+def _cached_export(component: str, folder: Path, request: dict[str, Any], out: Path) -> ExportResult | None:
     if not (folder / MANIFEST).is_file():
         return None
     manifest = Manifest.read(folder)
     if manifest.key != request_key(request) or not manifest.files_present(folder):
         return None
+    if any(weights_bytes(out, key) is None for key, _ in weight_refs(manifest)):
+        return None  # its content-addressed weights are gone: export again (they are written once more)
     graphs = [
         GraphReport(name, g["file"], 0.0, _graph_bytes(folder, g["file"]), g.get("ops", {}))
         for name, g in manifest.io["graphs"].items()
@@ -187,6 +199,8 @@ def _build(
     verify: bool,
     request: dict[str, Any],
     building: Path,
+    out: Path,
+    force: bool = False,
 ) -> list[GraphReport]:
     variant = options.variant.for_component(component)
     if component != "dit":  # the DiT-only options change only the DiT graph
@@ -216,6 +230,12 @@ def _build(
             report = GraphReport(name, part.name, seconds, _graph_bytes(building, part.name), ops)
             item_reports.append(report)
             first = k == 0  # the item's extra files (block weights) are listed once, with its first part
+            extra_files, weights = [], None
+            if first and item.write_extra and item.weights_material is not None:
+                key, files, _ = ensure_weights(out, item.weights_material, item.write_extra, force=force)
+                weights = {"key": key, "files": files}
+            elif first and item.write_extra:
+                extra_files = item.write_extra(building)
             graphs_io[name] = {
                 "file": part.name,
                 "variant": item.variant if not item.split else name.removeprefix(f"{component}-"),
@@ -223,8 +243,10 @@ def _build(
                 "outputs": outputs,
                 "notes": item.notes,
                 "ops": ops,
-                "extra_files": (item.write_extra(building) if item.write_extra else []) if first else [],
+                "extra_files": extra_files,
             }
+            if weights is not None:  # by content key: <out>/weights/<key>/, shared with every artifact using them
+                graphs_io[name]["weights"] = weights
         if verify and not options.npu_ops:
             if item.split:
                 comparisons = verify_split(item, dict(parts), dtypes.name(dtype))
@@ -241,6 +263,9 @@ def _build(
         io={"graphs": graphs_io},
         files=file_hashes(building, names),
         sizes=file_sizes(building, names),
+        # Not part of the key: the full profile it was traced at (ltx-verify rebuilds its items there),
+        # and where its sources were read from, a hint ltx-verify re-checks by content.
+        extra={"profile": profile.to_dict(), "source_paths": source_paths(component, ckset)},
     )
     manifest.write(building)
     return reports

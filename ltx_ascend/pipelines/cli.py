@@ -28,7 +28,7 @@ from ltx_ascend import validation as V
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
 from ltx_ascend.checkpoints.loader import LoraSpec, read_model_config, validate_set
-from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.checkpoints.tiny import TinySet, ensure_tiny_set
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(
             "--artifacts", type=Path, default=Path("artifacts"), help="artifact store (default artifacts/)"
         )
-        run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager")
+        run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager "
+                         "(default: om on an Ascend host, eager where not prepared; else ort)")
         run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
         run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
         run.add_argument(
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="export (and compile for ort) any artifact the run needs and lacks (implied for the tiny set)",
         )
         add_fallback_arg(run)
+        run.add_argument(
+            "--check",
+            action="store_true",
+            help="only prove the run would find every compiled artifact it looks up: loads no model, writes "
+            "nothing; exit 2 naming each miss and the ltx-prepare command that builds it",
+        )
         dev.add_device_args(run)
         run.add_argument(
             "--parallel",
@@ -323,6 +330,15 @@ def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request,
         stack.check_available("vocoder", profile)
 
 
+def default_backend(device: str | None) -> str:
+    """With no --backend: om on an Ascend host (torch_npu usable and --device auto or npu), i.e. the
+    compiled graphs where ltx-prepare built them and eager on the NPU where not, never ONNX Runtime's
+    CPU provider in bfloat16; ort elsewhere (the tiny set's compiled graphs, in float32 on the CPU)."""
+    wanted = (device or "auto").strip().lower()
+    on_npu = wanted.startswith("npu") or (wanted == "auto" and dev.available_backends()[0] == "npu")
+    return "om" if on_npu else "ort"
+
+
 @dataclass
 class Checked:
     """A command line that passed every check that needs no model: what `main` runs from."""
@@ -334,6 +350,7 @@ class Checked:
     tiny: bool
     backends: BackendChoice
     step_cache: StepCacheSpec
+    argv: tuple[str, ...] = ()  # as given (the ltx-prepare command a miss names is made from it)
 
 
 # argparse dests whose flag is not `--` + the dest with dashes.
@@ -390,7 +407,7 @@ def parse_and_check(argv: list[str] | None) -> Checked:
     check_inputs(args, req, two_stage)
     if hasattr(module, "check"):
         module.check(args, req)
-    backends = BackendChoice.parse(args.backend or "ort")  # refused before the tiny set is written
+    backends = BackendChoice.parse(args.backend or default_backend(args.device))  # refused before anything is written
     step_cache = parse_spec(args.step_cache)
     if args.step_cache_search is not None and not args.step_cache_search > 0:
         raise UserError(f"--step-cache-search {args.step_cache_search}: the target PSNR must be > 0 dB (e.g. 35)")
@@ -399,7 +416,7 @@ def parse_and_check(argv: list[str] | None) -> Checked:
     if tiny or args.build_missing:
         check_writable_dir(args.artifacts, "--artifacts")
     check_writable_dir(args.prompt_cache or args.artifacts / "prompt-cache", "--prompt-cache")
-    return Checked(args, module, req, two_stage, tiny, backends, step_cache)
+    return Checked(args, module, req, two_stage, tiny, backends, step_cache, tuple(argv or sys.argv[1:]))
 
 
 class _NoProgress(io.TextIOBase):
@@ -446,11 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         return _main(checked, layout)  # rank 0 alone reports
 
 
-def _main(checked: Checked, layout: distributed.Layout) -> int:
-    args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
-    tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
+def run_setup(checked: Checked, layout: distributed.Layout, *, connect: bool = True, write_tiny: bool = True):
+    """(checkpoint set, device policy, Parallel or None) of a checked command line. `connect=False`
+    (ltx-prepare, --check) describes rank 0 of the layout without opening a process group; with
+    `write_tiny=False` a tiny set not yet written is refused instead of written."""
+    args, module, req, two_stage, tiny = checked.args, checked.module, checked.request, checked.two_stage, checked.tiny
     policy = dev.policy_from_args(args)
-    dit_backend = BackendChoice.parse(args.backend or "ort").of("dit")
+    dit_backend = checked.backends.of("dit")
     if args.variant is not None:
         if dit_backend == "eager":
             raise UserError(f"--variant {args.variant.label} picks a compiled graph: pass --backend ort or om")
@@ -458,9 +477,10 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
             raise UserError(f"--variant {args.variant.label} and --quantization {args.quantization} disagree: drop one")
         args.quantization = args.quantization or args.variant.quantization
     check_quantization(args.quantization, dit_backend, policy.device)
-    start = time.perf_counter()
-
     if tiny:
+        if not write_tiny and not TinySet(args.artifacts / "tiny").is_complete():
+            where = args.artifacts / "tiny"
+            raise UserError(f"no tiny set under {where} yet (writing nothing here): {prepare_command(checked)}")
         print(f"no --checkpoint-path: using the tiny LTX-2.3 set under {args.artifacts / 'tiny'}", flush=True)
         tiny_set = ensure_tiny_set(args.artifacts / "tiny")
         args.checkpoint_path, args.gemma_root = tiny_set.checkpoint, args.gemma_root or tiny_set.gemma_root
@@ -473,40 +493,122 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
         raise UserError(f"{args.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
     if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
         raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
-    step_cache.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
+    checked.step_cache.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
     parallel = None
     if layout.size > 1:
         transformer = read_model_config(ckset.checkpoint)["transformer"]
         heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
         distributed.check_heads(layout, heads)
-        world = distributed.init_world(layout, policy.device)
-        policy = dev.policy_for(world.device, args.dtype)
+        if connect:
+            world = distributed.init_world(layout, policy.device)
+            policy = dev.policy_for(world.device, args.dtype)
+        else:
+            world = distributed.World(layout, 0, 0, policy.device)
         parallel = Parallel(world)
+    return ckset, policy, parallel
+
+
+def make_stack(checked: Checked, ckset, policy, parallel, spec: StepCacheSpec, timings: Timings | None) -> ModelStack:
+    """The run's ModelStack, as every run (and --check, and ltx-prepare) sets it up."""
+    args = checked.args
+    return ModelStack(
+        ckset=ckset,
+        policy=policy,
+        backends=checked.backends,
+        artifacts=args.artifacts,
+        fallback=args.fallback,
+        build_missing=(checked.tiny or args.build_missing) and not args.check,
+        ep=args.ep,
+        soc=args.soc,
+        step_cache=spec,
+        timings=timings,
+        dit_layout=args.dit_layout,
+        streaming_prefetch=args.streaming_prefetch_count,
+        max_device_memory_gb=args.max_device_memory,
+        offload=args.offload,
+        parallel=parallel,
+        quantization=args.quantization,
+        quantization_skip=tuple(args.quantization_skip),
+        variant=args.variant,
+        prepare_hint=prepare_command(checked),
+    )
+
+
+# ltx-run flags that change no artifact a run looks up: left out of the ltx-prepare command it suggests.
+_RUN_ONLY = {
+    "--prompt": 1, "--negative-prompt": 1, "--seed": 1, "--num-inference-steps": 1, "--output-path": 1,
+    "--raw-output": 1, "--timings-json": 1, "--prompt-cache": 1, "--build-missing": 0, "--fallback": 1,
+    "--check": 0, "--offload": 1, "--step-cache-search": 1, "--step-cache-out": 1, "--enhance-prompt": 0,
+    "--height": 1, "--width": 1, "--num-frames": 1,
+}  # fmt: skip
+
+
+def prepare_command(checked: Checked) -> str:
+    """The `ltx-prepare` command that builds every artifact this run looks up: its pipeline at its
+    shape, with the flags that decide what is looked up (checkpoints, backend, dtype, layout...)."""
+    import shlex
+
+    argv, kept, i = list(checked.argv), [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag in _RUN_ONLY:
+            i += 1 + (_RUN_ONLY[flag] if "=" not in argv[i] else 0)
+            continue
+        kept.append(argv[i])
+        i += 1
+    req = checked.request
+    shape = f"{req.num_frames}x{req.height}x{req.width}"
+    return shlex.join(["ltx-prepare", kept[0] if kept else checked.args.pipeline, "--shapes", shape, *kept[1:]])
+
+
+def check_lookups(checked: Checked, stack: ModelStack) -> list:
+    """Every lookup of this run (the DiT's included, at its stages' passes and tokens), made before
+    any model loads; under --fallback none a miss is refused here, naming the ltx-prepare command."""
+    from ltx_ascend.pipelines.lookups import lookups, misses
+
+    found = lookups(checked.module, checked.request, stack)
+    missing = misses(found)
+    if missing and (checked.args.fallback == "none" or checked.args.check):
+        first = missing[0]
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{first.component}: at {first.shape}: {first.resolution.reason}{more}")
+    return found
+
+
+def _check_only(checked: Checked, layout: distributed.Layout) -> int:
+    """`ltx-run ... --check`: the lookups of this run, each with what it found; exit 2 on any miss."""
+    ckset, policy, parallel = run_setup(checked, layout, connect=False, write_tiny=False)
+    stack = make_stack(checked, ckset, policy, parallel, checked.step_cache, None)
+    stack.prepare_hint = None  # named once, at the end
+    from ltx_ascend.pipelines.lookups import lookups, misses
+
+    found = lookups(checked.module, checked.request, stack)
+    for lookup in found:
+        print(("  ok    " if lookup.ok else "  MISS  ") + lookup.describe())
+    missing = misses(found)
+    if missing:
+        names = ", ".join(f"{m.component} at {m.shape}" for m in missing)
+        raise UserError(f"{len(missing)} of {len(found)} lookups miss ({names}): {prepare_command(checked)}")
+    compiled = sum(1 for lookup in found if lookup.compiled)
+    print(f"check: a run of {checked.args.pipeline} finds all {compiled} compiled artifacts it looks up")
+    return 0
+
+
+def _main(checked: Checked, layout: distributed.Layout) -> int:
+    args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
+    step_cache = checked.step_cache
+    if args.check:
+        return _check_only(checked, layout)
+    start = time.perf_counter()
+    ckset, policy, parallel = run_setup(checked, layout)
 
     def run_pipeline(spec: StepCacheSpec):
         """One run of the pipeline under step cache `spec`: (output, timings, stack)."""
         timings = Timings()
-        stack = ModelStack(
-            ckset=ckset,
-            policy=policy,
-            backends=backends,
-            artifacts=args.artifacts,
-            fallback=args.fallback,
-            build_missing=tiny or args.build_missing,
-            ep=args.ep,
-            soc=args.soc,
-            step_cache=spec,
-            timings=timings,
-            dit_layout=args.dit_layout,
-            streaming_prefetch=args.streaming_prefetch_count,
-            max_device_memory_gb=args.max_device_memory,
-            offload=args.offload,
-            parallel=parallel,
-            quantization=args.quantization,
-            quantization_skip=tuple(args.quantization_skip),
-            variant=args.variant,
-        )
+        stack = make_stack(checked, ckset, policy, parallel, spec, timings)
         preflight(stack, module, args, req, two_stage)
+        if args.fallback == "none" and not stack.build_missing:
+            check_lookups(checked, stack)  # the DiT's too, at its stages' passes and tokens: before Gemma
         # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
         prompts = PromptEncoder(
             ckset,

@@ -47,7 +47,7 @@ from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
-from ltx_ascend.store import Manifest, Resolution, Variant, contained, resolve, resolve_first
+from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class ModelStack:
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
     parallel: Parallel | None = None  # multi-device run: how the DiT's passes and tokens are split
     variant: Variant | None = None  # --variant: exactly this graph variant (else each backend's preference)
+    prepare_hint: str | None = None  # the ltx-prepare command that builds what this run misses (named in warnings)
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +176,20 @@ class ModelStack:
         """`_resolve_or_build`, one rank of a multi-device run at a time (one builds, the rest find it)."""
         world = self.parallel.world if self.parallel is not None else None
         with distributed.host_lock(self.artifacts / ".build.lock", world):
-            return self._resolve_or_build(component, ckset, profile, layout)
+            resolution = self._resolve_or_build(component, ckset, profile, layout)
+        if resolution is not None and not resolution.ok and self.prepare_hint:
+            reason = f"{resolution.reason}; to build it: {self.prepare_hint}"
+            resolution = dataclasses.replace(resolution, reason=reason)
+        return resolution
+
+    def build_variant(self, component: str, profile: ShapeProfile, layout: str = "auto") -> Variant:
+        """The variant built for a missing artifact (`build_missing`, ltx-prepare): what plain runs always
+        built, the portable graph, unless a quantized one or a `--variant` was asked for; the block
+        chain for the DiT of a stage under a step cache. The lookup then finds it among its candidates."""
+        variants = self._candidates(component, self.backends.of(component), layout)
+        if component == "dit" and self.step_cache.applies_to(profile.stage):
+            variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
+        return variants[0] if self.quantization == W8A8 or self.variant is not None else variants[-1]
 
     def _resolve_or_build(
         self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
@@ -205,8 +219,7 @@ class ModelStack:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
                 resolution = dataclasses.replace(resolution, reason=why)
         if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
-            # Build what plain runs always built (the portable graph) unless a quantized one was asked for.
-            variant = variants[0] if self.quantization == W8A8 or self.variant is not None else variants[-1]
+            variant = self.build_variant(component, profile, layout)
             request = request_for(component, ckset, profile, graph_dtype, variant)
             start = time.perf_counter()
             self.log(f"building {component} ({variant.label}) for {backend} at {profile.key} ...")
@@ -253,8 +266,14 @@ class ModelStack:
         if resolution is not None:
             # ORT takes torch's thread count (OMP_NUM_THREADS / torch.set_num_threads), not every core: under
             # torchrun each rank keeps to its share of the host, and eager and compiled runs share one setting.
+            # Every rank on its own card: om opens on the rank's NPU, ORT's CUDA provider on the rank's GPU.
             sessions = open_component(
-                resolution, fallback=self.fallback, device=self.device, ep=self.ep, threads=torch.get_num_threads()
+                resolution,
+                fallback=self.fallback,
+                device=self.device,
+                ep=self.ep,
+                threads=torch.get_num_threads(),
+                device_id=dev.accelerator_index(self.device),
             )
         if sessions is None:
             self.used[component] = "eager"
@@ -330,7 +349,9 @@ class ModelStack:
 
     # -- components ----------------------------------------------------------------------------
 
-    def dit(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> DiTRunner:
+    def dit_lookup(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> tuple:
+        """Where a stage's DiT is looked up: (checkpoint set with the stage's LoRAs, config, step cache,
+        this rank's profile, prefetch count, layout). `dit` opens it; ltx-prepare and --check list it."""
         ckset = self.ckset.with_loras((*self.ckset.loras, *loras))
         config = read_model_config(ckset.checkpoint)
         cache = self.step_cache.for_stage(profile.stage, config["transformer"]["num_layers"])
@@ -351,6 +372,11 @@ class ModelStack:
             # Sequence parallel runs the attention cores between all-to-alls: the block graph split there
             # (ltx-run refuses --dit-layout whole with ulysses before any load).
             layout = "split"
+        return ckset, config, cache, profile, prefetch, layout
+
+    def dit(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> DiTRunner:
+        ckset, config, cache, profile, prefetch, layout = self.dit_lookup(profile, loras)
+        parallel = self.parallel
         if parallel is not None and parallel.ulysses > 1 and self.quantization and self.backends.of("dit") != "eager":
             reason = f"--parallel {parallel.world.layout} with --quantization {self.quantization}: no split W8A8 graphs"
             if self.fallback == "none":
@@ -378,8 +404,7 @@ class ModelStack:
         else:
             if "dit" in sessions and prefetch is not None:
                 raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
-            folder = self.folders["dit"]  # each block file inside the artifact folder (no symlink out)
-            files = sorted(contained(folder, p.name) for p in folder.glob("block_*.safetensors"))
+            files = weight_files(self.folders["dit"])  # content-addressed: <artifacts>/weights/<key>/
             weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
             runner = DiTRunner(
                 config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel

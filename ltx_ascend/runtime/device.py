@@ -235,6 +235,27 @@ def set_device(device: torch.device) -> None:
         getattr(torch, device.type).set_device(device)
 
 
+def accelerator_index(device: torch.device) -> int:
+    """The device id a compiled session opens on (pyACL's `set_device`, ORT's CUDA `device_id`): the
+    torch device's own index; for a CPU-side run under torchrun (an om session with no torch_npu) the
+    rank's card, LOCAL_RANK, counted inside ASCEND_RT_VISIBLE_DEVICES as ACL does (a rank that sees
+    exactly one card opens device 0)."""
+    import os
+
+    if device.type != "cpu":
+        return device.index or 0
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    visible = [v for v in os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if len(visible) == 1:
+        return 0
+    if visible and local >= len(visible):
+        raise UserError(
+            f"LOCAL_RANK {local} but ASCEND_RT_VISIBLE_DEVICES={','.join(visible)} shows {len(visible)} card(s): "
+            "list one card per local rank"
+        )
+    return local
+
+
 def torch_npu_loaded() -> bool:
     """Whether torch_npu is imported in this process: it then owns ACL (aclInit at its first use,
     aclFinalize at exit), so nobody else may call acl.finalize()."""

@@ -69,6 +69,15 @@ def _check_dtypes(path: Path, graph_args: Sequence, specs: Sequence[TensorSpec])
 _ORT_TYPE_NAMES = {"float32": "float", "float64": "double"}
 
 
+def session_providers(provider: str, device: torch.device) -> list:
+    """ORT's provider list for `provider`: the CUDA provider on the tensors' GPU (`device_id`), not
+    always on GPU 0, so each rank of a multi-GPU run computes on its own card."""
+    providers: list = list(PROVIDERS[provider])
+    if provider == "cuda":
+        providers[0] = (providers[0], {"device_id": device.index or 0})
+    return providers
+
+
 class OrtSession(Session):
     """One ONNX graph on ONNX Runtime (`provider` "cpu" or "cuda"), inputs/outputs as torch tensors."""
 
@@ -108,6 +117,7 @@ class OrtSession(Session):
         if threads is not None and threads < 1:
             raise UserError(f"threads must be at least 1, got {threads}")
 
+        self.providers = providers = session_providers(provider, self.device)
         options = ort.SessionOptions()
         self.preoptimized = is_preoptimized(path)
         # An ort-* graph was saved after ORT_ENABLE_ALL: optimising it again costs load time for nothing.
@@ -123,7 +133,7 @@ class OrtSession(Session):
         options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(
                 f"ONNX Runtime could not load {path} ({str(exc).splitlines()[0][:200]}): the graph file is damaged "

@@ -30,7 +30,14 @@ from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.session import Session
-from ltx_ascend.store import Manifest, contained, profile_of, rehash_tree, resolve_folder
+from ltx_ascend.store import (
+    Manifest,
+    built_profile,
+    fingerprint_file,
+    rehash_tree,
+    resolve_folder,
+    weight_files,
+)
 
 FLOAT16_MAX = 65504.0
 
@@ -49,18 +56,34 @@ class GraphResult:
 
 
 def checkpoint_set_from_manifest(manifest: Manifest, override: CheckpointSet | None) -> CheckpointSet | None:
-    """The files the artifact was exported from (the manifest records their paths), unless given."""
+    """The files the artifact was exported from, unless given: where the export read them (a hint the
+    manifest keeps beside its identity), used only if their content still matches the fingerprints."""
     if override is not None:
         return override
     source = manifest.request["source"]
     if "random_weights" in source:
         return None
+    hint = manifest.extra.get("source_paths", {})
+
+    def located(name: str, path: str | None, fingerprint: dict) -> Path:
+        fix = "pass --checkpoint-path (the sources are identified by content, not path)"
+        if path is None or not Path(path).is_file():
+            raise UserError(f"{manifest.component}: its {name} is not where it was exported from ({path}): {fix}")
+        if fingerprint_file(path) != {k: fingerprint.get(k) for k in ("size", "sha256_sampled")}:
+            raise UserError(f"{manifest.component}: {path} is not the {name} it was exported from: {fix}")
+        return Path(path)
+
     if "spatial_upsampler" in source:
-        path = Path(source["spatial_upsampler"]["path"])
+        path = located("spatial upsampler", hint.get("spatial_upsampler"), source["spatial_upsampler"])
         return CheckpointSet(checkpoint=path, spatial_upsampler=path)
-    gemma = source.get("gemma_config", {}).get("path")
-    loras = tuple(LoraSpec(Path(x["path"]), x["strength"]) for x in source.get("loras", []))
-    return CheckpointSet(Path(source["checkpoint"]["path"]), Path(gemma) if gemma else None, None, loras)
+    gemma = hint.get("gemma_root") if "gemma_config" in source else None
+    lora_paths = hint.get("loras", [])
+    loras = tuple(
+        LoraSpec(located("LoRA", lora_paths[i] if i < len(lora_paths) else None, x), x["strength"])
+        for i, x in enumerate(source.get("loras", []))
+    )
+    checkpoint = located("checkpoint", hint.get("checkpoint"), source["checkpoint"])
+    return CheckpointSet(checkpoint, Path(gemma) if gemma else None, None, loras)
 
 
 def _sessions(folder: Path, backend: str, ep: str) -> tuple[str, dict[str, Session]]:
@@ -153,7 +176,7 @@ def verify_artifact(
     options = ExportOptions(dit_layout=request.get("dit_layout") or "auto", ulysses=request.get("ulysses", 1))
     if source_set is None:
         raise UserError(f"{folder}: exported with --random-weights; verify it with --checkpoint-path, or re-export")
-    items = {i.name: i for i in build_items(manifest.component, source_set, profile_of(request), dtype, options)}
+    items = {i.name: i for i in build_items(manifest.component, source_set, built_profile(manifest), dtype, options)}
     used, sessions = _sessions(folder, backend, ep)
     segments = dit_split.segment_names(list(sessions))
     if segments:  # the split layout: its segments with ltx-core's cores between them, as one block graph
@@ -178,7 +201,7 @@ def verify_artifact(
     if per_block and manifest.component == "dit":
         if "dit-block" not in sessions:
             raise UserError(f"{folder}: --per-block needs a DiT exported as blocks (--dit-layout blocks)")
-        files = sorted(contained(folder, p.name) for p in folder.glob("block_*.safetensors"))
+        files = weight_files(folder)
         if not files:
             raise UserError(f"{folder}: no block_XX.safetensors beside the block graph (a --random-weights export)")
         rows, first_bad = per_block_scan(items, sessions, files, source_set, dtype)
