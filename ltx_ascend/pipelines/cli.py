@@ -43,7 +43,7 @@ from ltx_ascend.pipelines.request import (
 from ltx_ascend.pipelines.request import check_image as _check_image
 from ltx_ascend.pipelines.settings import RunSettings
 from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice
-from ltx_ascend.pipelines.stages import PIPELINES
+from ltx_ascend.pipelines.stages import PIPELINES, pipeline_spec
 from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
 from ltx_ascend.pipelines.timing import Timings
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in pipeline_modules().items():
         p = sub.add_parser(name, help=(module.__doc__ or name).splitlines()[0])
         add_checkpoint_args(p, required=False)
-        if getattr(module, "DISTILLED", False):
+        if module.SPEC.distilled:
             p.add_argument("--distilled-checkpoint-path", type=Path, help="distilled LTX-2.3 checkpoint")
         p.add_argument("--prompt", default=None, help="text prompt (default: a demo prompt)")
         p.add_argument("--negative-prompt", default=P.DEFAULT_NEGATIVE_PROMPT)
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
             "preference (om: npu-ops, then portable; ort: ort-fused, then portable)",
         )
         run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(p.add_argument_group(f"{name}"))
+        if module.SPEC.add_arguments is not None:
+            module.SPEC.add_arguments(p.add_argument_group(f"{name}"))
         run.add_argument(
             "--build-missing",
             action="store_true",
@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="text-encoder: return Gemma's device memory right after the prompt stage; all: also keep the "
             "VAE, upsampler and vocoder in host memory, each on the device only while it runs",
         )
+        run.add_argument(
+            "--placement",
+            metavar="COMPONENT=PLACE,...",
+            help="where models live between uses: device, host (parked, moved in per use) or rebuild, per component "
+            "(e.g. text_encoder=host); default: the memory policy's choice from the device's memory",
+        )
         memory = run.add_mutually_exclusive_group()
         memory.add_argument(
             "--streaming-prefetch-count",
@@ -228,7 +234,7 @@ def generation_request(args: argparse.Namespace) -> GenerationRequest:
     for side, cross in SIDES.items():
         given = {key: getattr(args, flag.format(p=side, x=cross), None) for key, (flag, _) in GUIDANCE_KEYS.items()}
         guidance[side] = {k: v for k, v in given.items() if v is not None}
-    module = importlib.import_module(PIPELINES[args.pipeline])
+    spec = pipeline_spec(args.pipeline)
     return GenerationRequest(
         prompt=args.prompt or None,  # ltx-run: an empty --prompt is the demo prompt, as it always was
         pipeline=args.pipeline,
@@ -242,7 +248,7 @@ def generation_request(args: argparse.Namespace) -> GenerationRequest:
         video_guidance=guidance["video"],
         audio_guidance=guidance["audio"],
         images=tuple(args.images),
-        extra={name: getattr(args, name) for name in option_defaults(module) if name != "negative_prompt"},
+        extra={name: getattr(args, name) for name in option_defaults(spec) if name != "negative_prompt"},
     )
 
 
@@ -301,11 +307,11 @@ def parse_and_check(argv: list[str] | None) -> Checked:
     prepared = engine.prepare(generation_request(args))
     check_cli_flags(args)
     args.lora = list(prepared.loras)  # what the pipeline's check added (retake --loras, ic_lora's tiny LoRA)
-    if getattr(prepared.module, "DISTILLED", False) and args.checkpoint_path is None:
+    if prepared.spec.distilled and args.checkpoint_path is None:
         args.checkpoint_path = args.distilled_checkpoint_path
     return Checked(
         args,
-        prepared.module,
+        importlib.import_module(PIPELINES[prepared.pipeline]),
         prepared.internal,
         prepared.two_stage,
         settings.tiny,

@@ -16,17 +16,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from ltx_core.types import Audio
 
+from ltx_ascend.checkpoints.gemma import read_gemma_config
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config, validate_set
 from ltx_ascend.checkpoints.tiny import TinySet, ensure_tiny_set
 from ltx_ascend.errors import Cancelled, UserError
 from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines.artifact_finder import ArtifactFinder
 from ltx_ascend.pipelines.context import Output, Request, RunContext
+from ltx_ascend.pipelines.loading import ModelLoader
 from ltx_ascend.pipelines.media import write_mp4
+from ltx_ascend.pipelines.memory_policy import COMPONENTS as MEMORY_COMPONENTS
+from ltx_ascend.pipelines.memory_policy import MemoryPolicy, choose_policy, file_weight_bytes
 from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
 from ltx_ascend.pipelines.request import (
     GenerationRequest,
@@ -37,12 +41,13 @@ from ltx_ascend.pipelines.request import (
 )
 from ltx_ascend.pipelines.settings import RunSettings
 from ltx_ascend.pipelines.stack import ModelStack
-from ltx_ascend.pipelines.stages import pipeline_module
+from ltx_ascend.pipelines.stages import PipelineSpec, pipeline_spec
 from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.text import PromptEncoder
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
+from ltx_ascend.shapes import shape_profile
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +86,14 @@ class Prepared:
 
     request: GenerationRequest  # resolved: defaults filled in
     pipeline: str
-    module: ModuleType
+    spec: PipelineSpec
     internal: Request
     options: argparse.Namespace
     loras: tuple[LoraSpec, ...]  # the transformer's LoRAs for this request (the pipeline may add some)
 
     @property
     def two_stage(self) -> bool:
-        return getattr(self.module, "TWO_STAGE", False)
+        return self.spec.two_stage
 
 
 class Engine:
@@ -106,6 +111,11 @@ class Engine:
         self._policy = settings.policy
         self._world_ready = False
         self._closed = False
+        # Load-time state, made once (after the process group of a multi-device run is open) and
+        # shared by every request: found artifacts, and the models and sessions kept by placement.
+        self._finder: ArtifactFinder | None = None
+        self._loader: ModelLoader | None = None
+        self.memory: MemoryPolicy | None = None
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -121,10 +131,10 @@ class Engine:
         pipeline = request.pipeline or s.pipelines[0]
         if pipeline not in s.pipelines:
             raise UserError(f"pipeline {pipeline!r} is not served here; this engine runs {', '.join(s.pipelines)}")
-        module = pipeline_module(pipeline)
-        two_stage = getattr(module, "TWO_STAGE", False)
-        defaults = getattr(module, "TINY_DEFAULTS", P.TINY) if s.tiny else getattr(module, "DEFAULTS", P.LTX_2_3)
-        options = option_defaults(module)
+        spec = pipeline_spec(pipeline)
+        two_stage = spec.two_stage
+        defaults = spec.defaults_for(s.tiny)
+        options = option_defaults(spec)
         negative = options.pop("negative_prompt", P.DEFAULT_NEGATIVE_PROMPT)
         unknown = sorted(set(request.extra) - set(options))
         if unknown:
@@ -153,12 +163,12 @@ class Engine:
             num_inference_steps=request.num_inference_steps,
             images=list(request.images),
         )
-        if hasattr(module, "check"):
-            module.check(ns, req)
+        if spec.check is not None:
+            spec.check(ns, req)
         if not s.tiny:
             if two_stage and s.spatial_upsampler_path is None:
                 raise UserError(f"{pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
-            if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
+            if spec.stage_2_lora and not req.distilled_lora:
                 raise UserError(f"{pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
         resolved = replace(
             request,
@@ -175,7 +185,7 @@ class Engine:
             audio_guidance=_guidance_dict(req.audio_guider),
             images=tuple(req.images),
         )
-        return Prepared(resolved, pipeline, module, req, ns, tuple(ns.lora or ()))
+        return Prepared(resolved, pipeline, spec, req, ns, tuple(ns.lora or ()))
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -188,7 +198,7 @@ class Engine:
     def _checkpoints(self, prepared: Prepared) -> tuple[CheckpointSet, Request]:
         """The checkpoint set this request runs on (the tiny set's paths filled in), checked once per
         distinct set of LoRAs; and the request with the tiny set's distilled LoRA when it needs one."""
-        s, req, module = self.settings, prepared.internal, prepared.module
+        s, req, spec = self.settings, prepared.internal, prepared.spec
         checkpoint, gemma, upsampler = s.checkpoint, s.gemma_root, s.spatial_upsampler_path
         if s.tiny:
             tiny = self._tiny_set()
@@ -197,7 +207,7 @@ class Engine:
                 gemma or tiny.gemma_root,
                 upsampler or tiny.spatial_upsampler,
             )
-            if getattr(module, "NEEDS_DISTILLED_LORA", prepared.two_stage) and not req.distilled_lora:
+            if spec.stage_2_lora and not req.distilled_lora:
                 req = replace(req, distilled_lora=(LoraSpec(tiny.distilled_lora, TINY_DISTILLED_LORA_STRENGTH),))
         ckset = CheckpointSet(
             checkpoint=checkpoint, gemma_root=gemma, spatial_upsampler=upsampler, loras=prepared.loras
@@ -207,7 +217,7 @@ class Engine:
             validate_set(ckset.with_loras([*ckset.loras, *req.distilled_lora]))
             if prepared.two_stage and ckset.spatial_upsampler is None:
                 raise UserError(f"{prepared.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
-            if getattr(module, "NEEDS_DISTILLED_LORA", prepared.two_stage) and not req.distilled_lora:
+            if spec.stage_2_lora and not req.distilled_lora:
                 raise UserError(f"{prepared.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
             self._validated.add(key)
         return ckset, req
@@ -239,19 +249,89 @@ class Engine:
         layout = self.settings.layout
         return dev.describe(self._policy) + (f", ranks {layout.size} ({layout})" if self._parallel else "")
 
+    def _resident(self, ckset: CheckpointSet) -> tuple[ArtifactFinder, ModelLoader]:
+        """The finder and loader every request shares; the memory policy chosen (and printed) once."""
+        if self._loader is None:
+            s = self.settings
+            self.memory = self._choose_memory(ckset)
+            self.log(self.memory.describe())
+            self._finder = ArtifactFinder(
+                backends=s.backends,
+                artifacts=s.artifacts,
+                device=self._policy.device,
+                dtype=self._policy.dtype,
+                fallback=s.fallback,
+                build_missing=s.builds,
+                ep=s.ep,
+                soc=s.soc,
+                quantization=s.quantization,
+                quantization_skip=s.quantization_skip,
+                variant=s.variant_spec,
+                parallel=self._parallel,
+                log=self.log,
+            )
+            self._loader = ModelLoader(
+                self._policy,
+                place=self.memory.place,
+                quantization=s.quantization,
+                quantization_skip=s.quantization_skip,
+            )
+        return self._finder, self._loader
+
+    def _choose_memory(self, ckset: CheckpointSet) -> MemoryPolicy:
+        """Placements for the served pipelines at their default sizes (the largest DiT stage)."""
+        s = self.settings
+        config = read_model_config(ckset.checkpoint)
+        profiles, sets = [], 1
+        for name in s.pipelines:
+            spec = pipeline_spec(name)
+            d = spec.defaults_for(s.tiny)
+            for stage in spec.stages:
+                passes = stage.passes(d.video_guider, d.audio_guider)
+                profiles.append(shape_profile((d.num_frames, d.height, d.width), stage=stage.stage, batch=passes))
+            if spec.two_stage and spec.stage_2_lora:
+                sets = 2  # stage 2 fuses the distilled LoRA: a second DiT weight set
+        bytes_per = torch.finfo(self._policy.dtype).bits // 8
+        extra = {}
+        if ckset.gemma_root is not None:
+            extra["text_encoder"] = file_weight_bytes(sorted(Path(ckset.gemma_root).rglob("*.safetensors")), bytes_per)
+        if ckset.spatial_upsampler is not None:
+            extra["spatial_upsampler"] = file_weight_bytes([ckset.spatial_upsampler], bytes_per)
+        overrides = dict(s.placements)
+        if s.streaming_prefetch_count is not None or s.max_device_memory is not None:
+            overrides.setdefault("dit", "rebuild")  # streamed from host memory block by block, per stage
+        device_bytes = None if s.device_memory_gb is None else int(s.device_memory_gb * 1e9)
+        return choose_policy(
+            config,
+            max(profiles, key=lambda p: p.video_tokens * p.batch),
+            device=self._policy.device,
+            dtype=self._policy.dtype,
+            components=MEMORY_COMPONENTS,
+            dit_sets=sets,
+            device_bytes=device_bytes,
+            overrides=overrides,
+            extra_bytes=extra,
+            gemma_config=read_gemma_config(ckset.gemma_root) if ckset.gemma_root is not None else None,
+        )
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Models built and sessions opened so far (a resident engine's second call adds none)."""
+        loader = self._loader
+        return {"loads": loader.loads if loader else 0, "opens": loader.opens if loader else 0}
+
     def load_for(self, prepared: Prepared) -> None:
         """What `prepared` needs before its first step: the tiny set written, its checkpoint set
         checked, the process group of a multi-device layout open."""
         ckset, _ = self._checkpoints(prepared)
         self._world(ckset)
+        self._resident(ckset)
 
     def load(self) -> None:
         """Build (the tiny set) and check what the served pipelines need."""
         with self._lock:
             for pipeline in self.settings.pipelines:
-                prepared = self.prepare(GenerationRequest(pipeline=pipeline))
-                ckset, _ = self._checkpoints(prepared)
-                self._world(ckset)
+                self.load_for(self.prepare(GenerationRequest(pipeline=pipeline)))
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -286,12 +366,13 @@ class Engine:
         ckset, req = self._checkpoints(prepared)
         spec.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
         self._world(ckset)
+        self._resident(ckset)
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled before the first step")
         req = replace(req, extra=dict(req.extra), images=list(req.images))
         timings = Timings()
         stack = self._stack(ckset, spec, timings)
-        preflight(stack, prepared.module, prepared.options, req, prepared.two_stage)
+        preflight(stack, prepared.spec, prepared.options, req)
         prompts = PromptEncoder(
             ckset,
             lambda: stack.text_connectors(req.profile()),
@@ -301,12 +382,13 @@ class Engine:
             producer=lambda: stack.producer("text_connectors", req.profile()),
             offload=s.offload != "none",
             device_log=stack.device_log,
+            encoder=stack.prompt_hidden_states(),
         )
         if self._parallel is not None:
             prompts = BroadcastPrompts(prompts, self._parallel.world)
         main = self._parallel is None or self._parallel.world.is_main
         hook = _step_hook(prepared, progress, cancelled)
-        output: Output = prepared.module.run(RunContext(req, stack, prompts, timings, main=main, on_step=hook))
+        output: Output = prepared.spec.run(RunContext(req, stack, prompts, timings, main=main, on_step=hook))
         timings.backends = dict(stack.used)  # the table's last line names what ran, variants included
         audio = output.audio
         return Result(
@@ -341,12 +423,16 @@ class Engine:
             quantization=s.quantization,
             quantization_skip=s.quantization_skip,
             variant=s.variant_spec,
+            finder=self._finder,
+            loader=self._loader,
         )
 
     def close(self) -> None:
         """Drop everything this engine holds; a closed engine refuses new calls."""
         with self._lock:
             self._closed = True
+            if self._loader is not None:
+                self._loader.clear()
 
     def __enter__(self) -> Engine:
         return self
@@ -366,7 +452,7 @@ def _step_hook(prepared: Prepared, progress, cancelled) -> Callable[[str, int, i
     if progress is None and cancelled is None:
         return None
     steps = prepared.internal.num_inference_steps
-    total = sum(spec.steps(steps) for spec in prepared.module.STAGES) or 1
+    total = sum(stage.steps(steps) for stage in prepared.spec.stages) or 1
     done = [0]
 
     def hook(stage: str, step: int, stage_total: int) -> None:
@@ -379,22 +465,22 @@ def _step_hook(prepared: Prepared, progress, cancelled) -> Callable[[str, int, i
     return hook
 
 
-def decode_profile(module, args: argparse.Namespace, req: Request, two_stage: bool):
+def decode_profile(spec: PipelineSpec, args: argparse.Namespace, req: Request):
     """The shape profile the pipeline decodes at (ic_lora --skip-stage-2 decodes the stage-1 latent)."""
     if getattr(args, "skip_stage_2", False):
         return req.profile(stage=1)
-    return req.profile(stage=2) if two_stage else req.profile()
+    return req.profile(stage=2) if spec.two_stage else req.profile()
 
 
-def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request, two_stage: bool) -> None:
+def preflight(stack: ModelStack, spec: PipelineSpec, args: argparse.Namespace, req: Request) -> None:
     """Before Gemma or any model loads: the compiled artifacts a run needs and will not build are there
     (under --fallback none), and every backend suits the dtype. The DiT's profile depends on the guidance
     passes and conditioning tokens the pipeline appends, so the DiT is checked when stage 1 starts."""
     stack.check_available("text_connectors", req.profile())
-    if two_stage and not getattr(args, "skip_stage_2", False):
+    if spec.two_stage and not getattr(args, "skip_stage_2", False):
         stack.check_available("spatial_upsampler", req.profile(stage=1))
-    profile = decode_profile(module, args, req, two_stage)
+    profile = decode_profile(spec, args, req)
     stack.check_available("video_decoder", profile)
-    if getattr(module, "DECODES_AUDIO", True):
+    if spec.decodes_audio:
         stack.check_available("audio_decoder", profile)
         stack.check_available("vocoder", profile)

@@ -3,7 +3,7 @@
 `GenerationRequest` is what a caller fills (argv and HTTP alike; None means the pipeline's default);
 `resolve_request` turns it into the pipelines' `Request` with every default filled, and
 `check_request` checks every field before anything loads (sizes, 8k+1 frames, steps, frame rate,
-images decode, frame indices in range). The pipeline's own checks (`module.check`) run after it.
+images decode, frame indices in range). The pipeline's own checks (`PipelineSpec.check`) run after it.
 """
 
 from __future__ import annotations
@@ -158,17 +158,17 @@ def check_request(req: Request, two_stage: bool, note: Callable[[str], None] = p
     req.images = [check_image(image, req.num_frames, note) for image in req.images]
 
 
-def pipeline_options(module) -> argparse.ArgumentParser:
-    """A parser holding only the pipeline module's own flags (`add_arguments`), for their defaults."""
+def pipeline_options(spec) -> argparse.ArgumentParser:
+    """A parser holding only the pipeline's own flags (`PipelineSpec.add_arguments`), for their defaults."""
     parser = argparse.ArgumentParser(add_help=False)
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser.add_argument_group())
+    if spec.add_arguments is not None:
+        spec.add_arguments(parser.add_argument_group())
     return parser
 
 
-def option_defaults(module) -> dict[str, Any]:
+def option_defaults(spec) -> dict[str, Any]:
     """The pipeline's own flags and their defaults (dest -> default), and any parser-level defaults it
     sets (retake: negative_prompt "")."""
-    parser = pipeline_options(module)
+    parser = pipeline_options(spec)
     found = {a.dest: a.default for a in parser._actions}
     return {**found, **parser._defaults}

@@ -9,12 +9,15 @@ forms (backend choice, step-cache spec, variant, layout, device policy) are made
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.errors import UserError
+from ltx_ascend.pipelines.loading import placement_for_offload
+from ltx_ascend.pipelines.memory_policy import parse_placement
 from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, WHOLE_CANNOT_STREAM, BackendChoice, check_quantization
 from ltx_ascend.pipelines.stages import PIPELINES
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
@@ -59,12 +62,18 @@ class RunSettings:
     # Added beyond the contract: ltx-run's --distilled-checkpoint-path and --quantization-skip.
     distilled_checkpoint_path: Path | None = None
     quantization_skip: tuple[str, ...] = ()
+    # Where models live between requests, per component (`text_encoder=host,dit=rebuild`); the rest
+    # as the memory policy chooses from the device's memory (memory_policy.py). `device_memory_gb`
+    # sizes that device when it cannot be asked (or to plan for another one).
+    placement: str | Mapping[str, str] | None = None
+    device_memory_gb: float | None = None
     # The parsed forms, made once by check().
     backends: BackendChoice = field(init=False, repr=False, compare=False)
     step_cache_spec: StepCacheSpec = field(init=False, repr=False, compare=False)
     variant_spec: Variant | None = field(init=False, repr=False, compare=False)
     layout: distributed.Layout = field(init=False, repr=False, compare=False)
     policy: dev.DevicePolicy = field(init=False, repr=False, compare=False)
+    placements: dict[str, str] = field(init=False, repr=False, compare=False)  # offload, then placement
 
     def __post_init__(self) -> None:
         self.check()
@@ -138,6 +147,9 @@ class RunSettings:
                 raise UserError(f"--variant {variant.label} and --quantization {self.quantization} disagree: drop one")
             self._set("quantization", self.quantization or variant.quantization)
         check_quantization(self.quantization, dit_backend, self.policy.device)
+        if self.device_memory_gb is not None and not self.device_memory_gb > 0:
+            raise UserError(f"device_memory_gb {self.device_memory_gb}: must be a positive number of GB")
+        self._set("placements", {**placement_for_offload(self.offload), **parse_placement(self.placement)})
         if self.tiny or self.build_missing:
             check_writable_dir(self.artifacts, "--artifacts")
         check_writable_dir(self.prompt_cache_dir, "--prompt-cache")
