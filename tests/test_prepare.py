@@ -205,6 +205,8 @@ def test_the_fallback_warning_names_the_prepare_command(ckpt_root, tmp_path, cap
 
 def test_an_ascend_host_defaults_to_om_never_ort_cpu(monkeypatch, ckpt_root, tmp_path):
     monkeypatch.setattr(dev, "available_backends", lambda: ["npu", "cpu"])
+    # RunSettings resolves its device when built: this host has no torch_npu, so the "NPU" is the CPU here.
+    monkeypatch.setattr(dev, "resolve_device", lambda spec=None: torch.device("cpu"))
     assert cli.default_backend(None) == "om" and cli.default_backend("npu:1") == "om"
     assert cli.default_backend("cpu") == "ort"
     argv = [a for a in _run_argv("ti2vid_one_stage", ckpt_root, tmp_path, "9x128x192", tmp_path) if a not in BACKEND]
@@ -300,7 +302,7 @@ def test_every_pipeline_lists_its_lookups_at_the_guide_shape_without_loading_a_m
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    from ltx_ascend.pipelines import stack as stack_module
+    from ltx_ascend.pipelines import loading as stack_module
     from ltx_ascend.pipelines import text as text_module
 
     for module in (loader, stack_module, text_module):

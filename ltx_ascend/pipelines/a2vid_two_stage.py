@@ -17,7 +17,7 @@ from ltx_ascend.pipelines.audio_input import decode_audio, duration_s
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, StageSpec
+from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +114,14 @@ def run(ctx: RunContext) -> Output:
     return Output(
         frames=frames_out, audio=Audio(waveform=audio_in.waveform.squeeze(0), sampling_rate=audio_in.sampling_rate)
     )
+
+
+SPEC = PipelineSpec(
+    "a2vid_two_stage",
+    STAGES,
+    run,
+    two_stage=TWO_STAGE,
+    decodes_audio=DECODES_AUDIO,
+    add_arguments=add_arguments,
+    check=check,
+)

@@ -13,7 +13,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED
+from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 
 TWO_STAGE = True
 # Stage 1: half size, the 8-step distilled schedule, one conditional pass a step; stage 2: the tail.
@@ -65,3 +65,14 @@ def run(ctx: RunContext) -> Output:
     # Stage 2 refines with the same (distilled) transformer: no LoRA.
     video, audio = sampling.upsample_then_refine(ctx, STAGES[1], video, audio, noiser, positive, image_conditionings)
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
+
+
+SPEC = PipelineSpec(
+    "distilled",
+    STAGES,
+    run,
+    two_stage=TWO_STAGE,
+    distilled=DISTILLED,
+    needs_distilled_lora=NEEDS_DISTILLED_LORA,
+    check=check,
+)

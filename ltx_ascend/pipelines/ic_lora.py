@@ -35,7 +35,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED
+from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 from ltx_ascend.pipelines.video_input import check_video_file, count_frames, load_video
 from ltx_ascend.shapes import shape_profile
 
@@ -261,3 +261,17 @@ def run(ctx: RunContext) -> Output:
         ctx, STAGES[1], video, audio, noiser, prompt, image_conditionings, stack=plain
     )
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
+
+
+SPEC = PipelineSpec(
+    "ic_lora",
+    STAGES,
+    run,
+    two_stage=TWO_STAGE,
+    defaults=DEFAULTS,
+    tiny_defaults=TINY_DEFAULTS,
+    distilled=DISTILLED,
+    needs_distilled_lora=NEEDS_DISTILLED_LORA,
+    add_arguments=add_arguments,
+    check=check,
+)

@@ -15,6 +15,7 @@ from ltx_ascend.pipelines import ti2vid_two_stages
 from ltx_ascend.pipelines.context import ImageInput, Output, Request, RunContext
 from ltx_ascend.pipelines.distilled import check_strengths
 from ltx_ascend.pipelines.media import load_image
+from ltx_ascend.pipelines.stages import PipelineSpec
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True
@@ -48,3 +49,6 @@ def keyframe_conditionings(
 def run(ctx: RunContext) -> Output:
     """ti2vid_two_stages with every image a keyframe (the reference's two pipelines differ only there)."""
     return ti2vid_two_stages.run(ctx, lambda c, images, shape, stage: keyframe_conditionings(c, images, shape))
+
+
+SPEC = PipelineSpec("keyframe_interpolation", STAGES, run, two_stage=TWO_STAGE, check=check)

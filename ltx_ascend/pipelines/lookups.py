@@ -25,6 +25,7 @@ from ltx_core.types import Audio, AudioLatentShape
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec
 from ltx_ascend.components import REGISTRY
+from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines.context import Request, RunContext
 from ltx_ascend.pipelines.stack import ModelStack
 from ltx_ascend.pipelines.text import PromptEmbeddings
@@ -106,15 +107,14 @@ class LookupStack(ModelStack):
     def like(cls, stack: ModelStack) -> LookupStack:
         """The same settings as `stack` (backends, layout, parallel, variant...), building nothing."""
         fields = {f.name: getattr(stack, f.name) for f in dataclasses.fields(ModelStack) if f.init}
-        return cls(**{**fields, "build_missing": False, "log": lambda _: None, "used": {}, "folders": {}})
+        # Its own finder and loader (made in __post_init__): it never builds, and nothing it finds is kept.
+        overrides = {"build_missing": False, "log": lambda _: None, "used": {}, "folders": {}}
+        return cls(**{**fields, **overrides, "finder": None, "loader": None})
 
     def _resolution(self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"):
         """ModelStack's lookup without the ranks' build lock (nothing is built here, and nothing written)."""
-        resolution = self._resolve_or_build(component, ckset, profile, layout)
-        if resolution is not None and not resolution.ok and self.prepare_hint:
-            reason = f"{resolution.reason}; to build it: {self.prepare_hint}"
-            resolution = dataclasses.replace(resolution, reason=reason)
-        return resolution
+        blocks = self._blocks(component, profile)
+        return self._hinted(self.finder.resolve_or_build(component, ckset, profile, layout, blocks=blocks))
 
     def _look(self, component: str, profile: ShapeProfile, ckset: CheckpointSet | None = None, layout: str = "auto"):
         ckset = ckset or self.ckset
@@ -214,3 +214,16 @@ def lookups(module, request: Request, stack: ModelStack, *, write_cache: bool = 
 
 def misses(found: list[Lookup]) -> list[Lookup]:
     return [lookup for lookup in found if not lookup.ok]
+
+
+def check_lookups(run, request: Request, stack: ModelStack, *, check_only: bool = False) -> list[Lookup]:
+    """Every lookup of this run (the DiT's included, at its stages' passes and tokens), made before any
+    model loads; a miss is refused here (under --fallback none, or `check_only`), naming the ltx-prepare
+    command when the stack knows it. `run` is the pipeline (its module or its PipelineSpec)."""
+    found = lookups(run, request, stack)
+    missing = misses(found)
+    if missing and (stack.fallback == "none" or check_only):
+        first = missing[0]
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{first.component}: at {first.shape}: {first.resolution.reason}{more}")
+    return found

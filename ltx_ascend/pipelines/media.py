@@ -3,6 +3,7 @@ and loading conditioning images. Every output is written atomically."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
 from fractions import Fraction
@@ -94,7 +95,6 @@ def check_output_path(path: Path, suffix: str | None, flag: str) -> Path:
 def _h264_round_trip(image: np.ndarray, crf: int) -> np.ndarray:
     """Encode one frame with libx264 at `crf` and decode it: conditioning images then carry the
     compression artifacts the model saw in training video (ltx-pipelines' `preprocess`)."""
-    import io
 
     buffer = io.BytesIO()
     container = av.open(buffer, "w", format="mp4")
@@ -130,9 +130,11 @@ def resize_and_center_crop(frames: torch.Tensor, height: int, width: int) -> tor
     return x.permute(1, 0, 2, 3)[None]
 
 
-def load_image(path: str, height: int, width: int, crf: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A conditioning image as a 1-frame video in [-1, 1]: [1, 3, 1, height, width] (grayscale, palette
-    and alpha images converted to RGB: `validation.decode_image`)."""
+def load_image(
+    path: str | Path | bytes, height: int, width: int, crf: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A conditioning image (a path, or encoded bytes decoded in memory) as a 1-frame video in [-1, 1]:
+    [1, 3, 1, height, width] (grayscale, palette and alpha images converted to RGB: `validation.decode_image`)."""
     image = decode_image(path if isinstance(path, bytes) else Path(path), "--image")
     if crf:
         image = _h264_round_trip(image, crf)

@@ -24,7 +24,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.audio_input import decode_audio
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import StageSpec
+from ltx_ascend.pipelines.stages import PipelineSpec, StageSpec
 from ltx_ascend.pipelines.video_input import load_video, probe_video
 from ltx_ascend.shapes import check_pixel_shape
 
@@ -172,3 +172,15 @@ def run(ctx: RunContext) -> Output:
     )
 
     return decode(ctx, video.latent, audio.latent, req.profile(), generator)
+
+
+SPEC = PipelineSpec(
+    "retake",
+    STAGES,
+    run,
+    defaults=DEFAULTS,
+    tiny_defaults=TINY_DEFAULTS,
+    needs_distilled_lora=NEEDS_DISTILLED_LORA,
+    add_arguments=add_arguments,
+    check=check,
+)

@@ -5,6 +5,13 @@ component whatever runs underneath: a compiled graph (om / ort, located through 
 ltx-core eagerly on the device. When a compiled artifact is missing or stale, one warning line
 says why and the component runs eager (`--fallback none` makes that an error). With
 `build_missing`, missing artifacts are exported and compiled for ONNX Runtime first.
+
+A ModelStack is one request's view: its step cache, its timings, what ran (`used`) and the device
+moves it made. What outlives a request sits in the two load-time objects it is given (or makes):
+`ArtifactFinder` (artifact_finder.py: finding and building compiled graphs) and `ModelLoader`
+(loading.py: eager modules, quantization, sessions, kept where the memory policy puts them). A
+resident engine hands the same two to every request; a stack built alone keeps nothing between
+uses (each component is built for its stage and freed after it, as a one-shot run always did).
 """
 
 from __future__ import annotations
@@ -12,10 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
-import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,79 +30,39 @@ from ltx_core.model.upsampler import upsample_video
 from ltx_core.model.video_vae import decode_video
 from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
-from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, load_component, read_model_config
-from ltx_ascend.compile.compiler import compile_ort
-from ltx_ascend.components import COMPONENTS, REGISTRY, request_for
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_blocks
-from ltx_ascend.export.components import ExportOptions
-from ltx_ascend.export.exporter import export_component
 from ltx_ascend.export.video_vae import DECODER_TILING, noise_source
+from ltx_ascend.pipelines.artifact_finder import COMPILED as COMPILED
+from ltx_ascend.pipelines.artifact_finder import FP8 as FP8
+from ltx_ascend.pipelines.artifact_finder import QUANTIZATIONS as QUANTIZATIONS
+from ltx_ascend.pipelines.artifact_finder import W8A8 as W8A8
+from ltx_ascend.pipelines.artifact_finder import ArtifactFinder, BackendChoice
+from ltx_ascend.pipelines.artifact_finder import check_quantization as check_quantization
 from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
 from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
+from ltx_ascend.pipelines.loading import HOST_RESIDENT as HOST_RESIDENT
+from ltx_ascend.pipelines.loading import ModelLoader, placement_for_offload
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.parallel_decode import RankTiles
 from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
-from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.runtime.weight_streaming import BlockFileSource, CheckpointBlockSource, StreamedBlockWeights
 from ltx_ascend.shapes import ShapeProfile
-from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first, weight_files
+from ltx_ascend.store import Resolution, Variant, weight_files
 
 log = logging.getLogger(__name__)
 
-COMPILED = ("om", "ort", "onnx")
 OFFLOAD_CHOICES = ("none", "text-encoder", "all")
-# --offload all: held in host memory for the run, on the device only while each one runs.
-HOST_RESIDENT = ("video_encoder", "spatial_upsampler", "video_decoder", "audio_decoder", "vocoder", "audio_encoder")
 WHOLE_CANNOT_STREAM = (
     "a whole-DiT graph bakes its block weights in and cannot stream them: use --dit-layout blocks "
     "(ltx-export --component dit --dit-layout blocks), or drop --streaming-prefetch-count / --max-device-memory"
 )
-W8A8 = "w8a8"
-FP8 = ("fp8-cast", "fp8-scaled-mm")  # ltx-pipelines' names: ltx-core's FP8 policies (CUDA; scaled-mm needs TRT-LLM)
-QUANTIZATIONS = ("", W8A8, *FP8)
-
-
-def check_quantization(quantization: str, backend: str, device: torch.device) -> None:
-    """One line for a quantization this backend/device cannot run."""
-    if quantization not in QUANTIZATIONS:
-        raise UserError(f"--quantization {quantization}: choose w8a8 (any backend) or fp8-cast|fp8-scaled-mm (CUDA)")
-    if quantization in FP8 and (backend != "eager" or device.type != "cuda"):
-        raise UserError(
-            f"--quantization {quantization} is ltx-core's FP8 path for CUDA eager only (here: --backend {backend} on "
-            f"{device.type}); use --quantization w8a8, which runs on every backend"
-        )
-
-
-@dataclass
-class BackendChoice:
-    """`--backend ort` or per component `--backend dit=ort,video_decoder=eager`."""
-
-    default: str = "eager"
-    per_component: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> BackendChoice:
-        choice = cls()
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            name, _, backend = part.rpartition("=")
-            if backend not in (*COMPILED, "eager"):
-                raise UserError(f"--backend {text}: backend {backend!r} is not one of om, ort, onnx, eager")
-            if name and name not in COMPONENTS:
-                raise UserError(f"--backend {text}: no component {name!r}; components: {', '.join(COMPONENTS)}")
-            if name:
-                choice.per_component[name] = backend
-            else:
-                choice.default = backend
-        return choice
-
-    def of(self, component: str) -> str:
-        return self.per_component.get(component, self.default)
 
 
 @dataclass
@@ -119,14 +83,44 @@ class ModelStack:
     max_device_memory_gb: float | None = None  # --max-device-memory: pick the prefetch count that fits
     offload: str = "none"  # --offload: none, text-encoder, all
     device_log: list[tuple[str, str]] = field(default_factory=list)  # (component, "in"/"out") device moves
-    _host: dict = field(default_factory=dict)  # (component, dtype) -> module kept in host memory
     quantization: str = ""  # "", "w8a8" (every backend), "fp8-cast"/"fp8-scaled-mm" (CUDA eager)
     quantization_skip: tuple[str, ...] = ()
     used: dict[str, str] = field(default_factory=dict)  # component -> backend actually used
     folders: dict[str, Path] = field(default_factory=dict)  # component -> artifact folder in use
     parallel: Parallel | None = None  # multi-device run: how the DiT's passes and tokens are split
     variant: Variant | None = None  # --variant: exactly this graph variant (else each backend's preference)
+    # The load-time objects (shared by a resident engine's requests; made here when not given).
     prepare_hint: str | None = None  # the ltx-prepare command that builds what this run misses (named in warnings)
+    finder: ArtifactFinder | None = None
+    loader: ModelLoader | None = None
+    _moved_in: list[tuple[str, torch.nn.Module]] = field(default_factory=list)  # parked DiTs in for a stage
+
+    def __post_init__(self) -> None:
+        if self.finder is None:
+            self.finder = ArtifactFinder(
+                backends=self.backends,
+                artifacts=self.artifacts,
+                device=self.policy.device,
+                dtype=self.policy.dtype,
+                fallback=self.fallback,
+                build_missing=self.build_missing,
+                ep=self.ep,
+                soc=self.soc,
+                quantization=self.quantization,
+                quantization_skip=self.quantization_skip,
+                variant=self.variant,
+                parallel=self.parallel,
+                log=self.log,
+                keep=False,  # a stack alone looks again each time, as it always did
+            )
+        if self.loader is None:
+            places = placement_for_offload(self.offload)
+            self.loader = ModelLoader(
+                self.policy,
+                place=lambda component: places.get(component, "rebuild"),
+                quantization=self.quantization,
+                quantization_skip=self.quantization_skip,
+            )
 
     @property
     def device(self) -> torch.device:
@@ -136,126 +130,38 @@ class ModelStack:
     def dtype(self) -> torch.dtype:
         return self.policy.dtype
 
-    # -- locating compiled graphs --------------------------------------------------------------
+    # -- compiled graphs (artifact_finder.py) and modules (loading.py), for this request ---------
 
-    def _candidates(self, component: str, backend: str, layout: str) -> list[Variant]:
-        """The variants that can serve `backend`, preferred first. `--variant` names exactly one. Otherwise:
-        ORT takes its fused variant, then the portable one; om takes Ascend's fused variant (`npu-ops`),
-        then the portable one; W8A8 asks for a quantized variant only (on om: Ascend's quant ops)."""
-        quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
-        if self.quantization != W8A8:
-            quant = {}
-        # The split layout (sequence parallel) is cut from float graphs without Ascend's fused ops.
-        split = {"ulysses": self.parallel.ulysses} if layout == "split" and self.parallel is not None else {}
-        if self.variant is not None:
-            chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
-            return [chosen.for_component(component)]
-        if backend in ("ort", "onnx"):  # both run on ONNX Runtime
-            preference = [{"ort_fused": True}, {}]
-        elif backend == "om":  # W8A8 only as Ascend's quant ops; the split layout has no fused variant
-            preference = [{"npu_ops": True}] if quant else [{}] if split else [{"npu_ops": True}, {}]
-        else:
-            preference = [{}]
-        preferred = [Variant(dit_layout=layout, **split, **quant, **fields) for fields in preference]
-        unique = []  # the DiT-only fields drop out for the other components: npu-ops and portable remain
-        for variant in (v.for_component(component) for v in preferred):
-            if variant not in unique:
-                unique.append(variant)
-        return unique
-
-    def _find(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, dtype: torch.dtype, variants: list[Variant]
-    ) -> Resolution:
-        """The first variant found, else the preferred one's failed resolution (its reason is reported)."""
-        requests = [request_for(component, ckset, profile, dtype, v) for v in variants]
-        return resolve_first(requests, self.artifacts, self.backends.of(component), ep=self.ep, soc=self.soc)
+    def _blocks(self, component: str, profile: ShapeProfile) -> bool:
+        """This request's step cache needs the DiT's block chain at this stage."""
+        return component == "dit" and self.step_cache.applies_to(profile.stage)
 
     def _resolution(
         self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
     ) -> Resolution | None:
-        """`_resolve_or_build`, one rank of a multi-device run at a time (one builds, the rest find it)."""
-        world = self.parallel.world if self.parallel is not None else None
-        with distributed.host_lock(self.artifacts / ".build.lock", world):
-            resolution = self._resolve_or_build(component, ckset, profile, layout)
+        resolution = self.finder.resolution(component, ckset, profile, layout, blocks=self._blocks(component, profile))
+        return self._hinted(resolution)
+
+    def _hinted(self, resolution: Resolution | None) -> Resolution | None:
+        """A miss names the ltx-prepare command that builds it (when the run knows its command line)."""
         if resolution is not None and not resolution.ok and self.prepare_hint:
             reason = f"{resolution.reason}; to build it: {self.prepare_hint}"
             resolution = dataclasses.replace(resolution, reason=reason)
         return resolution
 
     def build_variant(self, component: str, profile: ShapeProfile, layout: str = "auto") -> Variant:
-        """The variant built for a missing artifact (`build_missing`, ltx-prepare): what plain runs always
-        built, the portable graph, unless a quantized one or a `--variant` was asked for; the block
-        chain for the DiT of a stage under a step cache. The lookup then finds it among its candidates."""
-        variants = self._candidates(component, self.backends.of(component), layout)
-        if component == "dit" and self.step_cache.applies_to(profile.stage):
-            variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
-        return variants[0] if self.quantization == W8A8 or self.variant is not None else variants[-1]
-
-    def _resolve_or_build(
-        self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
-    ) -> Resolution | None:
-        """Where the component's compiled graphs are (built first with `build_missing`), or None for eager.
-        A failed resolution comes back as is (its reason says why); nothing is printed here.
-        The DiT of a stage under a step cache must be a block chain: a whole-graph artifact will not do,
-        so the block-chain export (`ltx-export --dit-layout blocks`) is looked up, or built."""
-        backend = self.backends.of(component)
-        if component == "dit":
-            check_quantization(self.quantization, backend, self.device)
-        if backend == "eager":
-            return None
-        graph_dtype = REGISTRY[component].graph_dtype_for(self.dtype)
-        if backend in ("ort", "onnx") and self.ep == "cpu" and graph_dtype == torch.bfloat16:
-            raise UserError(
-                f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
-                "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
-            )
-        variants = self._candidates(component, backend, layout)
-        resolution = self._find(component, ckset, profile, graph_dtype, variants)
-        if component == "dit" and self.step_cache.applies_to(profile.stage):
-            if not resolution.ok or "dit" in resolution.graphs:
-                variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
-                resolution = self._find(component, ckset, profile, graph_dtype, variants)
-            if not resolution.ok:
-                why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
-                resolution = dataclasses.replace(resolution, reason=why)
-        if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
-            variant = self.build_variant(component, profile, layout)
-            request = request_for(component, ckset, profile, graph_dtype, variant)
-            start = time.perf_counter()
-            self.log(f"building {component} ({variant.label}) for {backend} at {profile.key} ...")
-            options = ExportOptions(**dataclasses.asdict(variant))
-            result = export_component(
-                component, ckset, profile, options=options, out=self.artifacts, dtype=graph_dtype
-            )
-            if backend == "ort":
-                compile_ort(result.folder, self.ep, force=False)
-            self.log(f"built {component} in {time.perf_counter() - start:.1f} s")
-            resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
-        return resolution
+        """The variant built for a missing artifact (`build_missing`, ltx-prepare)."""
+        blocks = self._blocks(component, profile)
+        return self.finder.build_variant(component, self.backends.of(component), layout, blocks=blocks)
 
     def check_available(self, component: str, profile: ShapeProfile) -> None:
         """Under `--fallback none`, refuse now (before any model loads) a compiled component that is not
         there and will not be built; a backend/dtype mismatch is refused whatever the fallback."""
-        backend = self.backends.of(component)
-        if backend == "eager":
-            return
-        if self.build_missing and backend in ("ort", "onnx"):
-            if self.ep == "cpu" and component != "vocoder" and self.dtype == torch.bfloat16:
-                self._resolution(component, self.ckset, profile)  # raises the one-line dtype error
-            return
-        resolution = self._resolution(component, self.ckset, profile)
-        if resolution is not None and not resolution.ok and self.fallback == "none":
-            raise UserError(f"{component}: {resolution.reason}")
+        self.finder.check_available(component, self.ckset, profile)
 
     def producer(self, component: str, profile: ShapeProfile) -> str:
-        """What will compute `component` at `profile`: "eager", or the backend and the sha256 of the
-        compiled files (so results cached from one backend or build are never served for another)."""
-        resolution = self._resolution(component, self.ckset, profile)
-        if resolution is None or not resolution.ok:
-            return "eager"
-        manifest = Manifest.read(resolution.compiled)
-        digest = hashlib.sha256(json.dumps(sorted(manifest.files.items())).encode()).hexdigest()[:16]
-        return f"{resolution.backend}:{manifest.key}:{digest}"
+        """What will compute `component` at `profile` (the prompt cache's key part)."""
+        return self.finder.producer(component, self.ckset, profile)
 
     def _sessions(
         self, component: str, ckset: CheckpointSet, profile: ShapeProfile, layout: str = "auto"
@@ -266,14 +172,18 @@ class ModelStack:
         if resolution is not None:
             # ORT takes torch's thread count (OMP_NUM_THREADS / torch.set_num_threads), not every core: under
             # torchrun each rank keeps to its share of the host, and eager and compiled runs share one setting.
-            # Every rank on its own card: om opens on the rank's NPU, ORT's CUDA provider on the rank's GPU.
-            sessions = open_component(
+            sessions = self.loader.open(
+                component,
                 resolution,
-                fallback=self.fallback,
-                device=self.device,
-                ep=self.ep,
-                threads=torch.get_num_threads(),
-                device_id=dev.accelerator_index(self.device),
+                # Every rank on its own card: om opens on the rank's NPU, ORT's CUDA provider on the rank's GPU.
+                lambda: open_component(
+                    resolution,
+                    fallback=self.fallback,
+                    device=self.device,
+                    ep=self.ep,
+                    threads=torch.get_num_threads(),
+                    device_id=dev.accelerator_index(self.device),
+                ),
             )
         if sessions is None:
             self.used[component] = "eager"
@@ -284,68 +194,34 @@ class ModelStack:
         return sessions
 
     def _offloaded(self, component: str) -> bool:
-        return self.offload == "all" and component in HOST_RESIDENT
+        return self.loader.parked(component)
+
     def _load_dit(self, ckset: CheckpointSet) -> torch.nn.Module:
-        """The eager DiT, quantized as asked: W8A8 (export/quantize.py, LoRAs fused first) or ltx-core's
-        FP8 policies (CUDA), built the way ltx-pipelines' model ledger builds them."""
-        if self.quantization in FP8:
-            from dataclasses import replace
-
-            from ltx_core.loader.sd_ops import SDOps
-            from ltx_core.quantization import QuantizationPolicy
-
-            from ltx_ascend.checkpoints.loader import builder_for
-
-            policy = QuantizationPolicy.fp8_cast() if self.quantization == "fp8-cast" else None
-            if policy is None:
-                try:
-                    policy = QuantizationPolicy.fp8_scaled_mm()
-                except ImportError as exc:
-                    raise UserError(f"--quantization fp8-scaled-mm: {exc}; use fp8-cast or w8a8") from None
-            builder = builder_for("dit", ckset)
-            sd_ops = builder.model_sd_ops
-            if policy.sd_ops is not None:
-                mapping = (*sd_ops.mapping, *policy.sd_ops.mapping) if sd_ops else policy.sd_ops.mapping
-                sd_ops = SDOps(name=f"{sd_ops.name if sd_ops else 'none'}+{policy.sd_ops.name}", mapping=mapping)
-            builder = replace(builder, module_ops=(*builder.module_ops, *policy.module_ops), model_sd_ops=sd_ops)
-            self.used["dit"] = f"eager ({self.quantization})"
-            return builder.build(device=self.device).eval()
-        model = self._load("dit", ckset)
-        if self.quantization == W8A8:
-            from ltx_ascend.export.quantize import quantize_dit_
-
-            quantize_dit_(model, self.quantization_skip)
-            self.used["dit"] = f"{self.used.get('dit', 'eager')} ({W8A8})"
-        return model
+        """The eager DiT, quantized as asked (loading.ModelLoader.load_dit)."""
+        return self.loader.load_dit(ckset, self.used)
 
     def _load(self, component: str, ckset: CheckpointSet, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        """On the device; with --offload all, VAE/upsampler/vocoder modules are built once into host
-        memory instead, and `on_device` brings each to the device only for its own calls."""
-        dtype = dtype or self.dtype
-        if not self._offloaded(component):
-            return load_component(component, ckset, device=self.device, dtype=dtype)
-        key = (component, dtype)
-        if key not in self._host:
-            self._host[key] = load_component(component, ckset, device="cpu", dtype=dtype)
-        return self._host[key]
+        """On the device; a parked module (memory policy "host", --offload all) is held in host memory
+        and `on_device` brings it to the device only for its own calls."""
+        return self.loader.load(component, ckset, dtype)
 
-    @contextlib.contextmanager
-    def on_device(self, *modules: tuple[str, torch.nn.Module | None]) -> Iterator[None]:
-        """The body runs with these (name, module) on the device; offloaded ones go back to host
-        memory afterwards and the device's cached blocks are returned to the driver."""
-        moving = [(name, m) for name, m in modules if m is not None and self._offloaded(name)]
-        for name, module in moving:
-            module.to(self.device)
-            self.device_log.append((name, "in"))
-        try:
-            yield
-        finally:
-            for name, module in moving:
-                module.to("cpu")
-                self.device_log.append((name, "out"))
-            if moving:
-                gc.collect()
-                dev.empty_cache(self.device)
+    def prompt_hidden_states(self) -> Callable[[list[str]], dict] | None:
+        """Gemma for `PromptEncoder` when the loader keeps it (placement device or host): built once,
+        on the device for the prompts of a cache miss. None: PromptEncoder builds and frees it."""
+        if not self.loader.keeps("text_encoder"):
+            return None
+
+        def run(prompts: list[str]) -> dict:
+            encoder = self._load("text_encoder", self.ckset)
+            with self.on_device(("text_encoder", encoder)), torch.inference_mode():
+                return {p: encoder.encode(p) for p in prompts}
+
+        return run
+
+    def on_device(self, *modules: tuple[str, torch.nn.Module | None]) -> contextlib.AbstractContextManager:
+        """The body runs with these (name, module) on the device; parked ones go back to host memory
+        afterwards (each move is logged in this request's `device_log`)."""
+        return self.loader.on_device(*modules, log=self.device_log)
 
     # -- components ----------------------------------------------------------------------------
 
@@ -377,6 +253,23 @@ class ModelStack:
     def dit(self, profile: ShapeProfile, loras: tuple[LoraSpec, ...] = ()) -> DiTRunner:
         ckset, config, cache, profile, prefetch, layout = self.dit_lookup(profile, loras)
         parallel = self.parallel
+        # A runner kept whole (DiT on the device, every block resident) serves the next request as is.
+        key = (ckset, profile, layout, self._blocks("dit", profile))
+        kept = self.loader.runners.get(key) if prefetch is None and self.loader.place("dit") == "device" else None
+        if kept is not None:
+            runner, self.used["dit"] = kept
+        else:
+            runner = self._build_dit(ckset, config, profile, layout, prefetch, parallel)
+            if prefetch is None and self.loader.place("dit") == "device":
+                self.loader.runners[key] = (runner, self.used["dit"])
+        runner.use_step_cache(cache)
+        if self.timings is not None:
+            runner.block_counts = self.timings.dit_counts()
+        return runner
+
+    def _build_dit(
+        self, ckset: CheckpointSet, config: dict, profile: ShapeProfile, layout: str, prefetch, parallel
+    ) -> DiTRunner:
         if parallel is not None and parallel.ulysses > 1 and self.quantization and self.backends.of("dit") != "eager":
             reason = f"--parallel {parallel.world.layout} with --quantization {self.quantization}: no split W8A8 graphs"
             if self.fallback == "none":
@@ -393,26 +286,24 @@ class ModelStack:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:
                 model = self._load_dit(ckset)
-                runner = eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
-            else:
-                shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
-                source = CheckpointBlockSource(ckset, config["transformer"]["num_layers"], self.dtype)
-                weights = StreamedBlockWeights(source, self.device, prefetch)
-                runner = eager_dit_runner(
-                    shell.to(self.device), config, self.device, self.dtype, block_weights=weights, parallel=parallel
-                )
-        else:
-            if "dit" in sessions and prefetch is not None:
-                raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
-            files = weight_files(self.folders["dit"])  # content-addressed: <artifacts>/weights/<key>/
-            weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
-            runner = DiTRunner(
-                config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel
+                if self.loader.parked("dit"):  # parked in host memory: on the device for this stage only
+                    model.to(self.device)
+                    self.device_log.append(("dit", "in"))
+                    self._moved_in.append(("dit", model))
+                return eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
+            shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
+            source = CheckpointBlockSource(ckset, config["transformer"]["num_layers"], self.dtype)
+            weights = StreamedBlockWeights(source, self.device, prefetch)
+            return eager_dit_runner(
+                shell.to(self.device), config, self.device, self.dtype, block_weights=weights, parallel=parallel
             )
-        runner.use_step_cache(cache)
-        if self.timings is not None:
-            runner.block_counts = self.timings.dit_counts()
-        return runner
+        if "dit" in sessions and prefetch is not None:
+            raise UserError(f"dit: {self.folders['dit']}: {WHOLE_CANNOT_STREAM}")
+        files = weight_files(self.folders["dit"])  # content-addressed: <artifacts>/weights/<key>/
+        weights = files if prefetch is None else StreamedBlockWeights(BlockFileSource(files), self.device, prefetch)
+        return DiTRunner(
+            config, sessions, block_weights=weights, device=self.device, dtype=self.dtype, parallel=parallel
+        )
 
     def _prefetch(self, config: dict, profile: ShapeProfile) -> int | None:
         """The block-streaming prefetch count: as given, or the smallest that fits --max-device-memory
@@ -429,9 +320,7 @@ class ModelStack:
         )
         return prefetch
 
-    def dit_attention_masked(
-        self, loras: tuple[LoraSpec, ...] = (), *, reason: str, stage: int | None = 1
-    ) -> Callable:
+    def dit_attention_masked(self, loras: tuple[LoraSpec, ...] = (), *, reason: str, stage: int | None = 1) -> Callable:
         """The DiT for a video state that carries a self-attention mask (`LatentState.attention_mask`,
         e.g. an IC-LoRA attention mask), which no compiled DiT graph takes: ltx-core's transformer runs
         eager, called as ltx-pipelines calls it (X0Model, one pass per call, the Modality as given).
@@ -454,7 +343,12 @@ class ModelStack:
         if self.streaming_prefetch is not None or self.max_device_memory_gb is not None:
             log.warning("warning: dit: %s: ltx-core's transformer runs whole, every block resident", reason)
         self.used["dit"] = "eager"
-        model = X0Model(self._load_dit(self.ckset.with_loras((*self.ckset.loras, *loras)))).eval()
+        dit = self._load_dit(self.ckset.with_loras((*self.ckset.loras, *loras)))
+        if self.loader.parked("dit"):  # parked in host memory: on the device for this stage only
+            dit.to(self.device)
+            self.device_log.append(("dit", "in"))
+            self._moved_in.append(("dit", dit))
+        model = X0Model(dit).eval()
 
         def run(video, audio, passes) -> list[tuple[torch.Tensor, torch.Tensor]]:
             with torch.inference_mode():
@@ -564,10 +458,11 @@ class ModelStack:
         decoder = self._load("audio_decoder", self.ckset) if dec_sessions is None else None
         vocoder = self._load("vocoder", self.ckset, self.policy.vocoder_dtype) if voc_sessions is None else None
         rate = output_sample_rate(read_model_config(self.ckset.checkpoint))
+        parked = self._offloaded
 
         def run(latent: torch.Tensor) -> Audio:
             with torch.inference_mode():
-                if decoder is not None and vocoder is not None and self.offload != "all":
+                if decoder is not None and vocoder is not None and not (parked("audio_decoder") or parked("vocoder")):
                     return decode_audio(latent, decoder, vocoder)
                 # One module on the device at a time with --offload all: the decoder, then the vocoder.
                 with self.on_device(("audio_decoder", decoder)):
@@ -615,7 +510,12 @@ class ModelStack:
         return run
 
     def free(self) -> None:
-        """Between stages: drop what the last stage held (the caller deletes its references first)."""
+        """Between stages: a DiT parked in host memory goes back there; drop what the last stage held
+        (the caller deletes its references first)."""
+        for name, module in self._moved_in:
+            module.to("cpu")
+            self.device_log.append((name, "out"))
+        self._moved_in.clear()
         gc.collect()
         dev.empty_cache(self.device)
 

@@ -9,6 +9,7 @@ the DiT evaluations and guidance passes each stage makes are the ones declared h
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,12 +20,7 @@ from ltx_core.types import VideoLatentShape, VideoPixelShape
 
 from ltx_ascend.pipelines import params as P
 
-# Pipeline name -> module. Each module defines `STAGES` and `run(ctx) -> Output`, and may define:
-#   TWO_STAGE (bool), DEFAULTS (params.PipelineDefaults for real checkpoints), TINY_DEFAULTS,
-#   DISTILLED (bool: takes --distilled-checkpoint-path instead of a distilled LoRA),
-#   NEEDS_DISTILLED_LORA (bool, default TWO_STAGE: stage 2 fuses --distilled-lora),
-#   add_arguments(parser) for its own flags, and check(args, request) for its input checks
-#   (raising UserError; it may fill request.extra with decoded inputs).
+# Pipeline name -> module. Each module declares itself in one `SPEC = PipelineSpec(...)`.
 PIPELINES = {
     name: f"ltx_ascend.pipelines.{name}"
     for name in (
@@ -150,12 +146,51 @@ STAGE_1_DISTILLED = StageSpec("stage 1", 1, tuple(P.DISTILLED_SIGMA_VALUES))
 STAGE_2_DISTILLED = StageSpec("stage 2", 2, tuple(P.STAGE_2_DISTILLED_SIGMA_VALUES))
 
 
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline module declares about itself (its `SPEC`), read by ltx-run, the engine and ltx-plan.
+
+    stages: its sampling stages; run(ctx) -> Output: the pipeline.
+    two_stage: stage 1 at half size, the x2 upsampler, stage 2 at full size.
+    defaults / tiny_defaults: its settings for real checkpoints / the tiny set.
+    distilled: takes --distilled-checkpoint-path (the checkpoint it runs) instead of a distilled LoRA.
+    needs_distilled_lora: stage 2 fuses --distilled-lora (None: as two_stage).
+    decodes_audio: the output's audio is decoded (a2vid keeps the input audio: no audio decoder runs).
+    add_arguments(group): its own flags; check(args, request): its input checks (raising UserError;
+        it may fill request.extra with decoded inputs).
+    """
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    run: Callable
+    two_stage: bool = False
+    defaults: P.PipelineDefaults = P.LTX_2_3
+    tiny_defaults: P.PipelineDefaults = P.TINY
+    distilled: bool = False
+    needs_distilled_lora: bool | None = None
+    decodes_audio: bool = True
+    add_arguments: Callable | None = None
+    check: Callable | None = None
+
+    @property
+    def stage_2_lora(self) -> bool:
+        """Stage 2 fuses the distilled LoRA (a second DiT weight set)."""
+        return self.two_stage if self.needs_distilled_lora is None else self.needs_distilled_lora
+
+    def defaults_for(self, tiny: bool) -> P.PipelineDefaults:
+        return self.tiny_defaults if tiny else self.defaults
+
+
 def pipeline_module(pipeline: str):
     return importlib.import_module(PIPELINES[pipeline])
 
 
+def pipeline_spec(pipeline: str) -> PipelineSpec:
+    """The pipeline's declaration (its module's `SPEC`)."""
+    return pipeline_module(pipeline).SPEC
+
+
 def declared_stages(pipeline: str, defaults: P.PipelineDefaults | None = None) -> list[PlannedStage]:
-    """A pipeline's stages at `defaults` (its real-checkpoint DEFAULTS when None)."""
-    module = pipeline_module(pipeline)
-    defaults = defaults or getattr(module, "DEFAULTS", P.LTX_2_3)
-    return [spec.at(defaults) for spec in module.STAGES]
+    """A pipeline's stages at `defaults` (its real-checkpoint defaults when None)."""
+    spec = pipeline_spec(pipeline)
+    return [stage.at(defaults or spec.defaults) for stage in spec.stages]

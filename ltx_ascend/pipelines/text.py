@@ -64,6 +64,7 @@ class PromptEncoder:
         *,
         offload: bool = False,
         device_log: list[tuple[str, str]] | None = None,
+        encoder: Callable[[Sequence[str]], dict] | None = None,
     ) -> None:
         self.ckset = ckset
         self.connectors = connectors  # built lazily: a full cache hit needs neither Gemma nor connectors
@@ -75,6 +76,9 @@ class PromptEncoder:
         self.text_encoder_built = False
         self.offload = offload  # return Gemma's and the connectors' device memory to the driver after use
         self.device_log = device_log if device_log is not None else []
+        # prompts -> {prompt: Gemma's (hidden states, mask)} for the cache misses: Gemma built and freed
+        # here, unless a resident engine's loader keeps it (loading.ModelLoader, by the memory policy).
+        self.hidden_states = encoder or self._hidden_states
 
     def _cached(self, key: str) -> PromptEmbeddings | None:
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
@@ -106,12 +110,7 @@ class PromptEncoder:
         missing = [p for p, k in zip(prompts, keys, strict=True) if found[k] is None]
         if missing:
             self.text_encoder_built = True
-            encoder = load_component("text_encoder", self.ckset, device=self.device, dtype=self.dtype)
-            self.device_log.append(("text_encoder", "in"))
-            with torch.inference_mode():
-                hidden = {p: encoder.encode(p) for p in dict.fromkeys(missing)}
-            del encoder
-            self._release("text_encoder")
+            hidden = self.hidden_states(list(dict.fromkeys(missing)))
             run = self.connectors()
             self.device_log.append(("text_connectors", "in"))
             for prompt, (states, mask) in hidden.items():
@@ -123,6 +122,16 @@ class PromptEncoder:
             del run, hidden
             self._release("text_connectors")
         return [found[k] for k in keys]
+
+    def _hidden_states(self, prompts: Sequence[str]) -> dict:
+        """Gemma built for these prompts and freed right after (device memory returned with offload)."""
+        encoder = load_component("text_encoder", self.ckset, device=self.device, dtype=self.dtype)
+        self.device_log.append(("text_encoder", "in"))
+        with torch.inference_mode():
+            hidden = {p: encoder.encode(p) for p in prompts}
+        del encoder
+        self._release("text_encoder")
+        return hidden
 
     def _release(self, name: str) -> None:
         """The caller dropped its last reference: free it, and with offload give the memory back."""

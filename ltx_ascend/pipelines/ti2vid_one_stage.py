@@ -16,7 +16,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import StageSpec
+from ltx_ascend.pipelines.stages import PipelineSpec, StageSpec
 
 TWO_STAGE = False
 STAGES = (StageSpec("denoise", None, "ltx2", guidance="guided"),)
@@ -44,3 +44,14 @@ def run(ctx: RunContext) -> Output:
         conditionings = image_conditionings(ctx, req.images, req.pixel_shape(), stage=None)
     video, audio = sampling.sampling_stage(ctx, STAGES[0], conditionings, noiser, positive, negative)
     return decode(ctx, video.latent, audio.latent, req.profile(), generator)
+
+
+SPEC = PipelineSpec(
+    "ti2vid_one_stage",
+    STAGES,
+    run,
+    defaults=DEFAULTS,
+    tiny_defaults=TINY_DEFAULTS,
+    needs_distilled_lora=NEEDS_DISTILLED_LORA,
+    check=check,
+)

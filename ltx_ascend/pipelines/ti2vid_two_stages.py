@@ -9,7 +9,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import ConditioningsFor, image_conditionings
 from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, StageSpec
+from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 TWO_STAGE = True
 # Stage 1: half size, every guidance pass of a step in one transformer call; stage 2: the distilled
@@ -34,3 +34,6 @@ def run(ctx: RunContext, conditionings_for: ConditioningsFor = image_conditionin
         ctx, STAGES[1], video, audio, noiser, positive, conditionings_for, loras=req.distilled_lora
     )
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
+
+
+SPEC = PipelineSpec("ti2vid_two_stages", STAGES, run, two_stage=TWO_STAGE)

@@ -20,7 +20,7 @@ from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.conditioning import image_conditionings
 from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, StageSpec
+from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 TWO_STAGE = True
 # Stage 1: half size, guided res_2s, the scheduler shifted for the stage-1 token count; stage 2:
@@ -101,3 +101,15 @@ def run(ctx: RunContext) -> Output:
         ctx, STAGES[1], video, audio, noiser, positive, image_conditionings, loras=_stage_lora(req, stage=2)
     )
     return decode(ctx, video.latent, audio.latent, req.profile(stage=2), generator)
+
+
+SPEC = PipelineSpec(
+    "ti2vid_two_stages_hq",
+    STAGES,
+    run,
+    two_stage=TWO_STAGE,
+    defaults=DEFAULTS,
+    tiny_defaults=TINY_DEFAULTS,
+    add_arguments=add_arguments,
+    check=check,
+)

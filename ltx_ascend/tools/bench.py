@@ -614,7 +614,19 @@ def main(argv: list[str] | None = None) -> int:
         help="one DiT step (--preset bench; on the block chain, --backends eager|ort) or the tiled video decode "
         "(--preset tiny --component video_decoder) split over torchrun's ranks",
     )
+    parser.add_argument(
+        "--resident",
+        type=int,
+        metavar="N",
+        help="N requests to one resident Engine (tiny set) vs a fresh ltx-run process; --backends eager|ort "
+        "(default ort), --steps S (default 2)",
+    )
+    parser.add_argument("--steps", type=int, default=2, help="--resident: sampling steps per request (default 2)")
     args = parser.parse_args(argv)
+    if args.resident is not None:
+        from ltx_ascend.tools.bench_resident import main_resident
+
+        return main_resident(args.resident, args.backends or "ort", args.artifacts, args.steps, args.json)
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
     for flag, value in (("--threads", args.threads), ("--layers", args.layers)):

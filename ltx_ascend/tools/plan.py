@@ -25,7 +25,9 @@ from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import read_model_config, transformer_config
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.pipelines.stages import PIPELINES, PlannedStage, declared_stages
+from ltx_ascend.pipelines.memory_policy import COMPONENTS as MEMORY_COMPONENTS
+from ltx_ascend.pipelines.memory_policy import SIGLIP_WEIGHTS, MemoryPolicy, choose_policy, gemma_weight_count
+from ltx_ascend.pipelines.stages import PIPELINES, PlannedStage, declared_stages, pipeline_spec
 from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.pipelines.step_cache_search import read_skip_ratios
 from ltx_ascend.runtime.dit_memory import (
@@ -208,13 +210,35 @@ class Row:
 
 
 def _gemma_flops(tokens: int) -> tuple[float, float]:
-    """Gemma-3 (ltx-core's built-in 12B config): 2 FLOPs per weight per token, and its weight count."""
-    from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
+    """Gemma-3 (ltx-core's built-in 12B config): 2 FLOPs per weight per token of the language model, and
+    the weight count with the SigLIP vision tower (loaded too): the memory policy's number."""
+    weights = gemma_weight_count()
+    return 2.0 * (weights - SIGLIP_WEIGHTS) * tokens, float(weights)
 
-    t = GEMMA3_CONFIG_FOR_LTX.text_config
-    per_layer = 4 * t.hidden_size * t.head_dim * t.num_attention_heads + 3 * t.hidden_size * t.intermediate_size
-    weights = t.num_hidden_layers * per_layer + t.vocab_size * t.hidden_size
-    return 2.0 * weights * tokens, float(weights + 0.4e9)  # + the SigLIP vision tower, loaded too
+
+def memory_plan(
+    pipeline: str, shape: str, config: dict[str, Any], soc: Soc, dtype: str, host_gb: float
+) -> MemoryPolicy:
+    """Where a resident engine serving `pipeline` at `shape` keeps each model on this SoC (the
+    engine's own choice, memory_policy.choose_policy, with the SoC's memory)."""
+    spec = pipeline_spec(pipeline)
+    frames, height, width = parse_shape(shape)
+    d = spec.defaults
+    profiles = [
+        shape_profile((frames, height, width), stage=st.stage, batch=st.passes(d.video_guider, d.audio_guider))
+        for st in spec.stages
+    ]
+    return choose_policy(
+        config,
+        max(profiles, key=lambda p: p.video_tokens * p.batch),
+        device=f"{soc.name} (planned)",
+        dtype=dtypes.TORCH[dtype],
+        components=MEMORY_COMPONENTS,
+        dit_sets=2 if spec.two_stage and spec.stage_2_lora else 1,
+        device_bytes=int(soc.hbm_gb * 1e9),
+        host_bytes=int(host_gb * 1e9),
+        h2d_gb_s=soc.h2d_gb_s,
+    )
 
 
 def skipped_block_fraction(
@@ -583,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--h2d-gb-s", type=float, help="host-to-device bandwidth in GB/s (default: the SoC's link)")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON")
+    parser.add_argument(
+        "--host-gb", type=float, default=512.0, help="host memory for the resident engine's parked models (512)"
+    )
     parser.add_argument("--devices", type=int, default=1, help="devices of a multi-device run (with --parallel)")
     parser.add_argument("--parallel", default=None, metavar="cfg=C,ulysses=U", help="layout of the --devices")
     parser.add_argument("--link-gb-s", type=float, default=HCCS_LINK_GB_S, help="device-to-device GB/s per link")
@@ -645,6 +672,11 @@ def main(argv: list[str] | None = None) -> int:
         result["serve"] = serve_plan.run(args, result, config)
     else:
         print(format_plan(result))
+        memory = memory_plan(args.pipeline, args.shape, config, soc, args.dtype, args.host_gb)
+        result["memory_policy"] = {name: {"place": p.place, "gb": p.weight_bytes * p.sets / 1e9}
+                                   for name, p in memory.placements.items()}  # fmt: skip
+        print()
+        print("resident engine (ltx_ascend.Engine): " + memory.describe())
     if layout.size > 1:
         result["parallel"] = {
             "cfg": layout.cfg,
