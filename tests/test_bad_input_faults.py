@@ -71,7 +71,7 @@ def test_enospc_from_safetensors_is_recognised(tmp_path, capsys, monkeypatch):
 
 
 def test_enospc_while_building_an_artifact(tiny, tmp_path, capsys, monkeypatch):
-    def full(component, ckset, profile, dtype, options, verify, request, building):
+    def full(component, ckset, profile, dtype, options, verify, request, building, *rest):
         (building / "dit.onnx").write_bytes(b"\0" * 2048)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(building / "dit.onnx"))
 
