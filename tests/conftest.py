@@ -44,3 +44,28 @@ def run_cli(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, 
 
 
 __all__ = ["Path", "run_cli"]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pg_server.py: initdb in a temp folder, 127.0.0.1 and a free
+    port), stopped and removed at the end. Skips where PostgreSQL is not installed, unless LTX_REQUIRE_POSTGRES=1
+    (CI), where that is a failure."""
+    import os
+
+    from tests.pg_server import PgServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("LTX_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"LTX_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    server = PgServer.start_new()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(pg_server) -> str:
+    """A fresh, empty database on the session's server: "postgresql://postgres@127.0.0.1:PORT/t_<hex>"."""
+    return pg_server.create_database()

@@ -45,9 +45,19 @@ def renew_loop(url: str, worker: str, lease_s: float, seconds: float, results) -
             renewals += 1
             time.sleep(0.1)
         ok = store.complete(job.id, worker, f"{job.id}-a{job.attempts}.mp4", attempt=job.attempts)
-        results.put(("done", job.id, ok, renewals))
+        results.put(("done", job.id, ok, renewals, store.reconnects))
     except BaseException as exc:
-        results.put(("error", job.id if job else None, repr(exc), renewals))
+        results.put(("error", job.id if job else None, repr(exc), renewals, None))
         raise
     finally:
         store.close()
+
+
+def claim_and_hang(url: str, worker: str, lease_s: float, results) -> None:
+    """Claim one job and never renew it: the parent kills this process with SIGKILL."""
+    from ltx_ascend.serve.jobs import open_store
+
+    store = open_store(url)
+    job = store.claim(worker, lease_s, ["m"])
+    results.put(job.id if job else None)
+    time.sleep(600)

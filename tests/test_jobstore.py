@@ -4,24 +4,30 @@ started by the test. The same test functions run over both engines."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sqlite3
+import time
 from dataclasses import replace
 
 import pytest
 
 from ltx_ascend.errors import UserError
-from ltx_ascend.serve.jobs import STATUSES, Job, QueueFull, SqliteJobStore, open_store
+from ltx_ascend.serve import jobs as jobs_module
+from ltx_ascend.serve.jobs import STATUSES, Job, QueueFull, SqliteJobStore, StoreUnavailable, open_store
 from tests import jobstore_workers
+from tests.pg_server import _free_port
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=ENGINES)
 def store_url(request, tmp_path) -> str:
-    """A URL naming a fresh, empty job store of each engine."""
+    """A URL naming a fresh, empty job store of each engine (PostgreSQL: a new database on the session's
+    server, tests/pg_server.py)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'store' / 'jobs.db'}"
-    return request.getfixturevalue("postgres_database")
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
@@ -112,6 +118,25 @@ def test_claim_is_atomic_across_processes(store_url):
     assert sum(1 for v in claimed.values() if v) >= 2, f"no concurrency happened: {claimed}"
 
 
+def test_one_store_is_shared_by_threads(store):
+    """An API process's request threads and its replicas' threads share one store object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = {j.id for j in _make(store, 40)}
+
+    def drain(worker: str) -> list[str]:
+        got = []
+        while (job := store.claim(worker, 60, ["m"])) is not None:
+            got.append(job.id)
+            assert store.set_progress(job.id, worker, 50) and store.complete(job.id, worker, f"{job.id}.mp4")
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        claimed = [i for got in pool.map(drain, ["t0", "t1", "t2", "t3"]) for i in got]
+    assert sorted(claimed) == sorted(ids)
+    assert store.counts()["completed"] == 40
+
+
 # -- leases, fencing --------------------------------------------------------------------------------------
 def test_an_expired_lease_is_requeued_with_a_note(store):
     job = store.create("m", {})
@@ -186,6 +211,28 @@ def test_fencing_by_attempt_when_a_worker_name_comes_back(store):
     assert not store.complete(job.id, "w1", "a1.mp4", attempt=1)
     assert store.complete(job.id, "w1", "a2.mp4", attempt=2)
     assert store.get(job.id).output == "a2.mp4"
+
+
+def test_a_sigkilled_worker_s_job_is_taken_over_after_its_lease(store_url):
+    store = open_store(store_url)
+    job = store.create("m", {})
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=jobstore_workers.claim_and_hang, args=(store_url, "w1", 1.0, results))
+    proc.start()
+    try:
+        assert results.get(timeout=60) == job.id
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=30)
+        assert store.claim("w2", 60, ["m"]) is None or pytest.fail("taken over before the lease ran out")
+        time.sleep(1.2)
+        taken = store.claim("w2", 60, ["m"])
+        assert taken.id == job.id and taken.attempts == 2 and "worker w1 stopped renewing" in taken.note
+        assert store.complete(job.id, "w2", "o-a2.mp4", attempt=2)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        store.close()
 
 
 def test_fail_records_the_error_once(store):
@@ -362,3 +409,131 @@ def test_open_store_refuses_what_is_not_a_job_store(tmp_path):
     con.close()
     with pytest.raises(UserError, match="schema version 99"):
         open_store(f"sqlite://{other}")
+
+
+# -- PostgreSQL only --------------------------------------------------------------------------------------
+def test_postgres_has_the_sqlite_schema(postgres_url, tmp_path):
+    pg = open_store(postgres_url)
+    sq = open_store(str(tmp_path))
+    pg_cols = pg._run(
+        lambda tx: [
+            r[0]
+            for r in tx.all(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' ORDER BY ordinal_position"
+            )
+        ]
+    )
+    sq_cols = [r[1] for r in sq._conn.execute("PRAGMA table_info(jobs)").fetchall()]
+    assert pg_cols == sq_cols and "lease_expires_at" in pg_cols
+    pg.close()
+    sq.close()
+
+
+def test_postgres_times_come_from_the_database_clock(postgres_url, tmp_path, monkeypatch):
+    """This host's clock is ignored on PostgreSQL (hosts' clocks differ); SQLite uses it (the patch bites)."""
+    monkeypatch.setattr(jobs_module.time, "time", lambda: 1000.0)
+    pg = open_store(postgres_url)
+    job = pg.create("m", {})
+    claimed = pg.claim("w1", 60, ["m"])
+    db_now = pg._run(lambda tx: tx.now)
+    assert job.created_at > 1_700_000_000 and abs(claimed.lease_expires_at - (db_now + 60)) < 5
+    sq = open_store(str(tmp_path))
+    assert sq.create("m", {}).created_at == 1000
+    pg.close()
+    sq.close()
+
+
+@pytest.mark.parametrize("outage", ["restart", "crash_2s_down"])
+def test_postgres_restart_mid_run_loses_nothing(pg_server, outage):
+    """A worker renews its lease (progress every 0.1 s) across `pg_ctl restart` (or a crash and 2 s down): its
+    store reconnects, the job completes once on its first attempt, and every other job is still there."""
+    url = pg_server.create_database()
+    store = open_store(url)
+    running = store.create("m", {"n": 0})
+    waiting = [store.create("m", {"n": i}) for i in range(1, 4)] + [store.create("other", {})]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=jobstore_workers.renew_loop, args=(url, "w1", 10.0, 4.0, results))
+    proc.start()
+    try:
+        for _ in range(600):
+            if store.get(running.id).progress >= 3:  # the worker is renewing
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never started renewing")
+        if outage == "restart":
+            pg_server.restart("fast")
+        else:
+            pg_server.stop("immediate")
+            time.sleep(2.0)
+            pg_server.start()
+        added = store.create("m", {"n": "after"})  # this process's store reconnects too
+        kind, job_id, ok, renewals, worker_reconnects = results.get(timeout=90)
+        proc.join(timeout=30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert (kind, job_id, ok) == ("done", running.id, True), (kind, ok)
+    assert worker_reconnects >= 1 and renewals > 3  # it renewed before (progress 3) and after the outage
+    assert store.reconnects >= 1
+    done = store.get(running.id)
+    assert (done.status, done.attempts, done.note, done.output) == ("completed", 1, None, f"{running.id}-a1.mp4")
+    for job in [*waiting, added]:
+        assert store.get(job.id).status == "queued"
+    assert store.counts() == {"queued": 5, "in_progress": 0, "completed": 1, "failed": 0, "cancelled": 0}
+    store.close()
+
+
+def test_postgres_down_past_the_retry_window_is_one_clear_error(pg_server):
+    url = pg_server.create_database()
+    store = open_store(url, retry_s=1.0)
+    job = store.create("m", {})
+    pg_server.stop()
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"unreachable for 1 s .*the jobs are kept in the database"):
+            store.get(job.id)
+        assert time.monotonic() - start < 10
+    finally:
+        pg_server.start()
+    assert store.get(job.id) == job  # reconnects once the server is back
+    store.close()
+
+
+def test_postgres_open_refuses_a_wrong_url_in_one_line(pg_server):
+    with pytest.raises(UserError, match=r"unreachable .*start the server or fix the store URL"):
+        open_store(f"postgresql://postgres@127.0.0.1:{_free_port()}/x", retry_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"does not exist: fix the store URL"):
+        open_store(pg_server.url("no_such_db"))
+    assert time.monotonic() - start < 5  # no retrying what cannot succeed
+    with pytest.raises(UserError) as err:
+        open_store(f"postgresql://postgres:s3cret@127.0.0.1:{_free_port()}/x", retry_s=0.2)
+    assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_postgres_commits_progress_asynchronously_and_state_changes_durably(postgres_url, monkeypatch):
+    """Progress and renewals (most of a job's writes) skip the WAL flush; create/claim/complete never do."""
+    from ltx_ascend.serve import jobs_postgres
+
+    store = open_store(postgres_url)
+    seen: list[str] = []
+    execute = jobs_postgres._PgTx.execute
+    monkeypatch.setattr(
+        jobs_postgres._PgTx, "execute", lambda tx, sql, params=(): seen.append(sql) or execute(tx, sql, params)
+    )
+
+    def soft(call) -> bool:
+        seen.clear()
+        call()
+        return "SET LOCAL synchronous_commit = off" in seen
+
+    job = store.create("m", {})
+    assert not soft(lambda: store.create("m", {}))
+    assert not soft(lambda: store.claim("w1", 60, ["m"]))
+    assert soft(lambda: store.set_progress(job.id, "w1", 5))
+    assert soft(lambda: store.renew(job.id, "w1", 60))
+    assert not soft(lambda: store.complete(job.id, "w1", "o.mp4"))
+    assert not soft(lambda: store.cancel(job.id))
+    store.close()

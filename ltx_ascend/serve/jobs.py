@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import threading
@@ -141,7 +142,8 @@ def _job(row: tuple) -> Job:
 class Tx(Protocol):
     """What a transaction body sees: `execute` with `?` placeholders, the rows, and the transaction's clock."""
 
-    now: float
+    now: float  # unix seconds: time.time() on SQLite, the database clock on PostgreSQL
+    retry: bool  # True when this body runs again after a lost connection (its first try may have committed)
 
     def execute(self, sql: str, params: tuple = ()) -> int: ...  # rows affected
     def one(self, sql: str, params: tuple = ()) -> tuple | None: ...
@@ -164,6 +166,10 @@ class SqlJobStore:
     def _run(self, body: Callable[[Tx], T], *, write: bool = True) -> T:
         raise NotImplementedError
 
+    def _soft_commit(self, tx: Tx) -> None:
+        """A lease renewal or progress report may be lost in a database crash (the next one repeats it): the
+        engine may commit it without waiting for the disk (PostgreSQL: synchronous_commit off)."""
+
     def _serialize_creates(self, tx: Tx) -> None:
         """Make the max_queue count and the insert one critical section (SQLite: BEGIN IMMEDIATE already)."""
 
@@ -173,8 +179,8 @@ class SqlJobStore:
         body_json = json.dumps(params, sort_keys=True, separators=(",", ":"))
 
         def body(tx: Tx) -> Job:
-            self._serialize_creates(tx)
             if max_queue is not None:
+                self._serialize_creates(tx)
                 (active,) = tx.one("SELECT count(*) FROM jobs WHERE status IN ('queued', 'in_progress')")
                 if active >= max_queue:
                     raise QueueFull(f"the queue is full ({active} jobs queued or running, max {max_queue})")
@@ -213,13 +219,19 @@ class SqlJobStore:
 
     def claim(self, worker: str, lease_s: float, models: Collection[str]) -> Job | None:
         """The oldest queued job of one of `models`, now in_progress under `worker`'s lease (expired leases are
-        requeued first, in the same transaction)."""
+        requeued first, in the same transaction). `worker` names one replica, which runs one job at a time."""
         models = list(models)
         if not models:
             return None
         marks = ", ".join("?" * len(models))
 
         def body(tx: Tx) -> Job | None:
+            if tx.retry:
+                # This transaction is being retried after a lost connection: its first try may have committed.
+                # A worker claims one job at a time, so a job it already holds is that claim: hand it back.
+                held = tx.one("SELECT id FROM jobs WHERE status = 'in_progress' AND worker = ? ORDER BY seq", (worker,))
+                if held is not None:
+                    return self._get(tx, held[0])
             self._requeue_expired(tx)
             row = tx.one(
                 f"SELECT id FROM jobs WHERE status = 'queued' AND model IN ({marks}) ORDER BY seq LIMIT 1"
@@ -254,30 +266,26 @@ class SqlJobStore:
     def renew(self, job_id: str, worker: str, lease_s: float, *, attempt: int | None = None) -> bool:
         """Extend the lease; False once it was lost (requeued, taken over, finished): stop working on it."""
         where, args = self._holder(job_id, worker, attempt)
-        return self._run(
-            lambda tx: (
-                tx.execute(
-                    f"UPDATE jobs SET lease_expires_at = ?, lease_s = ? WHERE {where}",
-                    (tx.now + lease_s, lease_s, *args),
-                )
-                == 1
-            )
-        )
+
+        def body(tx: Tx) -> bool:
+            self._soft_commit(tx)
+            sql = f"UPDATE jobs SET lease_expires_at = ?, lease_s = ? WHERE {where}"
+            return tx.execute(sql, (tx.now + lease_s, lease_s, *args)) == 1
+
+        return self._run(body)
 
     def set_progress(self, job_id: str, worker: str, progress: int, *, attempt: int | None = None) -> bool:
         """Record progress (0..100) and renew the lease by the attempt's lease length."""
         if not 0 <= int(progress) <= 100:
             raise ValueError(f"progress must be 0..100, got {progress}")
         where, args = self._holder(job_id, worker, attempt)
-        return self._run(
-            lambda tx: (
-                tx.execute(
-                    f"UPDATE jobs SET progress = ?, lease_expires_at = ? + lease_s WHERE {where}",
-                    (int(progress), tx.now, *args),
-                )
-                == 1
-            )
-        )
+
+        def body(tx: Tx) -> bool:
+            self._soft_commit(tx)
+            sql = f"UPDATE jobs SET progress = ?, lease_expires_at = ? + lease_s WHERE {where}"
+            return tx.execute(sql, (int(progress), tx.now, *args)) == 1
+
+        return self._run(body)
 
     def _finish(
         self, job_id: str, worker: str, attempt: int | None, status: str, column: str | None = None, value: Any = None
@@ -433,6 +441,7 @@ class _SqliteTx:
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self.cur = cur
         self.now = time.time()
+        self.retry = False
 
     def execute(self, sql: str, params: tuple = ()) -> int:
         return self.cur.execute(sql, params).rowcount
@@ -458,15 +467,11 @@ class SqliteJobStore(SqlJobStore):
             raise UserError(f"{self.path} is a folder: give the job store file (e.g. {self.path / 'jobs.db'})")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self.BUSY_TIMEOUT_MS / 1000
-        )
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._closed = False
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {self.BUSY_TIMEOUT_MS}")
-            (mode,) = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode.lower() != "wal":
-                raise UserError(f"{self.path}: SQLite refused WAL mode ({mode}): put the store on a local disk")
-            self._conn.execute("PRAGMA synchronous = FULL")  # a committed transition survives a power cut
+            self._connect()
 
             def setup(tx: Tx) -> None:
                 for statement in schema_sql("INTEGER PRIMARY KEY AUTOINCREMENT"):
@@ -481,10 +486,24 @@ class SqliteJobStore(SqlJobStore):
             self.close()
             raise
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.BUSY_TIMEOUT_MS / 1000
+        )
+        self._conn, self._pid = conn, os.getpid()
+        conn.execute(f"PRAGMA busy_timeout = {self.BUSY_TIMEOUT_MS}")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode.lower() != "wal":
+            raise UserError(f"{self.path}: SQLite refused WAL mode ({mode}): put the store on a local disk")
+        conn.execute("PRAGMA synchronous = FULL")  # a committed transition survives a power cut
+        return conn
+
     def _run(self, body: Callable[[Tx], T], *, write: bool = True) -> T:
         with self._lock:
-            if self._conn is None:
+            if self._closed:
                 raise RuntimeError(f"job store {self.path} is closed")
+            if self._pid != os.getpid():  # a forked child: never share the parent's connection
+                self._connect()
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -497,9 +516,10 @@ class SqliteJobStore(SqlJobStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
+            self._closed = True
+            if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
-                self._conn = None
+            self._conn = None
 
     def __repr__(self) -> str:
         return f"SqliteJobStore({str(self.path)!r})"
@@ -510,7 +530,10 @@ def open_store(url: str, **options: Any) -> JobStore:
 
     Options go to the store (max_attempts; PostgreSQL: retry_s, the reconnect window)."""
     if url.startswith(("postgresql://", "postgres://")):
-        from ltx_ascend.serve.jobs_postgres import PostgresJobStore
+        try:
+            from ltx_ascend.serve.jobs_postgres import PostgresJobStore
+        except ImportError as exc:
+            raise UserError(f"a PostgreSQL job store needs psycopg ({exc}): pip install 'ltx-ascend[fleet]'") from None
 
         return PostgresJobStore(url, **options)
     if url.startswith("sqlite://"):

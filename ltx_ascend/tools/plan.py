@@ -37,6 +37,7 @@ from ltx_ascend.runtime.dit_memory import (
     streamed_call_seconds,
 )
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
+from ltx_ascend.tools import serve_plan
 
 
 @dataclass(frozen=True)
@@ -584,8 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="devices of a multi-device run (with --parallel)")
     parser.add_argument("--parallel", default=None, metavar="cfg=C,ulysses=U", help="layout of the --devices")
     parser.add_argument("--link-gb-s", type=float, default=HCCS_LINK_GB_S, help="device-to-device GB/s per link")
+    serve_plan.add_arguments(parser)
     args = parser.parse_args(argv)
     parse_shape(args.shape)
+    serve_plan.check_arguments(args)
     from ltx_ascend.runtime.distributed import Layout, check_heads
 
     layout = Layout.parse(args.parallel) if args.parallel else Layout(cfg=args.devices)
@@ -631,7 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
         prefetch=args.streaming_prefetch_count,
     )  # fmt: skip
-    print(format_plan(result))
+    if args.serve:
+        result["serve"] = serve_plan.run(args, result, config)
+    else:
+        print(format_plan(result))
     if layout.size > 1:
         result["parallel"] = {
             "cfg": layout.cfg,
