@@ -59,3 +59,8 @@ def cli_entry(fn: F) -> F:
         return 0 if code is None else code
 
     return wrapper  # type: ignore[return-value]
+
+
+class Cancelled(Exception):
+    """A generation stopped between sampling steps because its `cancelled()` check returned True.
+    Not an error of the input or of ours: the engine that raised it stays usable."""

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.errors import UserError
 from ltx_ascend.pipelines import cli
+from ltx_ascend.pipelines import engine as engine_module
 from ltx_ascend.pipelines import stack as stack_module
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.weight_streaming import StreamedBlockWeights
@@ -80,7 +81,7 @@ def test_offload_all_is_bit_exact_one_module_on_device_at_a_time(tiny, tmp_path,
             super().__init__(*args, **kwargs)
             stacks.append(self)
 
-    monkeypatch.setattr(cli, "ModelStack", _Stack)
+    monkeypatch.setattr(engine_module, "ModelStack", _Stack)  # ltx-run builds its stack in the engine
     offloaded = H.run_ours("ti2vid_two_stages", tiny, tmp_path, "--offload", "all")
     _assert_identical(resident, offloaded)
     (stack,) = stacks

@@ -14,42 +14,45 @@ import argparse
 import contextlib
 import importlib
 import io
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ltx_core.components.guiders import MultiModalGuiderParams
-
 from ltx_ascend.atomic import check_writable_dir
-from ltx_ascend.checkpoints.args import add_checkpoint_args, checkpoint_set_from_args
-from ltx_ascend.checkpoints.loader import LoraSpec, read_model_config, validate_set
-from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.checkpoints.args import add_checkpoint_args
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines.context import ImageInput, Request, RunContext
-from ltx_ascend.pipelines.media import check_output_path, write_mp4, write_raw
-from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
-from ltx_ascend.pipelines.stack import (
-    OFFLOAD_CHOICES,
-    WHOLE_CANNOT_STREAM,
-    BackendChoice,
-    ModelStack,
-    check_quantization,
+from ltx_ascend.pipelines.context import ImageInput, Output, Request
+from ltx_ascend.pipelines.engine import TINY_DISTILLED_LORA_STRENGTH, Engine, Prepared, Result
+from ltx_ascend.pipelines.engine import decode_profile as decode_profile
+from ltx_ascend.pipelines.engine import preflight as preflight
+from ltx_ascend.pipelines.media import check_output_path, write_raw
+from ltx_ascend.pipelines.request import (
+    DEFAULT_PROMPT,
+    GUIDANCE_KEYS,
+    NEGATIVE_INDEX_NOTE,
+    SIDES,
+    GenerationRequest,
+    check_request,
+    option_defaults,
+    resolve_request,
 )
+from ltx_ascend.pipelines.request import check_image as _check_image
+from ltx_ascend.pipelines.settings import RunSettings
+from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, BackendChoice
 from ltx_ascend.pipelines.stages import PIPELINES
-from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
+from ltx_ascend.pipelines.step_cache import StepCacheSpec
 from ltx_ascend.pipelines.step_cache_search import DEFAULT_SPEC_FILE, search_step_cache
-from ltx_ascend.pipelines.text import PromptEncoder
 from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import add_fallback_arg
-from ltx_ascend.shapes import check_pixel_shape
 from ltx_ascend.store import Variant
+
+__all__ = ["DEFAULT_PROMPT", "NEGATIVE_INDEX_NOTE", "TINY_DISTILLED_LORA_STRENGTH", "_check_image", "main"]
 
 
 def pipeline_modules() -> dict:
@@ -62,10 +65,6 @@ def pipeline_modules() -> dict:
             if exc.name != path:
                 raise
     return modules
-DEFAULT_PROMPT = (
-    "A red fox runs through fresh snow at dawn, the camera tracking low beside it; wind and soft footsteps."
-)
-TINY_DISTILLED_LORA_STRENGTH = 0.8
 
 
 def _float_list(text: str) -> list[int]:
@@ -223,112 +222,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _guider(args: argparse.Namespace, prefix: str, cross: str, base: MultiModalGuiderParams) -> MultiModalGuiderParams:
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    return MultiModalGuiderParams(
-        cfg_scale=pick(getattr(args, f"{prefix}_cfg_guidance_scale"), base.cfg_scale),
-        stg_scale=pick(getattr(args, f"{prefix}_stg_guidance_scale"), base.stg_scale),
-        rescale_scale=pick(getattr(args, f"{prefix}_rescale_scale"), base.rescale_scale),
-        modality_scale=pick(getattr(args, f"{cross}_guidance_scale"), base.modality_scale),
-        skip_step=pick(getattr(args, f"{prefix}_skip_step"), base.skip_step),
-        stg_blocks=pick(getattr(args, f"{prefix}_stg_blocks"), base.stg_blocks),
+def generation_request(args: argparse.Namespace) -> GenerationRequest:
+    """The request-level flags of a parsed command line (None where a flag was not given)."""
+    guidance = {}
+    for side, cross in SIDES.items():
+        given = {key: getattr(args, flag.format(p=side, x=cross), None) for key, (flag, _) in GUIDANCE_KEYS.items()}
+        guidance[side] = {k: v for k, v in given.items() if v is not None}
+    module = importlib.import_module(PIPELINES[args.pipeline])
+    return GenerationRequest(
+        prompt=args.prompt or None,  # ltx-run: an empty --prompt is the demo prompt, as it always was
+        pipeline=args.pipeline,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        num_frames=args.num_frames,
+        frame_rate=args.frame_rate,
+        num_inference_steps=args.num_inference_steps,
+        video_guidance=guidance["video"],
+        audio_guidance=guidance["audio"],
+        images=tuple(args.images),
+        extra={name: getattr(args, name) for name in option_defaults(module) if name != "negative_prompt"},
     )
 
 
 def request_from_args(args: argparse.Namespace, defaults: P.PipelineDefaults) -> Request:
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    return Request(
-        prompt=args.prompt or DEFAULT_PROMPT,
-        negative_prompt=args.negative_prompt,
-        seed=pick(args.seed, defaults.seed),
-        height=pick(args.height, defaults.height),
-        width=pick(args.width, defaults.width),
-        num_frames=pick(args.num_frames, defaults.num_frames),
-        frame_rate=pick(args.frame_rate, defaults.frame_rate),
-        num_inference_steps=pick(args.num_inference_steps, defaults.num_inference_steps),
-        video_guider=_guider(args, "video", "a2v", defaults.video_guider),
-        audio_guider=_guider(args, "audio", "v2a", defaults.audio_guider),
-        images=list(args.images),
-        distilled_lora=tuple(args.distilled_lora or ()),
-    )
-
-
-NEGATIVE_INDEX_NOTE = (
-    "note: --image {path} {given}: a negative frame index counts from the end, so it is frame {frame} of "
-    "{frames}; ltx-pipelines 1.0.0 passes {given} to ltx-core literally, which places that keyframe before "
-    "the first frame"
-)
-
-
-def _check_image(image: ImageInput, num_frames: int) -> ImageInput:
-    """The image exists, decodes, and its frame index is in range; a negative index counts from the
-    end (Python style: -1 is the last frame), as the LTX-2.3 Ascend guide's keyframe command means it."""
-    path = Path(image.path)
-    if not path.is_file():
-        raise UserError(f"--image {image.path}: file not found")
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises many types for a file that is not an image
-        raise UserError(f"--image {image.path}: cannot decode it as an image ({exc}); pass a PNG or JPEG") from None
-    if not -num_frames <= image.frame_idx < num_frames:
-        raise UserError(
-            f"--image {image.path} {image.frame_idx}: frame index must be in [0, {num_frames - 1}] "
-            f"(or [-{num_frames}, -1] counted from the end)"
-        )
-    if not math.isfinite(image.strength):
-        raise UserError(f"--image {image.path}: STRENGTH {image.strength} must be a finite number, e.g. 1.0")
-    if image.frame_idx < 0:
-        frame = image.frame_idx + num_frames
-        print(NEGATIVE_INDEX_NOTE.format(path=image.path, given=image.frame_idx, frame=frame, frames=num_frames))
-        return replace(image, frame_idx=frame)
-    return image
+    """The pipelines' Request for a parsed command line at `defaults` (no checks)."""
+    return resolve_request(generation_request(args), defaults, tuple(args.distilled_lora or ()), args.negative_prompt)
 
 
 def check_inputs(args: argparse.Namespace, req: Request, two_stage: bool) -> None:
-    """Everything that can be checked before a model loads."""
-    check_pixel_shape(req.num_frames, req.height, req.width, two_stage=two_stage)
-    if req.num_inference_steps < 1:
-        raise UserError(f"--num-inference-steps {req.num_inference_steps}: must be >= 1")
-    if not (math.isfinite(req.frame_rate) and req.frame_rate > 0):
-        raise UserError(f"--frame-rate {req.frame_rate:g}: must be a positive number of frames per second, e.g. 24")
-    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
-        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
-    if args.max_device_memory is not None and args.max_device_memory <= 0:
-        raise UserError(f"--max-device-memory {args.max_device_memory}: must be a positive number of GB")
-    if args.dit_layout == "whole" and (args.streaming_prefetch_count is not None or args.max_device_memory):
-        raise UserError(f"--dit-layout whole: {WHOLE_CANNOT_STREAM}")
+    """Everything that can be checked before a model loads: the request (`request.check_request`, the
+    one validation `Engine.validate` runs) and ltx-run's own flags (outputs)."""
+    check_request(req, two_stage)
+    check_cli_flags(args)
+
+
+def check_cli_flags(args: argparse.Namespace) -> None:
+    """The flags only ltx-run has: where it writes, --enhance-prompt, --step-cache-search."""
     if args.enhance_prompt:
         raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
-    req.images = [_check_image(image, req.num_frames) for image in req.images]
     check_output_path(args.output_path, ".mp4", "--output-path")
     if args.raw_output is not None:
         check_output_path(args.raw_output, ".safetensors", "--raw-output")
     if args.timings_json is not None:
         check_output_path(args.timings_json, None, "--timings-json")
-
-
-def decode_profile(module, args: argparse.Namespace, req: Request, two_stage: bool):
-    """The shape profile the pipeline decodes at (ic_lora --skip-stage-2 decodes the stage-1 latent)."""
-    if getattr(args, "skip_stage_2", False):
-        return req.profile(stage=1)
-    return req.profile(stage=2) if two_stage else req.profile()
-
-
-def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request, two_stage: bool) -> None:
-    """Before Gemma or any model loads: the compiled artifacts a run needs and will not build are there
-    (under --fallback none), and every backend suits the dtype. The DiT's profile depends on the guidance
-    passes and conditioning tokens the pipeline appends, so the DiT is checked when stage 1 starts."""
-    stack.check_available("text_connectors", req.profile())
-    if two_stage and not getattr(args, "skip_stage_2", False):
-        stack.check_available("spatial_upsampler", req.profile(stage=1))
-    profile = decode_profile(module, args, req, two_stage)
-    stack.check_available("video_decoder", profile)
-    if getattr(module, "DECODES_AUDIO", True):
-        stack.check_available("audio_decoder", profile)
-        stack.check_available("vocoder", profile)
+    if args.step_cache_search is not None and not args.step_cache_search > 0:
+        raise UserError(f"--step-cache-search {args.step_cache_search}: the target PSNR must be > 0 dB (e.g. 35)")
+    if args.step_cache_search is not None:
+        check_writable_dir(args.step_cache_out.parent, "--step-cache-out")
 
 
 @dataclass
@@ -342,31 +284,37 @@ class Checked:
     tiny: bool
     backends: BackendChoice
     step_cache: StepCacheSpec
+    settings: RunSettings
+    engine: Engine
+    prepared: Prepared
 
 
 def parse_and_check(argv: list[str] | None) -> Checked:
-    """Parse an `ltx-run` command line and check every input before anything loads or is written."""
+    """Parse an `ltx-run` command line and check every input before anything loads or is written:
+    the run-level flags once (`RunSettings`), the request through `Engine.validate`'s checks, then
+    ltx-run's own output flags."""
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(PIPELINES[args.pipeline])
-    two_stage = getattr(module, "TWO_STAGE", False)
-    if getattr(module, "DISTILLED", False) and args.checkpoint_path is None:
+    if args.enhance_prompt:
+        raise UserError("--enhance-prompt is not supported by ltx-run (Gemma runs eager only); drop the flag")
+    settings = RunSettings.from_args(args)
+    engine = Engine(settings, log=print)
+    prepared = engine.prepare(generation_request(args))
+    check_cli_flags(args)
+    args.lora = list(prepared.loras)  # what the pipeline's check added (retake --loras, ic_lora's tiny LoRA)
+    if getattr(prepared.module, "DISTILLED", False) and args.checkpoint_path is None:
         args.checkpoint_path = args.distilled_checkpoint_path
-    tiny = args.checkpoint_path is None
-    defaults = getattr(module, "TINY_DEFAULTS", P.TINY) if tiny else getattr(module, "DEFAULTS", P.LTX_2_3)
-    req = request_from_args(args, defaults)
-    check_inputs(args, req, two_stage)
-    if hasattr(module, "check"):
-        module.check(args, req)
-    backends = BackendChoice.parse(args.backend or "ort")  # refused before the tiny set is written
-    step_cache = parse_spec(args.step_cache)
-    if args.step_cache_search is not None and not args.step_cache_search > 0:
-        raise UserError(f"--step-cache-search {args.step_cache_search}: the target PSNR must be > 0 dB (e.g. 35)")
-    if args.step_cache_search is not None:
-        check_writable_dir(args.step_cache_out.parent, "--step-cache-out")
-    if tiny or args.build_missing:
-        check_writable_dir(args.artifacts, "--artifacts")
-    check_writable_dir(args.prompt_cache or args.artifacts / "prompt-cache", "--prompt-cache")
-    return Checked(args, module, req, two_stage, tiny, backends, step_cache)
+    return Checked(
+        args,
+        prepared.module,
+        prepared.internal,
+        prepared.two_stage,
+        settings.tiny,
+        settings.backends,
+        settings.step_cache_spec,
+        settings,
+        engine,
+        prepared,
+    )
 
 
 class _NoProgress(io.TextIOBase):
@@ -387,113 +335,32 @@ class _NoProgress(io.TextIOBase):
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     checked = parse_and_check(argv)
-    args = checked.args
+    args, layout = checked.args, checked.settings.layout
     launched = distributed.launched_ranks()
     if launched is not None and launched[1] > 1 and args.parallel is None:
         n = launched[1]
         raise UserError(f"torchrun started {n} ranks: pass --parallel cfg=C,ulysses=U with C x U = {n}")
-    layout = args.parallel or distributed.Layout()
     rank, _, _ = distributed.check_layout(layout)
     if layout.size > 1 and args.step_cache_search is not None:
         raise UserError("--step-cache-search calibrates on one device: run it without torchrun and --parallel")
-    if layout.ulysses > 1 and checked.step_cache.active:
-        raise UserError(
-            f"--step-cache with --parallel {layout}: the ranks of a sequence could skip different blocks; "
-            "drop --step-cache or use cfg=N alone"
-        )
-    if layout.ulysses > 1 and args.dit_layout == "whole":
-        raise UserError(
-            f"--dit-layout whole with --parallel {layout}: sequence parallel shards the DiT's blocks (compiled: the "
-            "block graph split at attention); drop --dit-layout whole"
-        )
     if rank == 0:
-        return _main(checked, layout)
+        return _main(checked)
     quiet = _NoProgress(sys.stderr)
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(quiet):
-        return _main(checked, layout)  # rank 0 alone reports
+        return _main(checked)  # rank 0 alone reports
 
 
-def _main(checked: Checked, layout: distributed.Layout) -> int:
-    args, module, req, two_stage = checked.args, checked.module, checked.request, checked.two_stage
-    tiny, backends, step_cache = checked.tiny, checked.backends, checked.step_cache
-    policy = dev.policy_from_args(args)
-    dit_backend = BackendChoice.parse(args.backend or "ort").of("dit")
-    if args.variant is not None:
-        if dit_backend == "eager":
-            raise UserError(f"--variant {args.variant.label} picks a compiled graph: pass --backend ort or om")
-        if args.variant.quantization and args.quantization not in ("", args.variant.quantization):
-            raise UserError(f"--variant {args.variant.label} and --quantization {args.quantization} disagree: drop one")
-        args.quantization = args.quantization or args.variant.quantization
-    check_quantization(args.quantization, dit_backend, policy.device)
+def _main(checked: Checked) -> int:
+    """The run itself, on the API: `Engine.run` the prepared request, then write what ltx-run writes."""
+    args, engine, prepared, req = checked.args, checked.engine, checked.prepared, checked.request
     start = time.perf_counter()
-
-    if tiny:
-        print(f"no --checkpoint-path: using the tiny LTX-2.3 set under {args.artifacts / 'tiny'}", flush=True)
-        tiny_set = ensure_tiny_set(args.artifacts / "tiny")
-        args.checkpoint_path, args.gemma_root = tiny_set.checkpoint, args.gemma_root or tiny_set.gemma_root
-        args.spatial_upsampler_path = args.spatial_upsampler_path or tiny_set.spatial_upsampler
-        if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
-            req.distilled_lora = (LoraSpec(tiny_set.distilled_lora, TINY_DISTILLED_LORA_STRENGTH),)
-    ckset = checkpoint_set_from_args(args)
-    validate_set(ckset.with_loras([*ckset.loras, *req.distilled_lora]))
-    if two_stage and ckset.spatial_upsampler is None:
-        raise UserError(f"{args.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
-    if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
-        raise UserError(f"{args.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
-    step_cache.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
-    parallel = None
-    if layout.size > 1:
-        transformer = read_model_config(ckset.checkpoint)["transformer"]
-        heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
-        distributed.check_heads(layout, heads)
-        world = distributed.init_world(layout, policy.device)
-        policy = dev.policy_for(world.device, args.dtype)
-        parallel = Parallel(world)
-
-    def run_pipeline(spec: StepCacheSpec):
-        """One run of the pipeline under step cache `spec`: (output, timings, stack)."""
-        timings = Timings()
-        stack = ModelStack(
-            ckset=ckset,
-            policy=policy,
-            backends=backends,
-            artifacts=args.artifacts,
-            fallback=args.fallback,
-            build_missing=tiny or args.build_missing,
-            ep=args.ep,
-            soc=args.soc,
-            step_cache=spec,
-            timings=timings,
-            dit_layout=args.dit_layout,
-            streaming_prefetch=args.streaming_prefetch_count,
-            max_device_memory_gb=args.max_device_memory,
-            offload=args.offload,
-            parallel=parallel,
-            quantization=args.quantization,
-            quantization_skip=tuple(args.quantization_skip),
-            variant=args.variant,
-        )
-        preflight(stack, module, args, req, two_stage)
-        # Each run's prompt cache is keyed by what runs the connectors: eager, or the compiled graph's hashes.
-        prompts = PromptEncoder(
-            ckset,
-            lambda: stack.text_connectors(req.profile()),
-            args.prompt_cache or args.artifacts / "prompt-cache",
-            policy.device,
-            policy.dtype,
-            producer=lambda: stack.producer("text_connectors", req.profile()),
-            offload=args.offload != "none",
-            device_log=stack.device_log,
-        )
-        if parallel is not None:
-            prompts = BroadcastPrompts(prompts, parallel.world)
-        main = parallel is None or parallel.world.is_main
-        return module.run(RunContext(req, stack, prompts, timings, main=main)), timings, stack
-
-    print(dev.describe(policy) + (f", ranks {layout.size} ({layout})" if parallel else ""), flush=True)
+    engine.load_for(prepared)  # the tiny set written, the checkpoint set checked, the process group open
+    print(engine.describe(), flush=True)
     if args.step_cache_search is not None:
+        step_cache = checked.step_cache
+        policy = engine.policy
         search_step_cache(
-            lambda spec: run_pipeline(spec)[:2],
+            lambda spec: _outputs(engine.run(prepared, step_cache=spec)),
             template=step_cache if step_cache.active else StepCacheSpec(policy="auto"),
             target_psnr=args.step_cache_search,
             steps=req.num_inference_steps,
@@ -503,17 +370,22 @@ def _main(checked: Checked, layout: distributed.Layout) -> int:
         )
         print(f"wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
         return 0
-    output, timings, stack = run_pipeline(step_cache)
-    if parallel is not None and not parallel.world.is_main:
+    result = engine.run(prepared)
+    if engine.parallel is not None and not engine.parallel.world.is_main:
         return 0
+    timings = result.timings
     with timings.stage("write"):
-        write_mp4(args.output_path, output.frames, req.frame_rate, output.audio)
+        result.write_mp4(args.output_path)
         if args.raw_output is not None:
-            write_raw(args.raw_output, output.frames, output.audio)
-    print(f"\n{args.pipeline}: {tuple(output.frames.shape)} frames -> {args.output_path}")
-    timings.backends = dict(stack.used)  # the table's last line names what ran, variants included
+            write_raw(args.raw_output, result.frames, result.audio_object)
+    print(f"\n{args.pipeline}: {tuple(result.frames.shape)} frames -> {args.output_path}")
     print(timings.table())
     if args.timings_json:
         timings.write_json(args.timings_json)
     print(f"wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def _outputs(result: Result) -> tuple[Output, Timings]:
+    """What --step-cache-search compares: the run's output and its timings."""
+    return Output(result.frames, result.audio_object), result.timings

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.types import Audio, VideoPixelShape
 
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.pipelines.params import DEFAULT_IMAGE_CRF
 from ltx_ascend.pipelines.stack import ModelStack
 from ltx_ascend.pipelines.text import PromptEncoder
 from ltx_ascend.pipelines.timing import Timings
@@ -17,10 +20,25 @@ from ltx_ascend.shapes import ShapeProfile, shape_profile
 
 @dataclass(frozen=True)
 class ImageInput:
-    path: str
+    """An image to condition frame `frame_idx` on: a path (ltx-run's --image) or the encoded image
+    bytes (an upload), decoded in memory."""
+
+    source: str | Path | bytes
     frame_idx: int
-    strength: float
-    crf: int
+    strength: float = 1.0
+    crf: int = DEFAULT_IMAGE_CRF
+
+    @property
+    def path(self) -> str | Path | bytes:
+        """What PIL opens (the bytes wrapped by `media.load_image`); kept under ltx-run's old name."""
+        return self.source
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the path, or the size of the bytes."""
+        if isinstance(self.source, bytes):
+            return f"<image bytes, {len(self.source)} B>"
+        return str(self.source)
 
 
 @dataclass
@@ -65,6 +83,12 @@ class RunContext:
     prompts: PromptEncoder
     timings: Timings
     main: bool = True  # rank 0 of a multi-device run (or the only process): the one that decodes and writes
+    # (stage name, steps done, steps of the stage) after every sampling step: progress and cancellation.
+    on_step: Callable[[str, int, int], None] | None = None
+
+    def step_done(self, stage: str, step: int, total: int) -> None:
+        if self.on_step is not None:
+            self.on_step(stage, step, total)
 
     @property
     def device(self) -> torch.device:

@@ -3,6 +3,7 @@ and loading conditioning images. Every output is written atomically."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
 from fractions import Fraction
@@ -129,14 +130,18 @@ def resize_and_center_crop(frames: torch.Tensor, height: int, width: int) -> tor
     return x.permute(1, 0, 2, 3)[None]
 
 
-def load_image(path: str, height: int, width: int, crf: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A conditioning image as a 1-frame video in [-1, 1]: [1, 3, 1, height, width]."""
+def load_image(
+    path: str | Path | bytes, height: int, width: int, crf: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A conditioning image (a path, or encoded bytes decoded in memory) as a 1-frame video in [-1, 1]:
+    [1, 3, 1, height, width]."""
     from PIL import Image
 
+    label = f"<image bytes, {len(path)} B>" if isinstance(path, bytes) else path
     try:
-        image = np.array(Image.open(path))[..., :3]
+        image = np.array(Image.open(io.BytesIO(path) if isinstance(path, bytes) else path))[..., :3]
     except (OSError, ValueError) as exc:
-        raise UserError(f"--image {path}: cannot decode it as an image ({exc})") from None
+        raise UserError(f"--image {label}: cannot decode it as an image ({exc})") from None
     if crf:
         image = _h264_round_trip(image, crf)
     frames = resize_and_center_crop(torch.tensor(image, dtype=torch.float32, device=device), height, width)

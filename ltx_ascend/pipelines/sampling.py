@@ -232,8 +232,11 @@ def sampling_stage(
         audio = noised_state(atools, audio_conditionings, noiser, dtype, device, noise_scale, initial_audio)
         runner, video = _open_dit(stack, req, spec, passes, loras, vtools, video, attention_masked)
         denoise = stage_denoise(spec, runner, req, positive, negative)
-        video, audio = _loop(spec, ctx, stack)(sigmas, video, audio, denoise=denoise, desc=spec.name,
-                                               on_step=record.steps.append)  # fmt: skip
+        def on_step(seconds: float) -> None:
+            record.steps.append(seconds)
+            ctx.step_done(spec.name, len(record.steps), planned.steps)  # may raise Cancelled
+
+        video, audio = _loop(spec, ctx, stack)(sigmas, video, audio, denoise=denoise, desc=spec.name, on_step=on_step)
         video = vtools.unpatchify(vtools.clear_conditioning(video))
         audio = atools.unpatchify(atools.clear_conditioning(audio))
         del runner, denoise

@@ -1,0 +1,400 @@
+"""`Engine`: load once, generate many. Built from `RunSettings`; `generate(GenerationRequest)` returns a
+`Result` (uint8 frames, waveform, timing table) and `Result.write_mp4` writes what ltx-run writes.
+
+`Engine.validate` is the one request validation (ltx-run and the HTTP service call it alike);
+`generate` runs one request at a time per engine (a lock: a second thread waits for the first),
+reports each sampling step to `progress`, and checks `cancelled` between steps, stopping with
+`Cancelled` and leaving the engine usable. Bad input raises `UserError`; nothing here prints unless
+the caller passes `log=print` (ltx-run does) and nothing configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from ltx_core.types import Audio
+
+from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config, validate_set
+from ltx_ascend.checkpoints.tiny import TinySet, ensure_tiny_set
+from ltx_ascend.errors import Cancelled, UserError
+from ltx_ascend.pipelines import params as P
+from ltx_ascend.pipelines.context import Output, Request, RunContext
+from ltx_ascend.pipelines.media import write_mp4
+from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
+from ltx_ascend.pipelines.request import (
+    GenerationRequest,
+    Progress,
+    check_request,
+    option_defaults,
+    resolve_request,
+)
+from ltx_ascend.pipelines.settings import RunSettings
+from ltx_ascend.pipelines.stack import ModelStack
+from ltx_ascend.pipelines.stages import pipeline_module
+from ltx_ascend.pipelines.step_cache import StepCacheSpec
+from ltx_ascend.pipelines.text import PromptEncoder
+from ltx_ascend.pipelines.timing import Timings
+from ltx_ascend.runtime import device as dev
+from ltx_ascend.runtime import distributed
+
+logger = logging.getLogger(__name__)
+
+TINY_DISTILLED_LORA_STRENGTH = 0.8
+
+
+@dataclass
+class Result:
+    """One generation: frames uint8 [F, H, W, 3], the waveform [channels, samples] and its rate, the
+    timing table, and the request as it ran (every default filled in)."""
+
+    frames: torch.Tensor
+    audio: torch.Tensor | None
+    sample_rate: int | None
+    frame_rate: float
+    timings: Timings
+    request: GenerationRequest
+    backends: dict[str, str] = field(default_factory=dict)  # component -> what ran it
+
+    def write_mp4(self, path: str | Path) -> Path:
+        """The mp4 ltx-run writes for these settings (atomically: a failed write leaves nothing)."""
+        path = Path(path)
+        audio = None if self.audio is None else Audio(waveform=self.audio, sampling_rate=self.sample_rate)
+        write_mp4(path, self.frames, self.frame_rate, audio)
+        return path
+
+    @property
+    def audio_object(self) -> Audio | None:
+        return None if self.audio is None else Audio(waveform=self.audio, sampling_rate=self.sample_rate)
+
+
+@dataclass
+class Prepared:
+    """A validated request: what `Engine.run` runs. `options` is the argparse-style view the pipeline
+    module's own `check` reads (its flags, the guidance flags, the checkpoint flags)."""
+
+    request: GenerationRequest  # resolved: defaults filled in
+    pipeline: str
+    module: ModuleType
+    internal: Request
+    options: argparse.Namespace
+    loras: tuple[LoraSpec, ...]  # the transformer's LoRAs for this request (the pipeline may add some)
+
+    @property
+    def two_stage(self) -> bool:
+        return getattr(self.module, "TWO_STAGE", False)
+
+
+class Engine:
+    """Load once, generate many; one call at a time (see the module docstring)."""
+
+    def __init__(self, settings: RunSettings, *, log: Callable[[str], None] | None = None) -> None:
+        if not isinstance(settings, RunSettings):
+            raise TypeError(f"Engine takes RunSettings, got {type(settings).__name__}")
+        self.settings = settings
+        self.log = log or logger.info
+        self._lock = threading.Lock()
+        self._tiny: TinySet | None = None
+        self._validated: set[tuple] = set()
+        self._parallel: Parallel | None = None
+        self._policy = settings.policy
+        self._world_ready = False
+        self._closed = False
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def validate(self, request: GenerationRequest) -> GenerationRequest:
+        """The one request validation: fills defaults, checks every field, raises UserError; loads nothing."""
+        return self.prepare(request).request
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """`validate`, keeping what `run` needs."""
+        if not isinstance(request, GenerationRequest):
+            raise TypeError(f"generate takes a GenerationRequest, got {type(request).__name__}")
+        s = self.settings
+        pipeline = request.pipeline or s.pipelines[0]
+        if pipeline not in s.pipelines:
+            raise UserError(f"pipeline {pipeline!r} is not served here; this engine runs {', '.join(s.pipelines)}")
+        module = pipeline_module(pipeline)
+        two_stage = getattr(module, "TWO_STAGE", False)
+        defaults = getattr(module, "TINY_DEFAULTS", P.TINY) if s.tiny else getattr(module, "DEFAULTS", P.LTX_2_3)
+        options = option_defaults(module)
+        negative = options.pop("negative_prompt", P.DEFAULT_NEGATIVE_PROMPT)
+        unknown = sorted(set(request.extra) - set(options))
+        if unknown:
+            known = ", ".join(sorted(options)) or "none"
+            raise UserError(f"{pipeline}: unknown option {unknown[0]!r} (its options: {known})")
+        req = resolve_request(request, defaults, s.distilled_lora, negative)
+        check_request(req, two_stage, note=self.log)
+        ns = argparse.Namespace(
+            **{**options, **request.extra},
+            **request.guidance_flags(),
+            pipeline=pipeline,
+            checkpoint_path=s.checkpoint,
+            distilled_checkpoint_path=s.distilled_checkpoint_path,
+            gemma_root=s.gemma_root,
+            spatial_upsampler_path=s.spatial_upsampler_path,
+            distilled_lora=list(s.distilled_lora) or None,
+            lora=list(s.loras),
+            artifacts=s.artifacts,
+            prompt=request.prompt,
+            negative_prompt=req.negative_prompt,
+            seed=request.seed,
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            frame_rate=request.frame_rate,
+            num_inference_steps=request.num_inference_steps,
+            images=list(request.images),
+        )
+        if hasattr(module, "check"):
+            module.check(ns, req)
+        if not s.tiny:
+            if two_stage and s.spatial_upsampler_path is None:
+                raise UserError(f"{pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
+            if getattr(module, "NEEDS_DISTILLED_LORA", two_stage) and not req.distilled_lora:
+                raise UserError(f"{pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
+        resolved = replace(
+            request,
+            pipeline=pipeline,
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            seed=req.seed,
+            height=req.height,
+            width=req.width,
+            num_frames=req.num_frames,
+            frame_rate=req.frame_rate,
+            num_inference_steps=req.num_inference_steps,
+            video_guidance=_guidance_dict(req.video_guider),
+            audio_guidance=_guidance_dict(req.audio_guider),
+            images=tuple(req.images),
+        )
+        return Prepared(resolved, pipeline, module, req, ns, tuple(ns.lora or ()))
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _tiny_set(self) -> TinySet:
+        if self._tiny is None:
+            self.log(f"no --checkpoint-path: using the tiny LTX-2.3 set under {self.settings.artifacts / 'tiny'}")
+            self._tiny = ensure_tiny_set(self.settings.artifacts / "tiny")
+        return self._tiny
+
+    def _checkpoints(self, prepared: Prepared) -> tuple[CheckpointSet, Request]:
+        """The checkpoint set this request runs on (the tiny set's paths filled in), checked once per
+        distinct set of LoRAs; and the request with the tiny set's distilled LoRA when it needs one."""
+        s, req, module = self.settings, prepared.internal, prepared.module
+        checkpoint, gemma, upsampler = s.checkpoint, s.gemma_root, s.spatial_upsampler_path
+        if s.tiny:
+            tiny = self._tiny_set()
+            checkpoint, gemma, upsampler = (
+                tiny.checkpoint,
+                gemma or tiny.gemma_root,
+                upsampler or tiny.spatial_upsampler,
+            )
+            if getattr(module, "NEEDS_DISTILLED_LORA", prepared.two_stage) and not req.distilled_lora:
+                req = replace(req, distilled_lora=(LoraSpec(tiny.distilled_lora, TINY_DISTILLED_LORA_STRENGTH),))
+        ckset = CheckpointSet(
+            checkpoint=checkpoint, gemma_root=gemma, spatial_upsampler=upsampler, loras=prepared.loras
+        )
+        key = (ckset, req.distilled_lora)
+        if key not in self._validated:
+            validate_set(ckset.with_loras([*ckset.loras, *req.distilled_lora]))
+            if prepared.two_stage and ckset.spatial_upsampler is None:
+                raise UserError(f"{prepared.pipeline} needs --spatial-upsampler-path (the x2 latent upsampler)")
+            if getattr(module, "NEEDS_DISTILLED_LORA", prepared.two_stage) and not req.distilled_lora:
+                raise UserError(f"{prepared.pipeline} needs --distilled-lora PATH STRENGTH for stage 2")
+            self._validated.add(key)
+        return ckset, req
+
+    def _world(self, ckset: CheckpointSet) -> None:
+        """A multi-device layout: check the heads split, open the process group (once)."""
+        if self._world_ready:
+            return
+        layout = self.settings.layout
+        if layout.size > 1:
+            transformer = read_model_config(ckset.checkpoint)["transformer"]
+            heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
+            distributed.check_heads(layout, heads)
+            world = distributed.init_world(layout, self._policy.device)
+            self._policy = dev.policy_for(world.device, self.settings.dtype)
+            self._parallel = Parallel(world)
+        self._world_ready = True
+
+    @property
+    def policy(self) -> dev.DevicePolicy:
+        return self._policy
+
+    @property
+    def parallel(self) -> Parallel | None:
+        return self._parallel
+
+    def describe(self) -> str:
+        """One line: the device policy (and the ranks of a multi-device run)."""
+        layout = self.settings.layout
+        return dev.describe(self._policy) + (f", ranks {layout.size} ({layout})" if self._parallel else "")
+
+    def load_for(self, prepared: Prepared) -> None:
+        """What `prepared` needs before its first step: the tiny set written, its checkpoint set
+        checked, the process group of a multi-device layout open."""
+        ckset, _ = self._checkpoints(prepared)
+        self._world(ckset)
+
+    def load(self) -> None:
+        """Build (the tiny set) and check what the served pipelines need."""
+        with self._lock:
+            for pipeline in self.settings.pipelines:
+                prepared = self.prepare(GenerationRequest(pipeline=pipeline))
+                ckset, _ = self._checkpoints(prepared)
+                self._world(ckset)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Validate then run one request (one call at a time per engine)."""
+        with self._lock:
+            return self._run(self.prepare(request), None, progress, cancelled)
+
+    def run(
+        self,
+        prepared: Prepared,
+        *,
+        step_cache: StepCacheSpec | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Run a `prepare`d request; `step_cache` replaces the settings' spec for this call (calibration)."""
+        with self._lock:
+            return self._run(prepared, step_cache, progress, cancelled)
+
+    def _run(self, prepared, step_cache, progress, cancelled) -> Result:
+        if self._closed:
+            raise RuntimeError("Engine.close() was called: build a new Engine")
+        s = self.settings
+        spec = s.step_cache_spec if step_cache is None else step_cache
+        ckset, req = self._checkpoints(prepared)
+        spec.check(read_model_config(ckset.checkpoint)["transformer"]["num_layers"])
+        self._world(ckset)
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled before the first step")
+        req = replace(req, extra=dict(req.extra), images=list(req.images))
+        timings = Timings()
+        stack = self._stack(ckset, spec, timings)
+        preflight(stack, prepared.module, prepared.options, req, prepared.two_stage)
+        prompts = PromptEncoder(
+            ckset,
+            lambda: stack.text_connectors(req.profile()),
+            s.prompt_cache_dir,
+            self._policy.device,
+            self._policy.dtype,
+            producer=lambda: stack.producer("text_connectors", req.profile()),
+            offload=s.offload != "none",
+            device_log=stack.device_log,
+        )
+        if self._parallel is not None:
+            prompts = BroadcastPrompts(prompts, self._parallel.world)
+        main = self._parallel is None or self._parallel.world.is_main
+        hook = _step_hook(prepared, progress, cancelled)
+        output: Output = prepared.module.run(RunContext(req, stack, prompts, timings, main=main, on_step=hook))
+        timings.backends = dict(stack.used)  # the table's last line names what ran, variants included
+        audio = output.audio
+        return Result(
+            frames=output.frames,
+            audio=None if audio is None else audio.waveform,
+            sample_rate=None if audio is None else audio.sampling_rate,
+            frame_rate=req.frame_rate,
+            timings=timings,
+            request=prepared.request,
+            backends=dict(stack.used),
+        )
+
+    def _stack(self, ckset: CheckpointSet, step_cache: StepCacheSpec, timings: Timings) -> ModelStack:
+        s = self.settings
+        return ModelStack(
+            ckset=ckset,
+            policy=self._policy,
+            backends=s.backends,
+            artifacts=s.artifacts,
+            fallback=s.fallback,
+            build_missing=s.builds,
+            ep=s.ep,
+            soc=s.soc,
+            log=self.log,
+            step_cache=step_cache,
+            timings=timings,
+            dit_layout=s.dit_layout,
+            streaming_prefetch=s.streaming_prefetch_count,
+            max_device_memory_gb=s.max_device_memory,
+            offload=s.offload,
+            parallel=self._parallel,
+            quantization=s.quantization,
+            quantization_skip=s.quantization_skip,
+            variant=s.variant_spec,
+        )
+
+    def close(self) -> None:
+        """Drop everything this engine holds; a closed engine refuses new calls."""
+        with self._lock:
+            self._closed = True
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _guidance_dict(params) -> dict:
+    from ltx_ascend.pipelines.request import GUIDANCE_KEYS
+
+    return {key: getattr(params, name) for key, (_, name) in GUIDANCE_KEYS.items()}
+
+
+def _step_hook(prepared: Prepared, progress, cancelled) -> Callable[[str, int, int], None] | None:
+    """The per-step callback: report Progress, then raise Cancelled if the caller asks to stop."""
+    if progress is None and cancelled is None:
+        return None
+    steps = prepared.internal.num_inference_steps
+    total = sum(spec.steps(steps) for spec in prepared.module.STAGES) or 1
+    done = [0]
+
+    def hook(stage: str, step: int, stage_total: int) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(Progress(stage, step, stage_total, min(1.0, done[0] / total)))
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"cancelled after {stage} step {step}/{stage_total}")
+
+    return hook
+
+
+def decode_profile(module, args: argparse.Namespace, req: Request, two_stage: bool):
+    """The shape profile the pipeline decodes at (ic_lora --skip-stage-2 decodes the stage-1 latent)."""
+    if getattr(args, "skip_stage_2", False):
+        return req.profile(stage=1)
+    return req.profile(stage=2) if two_stage else req.profile()
+
+
+def preflight(stack: ModelStack, module, args: argparse.Namespace, req: Request, two_stage: bool) -> None:
+    """Before Gemma or any model loads: the compiled artifacts a run needs and will not build are there
+    (under --fallback none), and every backend suits the dtype. The DiT's profile depends on the guidance
+    passes and conditioning tokens the pipeline appends, so the DiT is checked when stage 1 starts."""
+    stack.check_available("text_connectors", req.profile())
+    if two_stage and not getattr(args, "skip_stage_2", False):
+        stack.check_available("spatial_upsampler", req.profile(stage=1))
+    profile = decode_profile(module, args, req, two_stage)
+    stack.check_available("video_decoder", profile)
+    if getattr(module, "DECODES_AUDIO", True):
+        stack.check_available("audio_decoder", profile)
+        stack.check_available("vocoder", profile)
