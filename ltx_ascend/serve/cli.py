@@ -144,7 +144,7 @@ def _api_key(path: Path | None) -> str | None:
     return key
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """A server's log: timestamped lines on stderr (library code never configures logging; this CLI does)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -193,7 +193,7 @@ def requeue_previous(store, prefix: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, run = parse(argv)
-    _log_to_stderr()
+    log_to_stderr()
     from ltx_ascend.serve import protocol as proto
     from ltx_ascend.serve.jobs import open_store
     from ltx_ascend.serve.outputs import open_outputs

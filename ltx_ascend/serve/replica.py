@@ -277,9 +277,9 @@ def settings_from_spec(spec: dict):
 
 def main() -> int:
     _die_with_parent()
-    from ltx_ascend.console import to_console
+    from ltx_ascend.serve.cli import log_to_stderr
 
-    to_console()
+    log_to_stderr()
     spec = json.loads(sys.stdin.readline())
     # stdout carries state lines; everything the library prints goes to stderr
     pipe = os.fdopen(os.dup(1), "w", buffering=1)

@@ -156,7 +156,7 @@ class Supervisor:
             "device": None if group.kind == "cpu" else (f"{group.kind}:0" if group.size == 1 else group.kind),
             "parallel": group.parallel,
         }  # fmt: skip
-        env = dict(os.environ)
+        env = {**os.environ, "TQDM_DISABLE": "1"}  # a server's log gets no progress bars (the job has progress)
         if group.kind in VISIBLE_DEVICES and group.indices:
             env[VISIBLE_DEVICES[group.kind]] = ",".join(str(i) for i in group.indices)
         port = _free_port() if group.size > 1 else None
@@ -257,14 +257,14 @@ class Supervisor:
             self.telemetry.set_replica(slot.label, "refused")
             log.error("replica %s refused to serve and stays out of the pool%s", slot.label,
                       f": {slot.reason}" if slot.reason else "")  # fmt: skip
-            self._requeue(name, f"replica {slot.label} refused to serve")
+            self._requeue(name, "refused to serve")
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         where = "" if slot.group.size == 1 else f" (rank {rank})"
         log.warning(
             "replica %s (%s)%s stopped with %s; restarting in %.0f s", slot.label, name, where, how, slot.backoff
         )
-        self._requeue(name, f"replica {slot.label} ({name}) stopped with {how}")
+        self._requeue(name, f"stopped with {how} (replica {slot.label} restarted)")
         slot.state = "restarting"
         self.telemetry.set_replica(slot.label, "restarting")
         slot.restart_at = now + slot.backoff
@@ -313,7 +313,7 @@ class Supervisor:
                         proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 if slot.job is not None or any(p.poll() is None for p in slot.procs):
                     self._kill_group(slot)
-                    self._requeue(self.name(slot), f"replica {slot.label} stopped with the server")
+                    self._requeue(self.name(slot), "stopped with the server")
 
     def health(self) -> tuple[bool, dict]:
         with self.lock:
