@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.start()
     try:
         if port is None:
-            _wait_for_signal()
+            _wait_for_signal(supervisor)
         else:
             _serve_http(ours, port, service, telemetry, supervisor, store, api_key, limits)
     finally:
@@ -265,12 +265,16 @@ def _default_shapes(validator, pipeline: str):
     return (Shape(r.num_frames, r.height, r.width),)
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(supervisor) -> None:
+    """A worker host without HTTP: runs until SIGTERM; exits 2 once every replica refused to serve (the
+    supervisor logged why), so the operator's process manager sees it stayed out of the pool."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("worker running; SIGTERM stops it")
-    stop.wait()
+    while not stop.wait(0.5):
+        if supervisor is not None and supervisor.all_refused():
+            raise SystemExit(EXIT_USAGE)
 
 
 def _serve_http(ours, port, service, telemetry, supervisor, store, api_key, limits) -> None:

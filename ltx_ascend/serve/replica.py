@@ -117,12 +117,13 @@ class Replica:
         self.group_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.control = None  # the gloo group rank 0 sends jobs and cancel decisions over
 
-    def load(self, settings) -> None:
+    def load(self, settings, shapes) -> None:
         from ltx_ascend.api import Engine
 
         self.reporter.send(state="starting")
         self.engine = Engine(settings)
         self.engine.load()
+        check_artifacts(self.engine, shapes)
         self.reporter.send(state="ready")
         log.info("replica %s ready (%s)", self.name, ", ".join(self.pipelines))
 
@@ -262,9 +263,36 @@ def _stage_seconds(timings) -> dict[str, float]:
     return stages
 
 
+def check_artifacts(engine, shapes) -> None:
+    """Before the replica joins the pool: for every served pipeline and shape, the compiled artifacts it would
+    run are there and were built from this replica's checkpoint set (each artifact's manifest names the
+    checkpoint, Gemma and LoRA fingerprints it was exported from). Under --fallback none a missing or stale
+    one is a UserError here, so the replica refuses in one line instead of failing every job it would take;
+    under --fallback eager it warns and the jobs run eager, as ltx-run does.
+
+    The Engine has no public check yet: this uses its `prepare`, its checkpoint set and stack helpers and the
+    pipelines' own `preflight`, the same calls `Engine.generate` makes before the first model loads."""
+    from ltx_ascend.api import GenerationRequest
+    from ltx_ascend.pipelines.engine import preflight
+    from ltx_ascend.pipelines.timing import Timings
+
+    for pipeline in engine.settings.pipelines:
+        for shape in shapes or (None,):
+            size = {} if shape is None else {"height": shape.height, "width": shape.width, "num_frames": shape.frames}
+            try:
+                prepared = engine.prepare(GenerationRequest(pipeline=pipeline, prompt="", **size))
+            except UserError:
+                continue  # a shape this pipeline does not take (e.g. retake's comes from its source video)
+            ckset, req = engine._checkpoints(prepared)
+            stack = engine._stack(ckset, engine.settings.step_cache_spec, Timings())
+            preflight(stack, prepared.module, prepared.options, req, prepared.two_stage)
+
+
 def settings_from_spec(spec: dict):
-    """The replica's RunSettings: the serve command line parsed as the front parsed it, on this group's device."""
+    """The replica's RunSettings and served shapes: the serve command line parsed as the front parsed it,
+    on this group's device."""
     from ltx_ascend.serve.cli import parse, run_settings
+    from ltx_ascend.serve.protocol import parse_shapes
 
     ours, run = parse(spec["argv"])
     changes: dict[str, Any] = {}
@@ -272,7 +300,8 @@ def settings_from_spec(spec: dict):
         changes["device"] = spec["device"]
     if spec.get("parallel"):
         changes["parallel"] = spec["parallel"]
-    return run_settings(ours, run, **changes)
+    shapes = parse_shapes(ours.shapes) if ours.shapes else ()
+    return run_settings(ours, run, **changes), shapes
 
 
 def main() -> int:
@@ -291,10 +320,9 @@ def main() -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         replica = Replica(spec, reporter)
-        replica.load(settings_from_spec(spec))
+        replica.load(*settings_from_spec(spec))
         replica.join_group()
-    except UserError as exc:
-        print(f"error: replica {spec.get('replica')}: {exc}", file=sys.stderr, flush=True)
+    except UserError as exc:  # the supervisor logs the one line and keeps this replica out of the pool
         reporter.send(state="refused", reason=str(exc))
         return EXIT_REFUSED
     if rank == 0:

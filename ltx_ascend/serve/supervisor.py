@@ -109,6 +109,7 @@ class Slot:
     backoff: float = 1.0
     started_at: float = 0.0
     reason: str | None = None
+    settled: bool = False  # its exit was handled and it is not coming back (stopped, or refused)
 
     @property
     def label(self) -> str:
@@ -238,7 +239,7 @@ class Supervisor:
                 self.telemetry.replica_restarts.labels(slot.label).inc()
                 self._spawn(slot)
             return
-        if not slot.procs or slot.state in ("refused", "stopped"):
+        if not slot.procs or slot.settled:
             return
         exited = self._exited(slot)
         if exited is None:
@@ -249,14 +250,14 @@ class Supervisor:
         name = self.name(slot)
         self._kill_group(slot)
         if slot.stopping:
-            slot.state = "stopped"
+            slot.state, slot.settled = "stopped", True
             self.telemetry.set_replica(slot.label, "stopped")
             return
         if code == EXIT_REFUSED:
-            slot.state = "refused"
+            slot.state, slot.settled = "refused", True
             self.telemetry.set_replica(slot.label, "refused")
-            log.error("replica %s refused to serve and stays out of the pool%s", slot.label,
-                      f": {slot.reason}" if slot.reason else "")  # fmt: skip
+            log.error("replica %s refused to serve and stays out of the pool: %s", slot.label,
+                      slot.reason or f"exit code {code}, see its lines above")  # fmt: skip
             self._requeue(name, "refused to serve")
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -314,6 +315,10 @@ class Supervisor:
                 if slot.job is not None or any(p.poll() is None for p in slot.procs):
                     self._kill_group(slot)
                     self._requeue(self.name(slot), "stopped with the server")
+
+    def all_refused(self) -> bool:
+        with self.lock:
+            return all(slot.settled and slot.state == "refused" for slot in self.slots)
 
     def health(self) -> tuple[bool, dict]:
         with self.lock:
