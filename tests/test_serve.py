@@ -33,7 +33,8 @@ def workdir(tmp_path_factory):
 def _served_args(workdir) -> list[str]:
     return [
         "--replicas", "2", "--store", str(workdir / "store"), "--artifacts", str(workdir / "artifacts"),
-        "--shapes", "9x128x192,9x64x128", "--api-key-file", str(workdir / "key"), "--lease", "20", "--poll", "0.2",
+        "--pipelines", "ti2vid_two_stages,retake", "--shapes", "9x128x192,9x64x128",
+        "--api-key-file", str(workdir / "key"), "--lease", "20", "--poll", "0.2",
         *H.RUN_FLAGS,
     ]  # fmt: skip
 
@@ -201,11 +202,29 @@ def test_health_and_metrics(served):
     assert "ltx_serve_replica_restarts_total{replica=" in text
 
 
-def test_remix_without_retake_served_is_a_400(served):
+def test_remix_runs_retake_over_a_finished_video_as_ltx_run_does(served, tmp_path):
     c = H.client(served[0])
-    video = c.videos.list(limit=1).data[0]
-    with pytest.raises(openai.BadRequestError, match=r"does not serve.*--pipelines ti2vid_two_stages,retake"):
-        c.videos.remix(video.id, prompt="the fox turns around")
+    source = next(v for v in c.videos.list(limit=100) if v.status == "completed")
+    remix = c.videos.remix(source.id, prompt="the fox turns around", extra_body={"seed": 7, "num_inference_steps": 2})
+    assert remix.remixed_from_video_id == source.id and remix.model == "retake"
+    done = H.wait_done(c, remix.id)
+    assert done.status == "completed", done.error
+    assert (done.size, done.seconds) == (source.size, source.seconds)
+    ours = c.videos.download_content(remix.id).read()
+    src = tmp_path / "source.mp4"
+    src.write_bytes(c.videos.download_content(source.id).read())
+    import torch
+
+    from ltx_ascend.pipelines import cli
+
+    torch.set_num_threads(1)  # as the replicas (see serve_harness.ltx_run_mp4)
+    out = tmp_path / "retake.mp4"
+    argv = ["retake", "--video-path", str(src), "--start-time", "0", "--end-time", source.seconds, "--prompt",
+            "the fox turns around", "--seed", "7", "--num-inference-steps", "2", *H.RUN_FLAGS,
+            "--artifacts", str(tmp_path / "artifacts"), "--output-path", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert ours == out.read_bytes()
+    assert ours != src.read_bytes()  # it did regenerate the window
 
 
 def test_a_server_restart_loses_no_job(served, workdir):
@@ -321,6 +340,12 @@ def test_a_full_queue_is_429_and_json_bodies_work(front):
     for video_id in ids:
         assert c.videos.delete(video_id).deleted  # queued: cancelled and removed at once
     assert c.videos.create(prompt="x", size=H.SIZE).status == "queued"  # room again
+
+
+def test_remix_without_retake_served_is_a_400(front):
+    c = H.client(front)
+    with pytest.raises(openai.BadRequestError, match=r"does not serve.*--pipelines ti2vid_two_stages,retake"):
+        c.videos.remix("video_" + "0" * 32, prompt="the fox turns around")
 
 
 def test_unknown_ids_are_404_and_unfinished_content_409(front):

@@ -122,8 +122,7 @@ class Replica:
 
         self.reporter.send(state="starting")
         self.engine = Engine(settings)
-        self.engine.load()
-        check_artifacts(self.engine, shapes)
+        load_and_check(self.engine, shapes)
         self.reporter.send(state="ready")
         log.info("replica %s ready (%s)", self.name, ", ".join(self.pipelines))
 
@@ -263,15 +262,18 @@ def _stage_seconds(timings) -> dict[str, float]:
     return stages
 
 
-def check_artifacts(engine, shapes) -> None:
-    """Before the replica joins the pool: for every served pipeline and shape, the compiled artifacts it would
-    run are there and were built from this replica's checkpoint set (each artifact's manifest names the
-    checkpoint, Gemma and LoRA fingerprints it was exported from). Under --fallback none a missing or stale
-    one is a UserError here, so the replica refuses in one line instead of failing every job it would take;
-    under --fallback eager it warns and the jobs run eager, as ltx-run does.
+def load_and_check(engine, shapes) -> None:
+    """Before the replica joins the pool: what every served pipeline needs is loaded (`Engine.load_for`), and
+    for every served shape the compiled artifacts it would run are there and were built from this replica's
+    checkpoint set (each artifact's manifest names the checkpoint, Gemma and LoRA fingerprints it was
+    exported from). Under --fallback none a missing or stale one is a UserError here, so the replica refuses
+    in one line instead of failing every job it would take; under --fallback eager the jobs run eager with a
+    warning, as ltx-run does.
 
-    The Engine has no public check yet: this uses its `prepare`, its checkpoint set and stack helpers and the
-    pipelines' own `preflight`, the same calls `Engine.generate` makes before the first model loads."""
+    Not `Engine.load()`: it validates a default request per pipeline, which a pipeline that needs an input
+    (retake: a source video) refuses. A request such a pipeline refuses here is skipped; its first job loads
+    what it needs. The artifact check uses the Engine's `_checkpoints` / `_stack` helpers (no public check
+    yet) and the pipelines' own `preflight`: the calls `generate` makes before the first model loads."""
     from ltx_ascend.api import GenerationRequest
     from ltx_ascend.pipelines.engine import preflight
     from ltx_ascend.pipelines.timing import Timings
@@ -281,8 +283,10 @@ def check_artifacts(engine, shapes) -> None:
             size = {} if shape is None else {"height": shape.height, "width": shape.width, "num_frames": shape.frames}
             try:
                 prepared = engine.prepare(GenerationRequest(pipeline=pipeline, prompt="", **size))
-            except UserError:
-                continue  # a shape this pipeline does not take (e.g. retake's comes from its source video)
+            except UserError as exc:
+                log.info("replica: %s at %s loads with its first job (%s)", pipeline, shape or "its default", exc)
+                continue
+            engine.load_for(prepared)
             ckset, req = engine._checkpoints(prepared)
             stack = engine._stack(ckset, engine.settings.step_cache_spec, Timings())
             preflight(stack, prepared.module, prepared.options, req, prepared.two_stage)

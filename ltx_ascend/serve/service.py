@@ -17,6 +17,7 @@ from typing import Any
 from ltx_ascend.errors import UserError
 from ltx_ascend.serve import protocol as proto
 from ltx_ascend.serve.outputs import OutputStore
+from ltx_ascend.shapes import DEFAULT_FPS
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,17 @@ class Service:
         self.store, self.outputs, self.validator = store, outputs, validator
         self.pipelines, self.shapes, self.limits, self.max_queue = tuple(pipelines), tuple(shapes), limits, max_queue
         self._validate_lock = threading.Lock()
-        self.default_fps = {p: self._validate(self._base_request(p)).frame_rate for p in self.pipelines}
+        self.default_fps = {p: self._default_fps(p) for p in self.pipelines}
 
     # -- requests ---------------------------------------------------------------------------------------------
+    def _default_fps(self, pipeline: str) -> float:
+        """The pipeline's default frame rate (what `seconds` converts at); a pipeline whose request needs an
+        input to validate (retake: its source video) takes LTX-2.3's 24: its own check then says what it needs."""
+        try:
+            return self._validate(self._base_request(pipeline)).frame_rate
+        except UserError:
+            return DEFAULT_FPS
+
     def _base_request(self, pipeline: str, **kwargs):
         from ltx_ascend.api import GenerationRequest
 
@@ -217,14 +226,17 @@ class Service:
         p = source.params
         duration = p["num_frames"] / p["frame_rate"]
         window = {"start_time": 0.0, "end_time": duration}
-        request = self._base_request(
+        unknown = sorted(set(fields) - {"prompt", "seed", "num_inference_steps", "negative_prompt"})
+        if unknown:
+            raise UserError(f"{unknown[0]}: remix takes prompt, seed, num_inference_steps, negative_prompt")
+        request = self._base_request(  # size, frames and rate: retake takes the source video's
             RETAKE,
             prompt=prompt,
+            negative_prompt=fields.get("negative_prompt"),
             seed=fields.get("seed"),
-            height=p["height"],
-            width=p["width"],
-            num_frames=p["num_frames"],
-            frame_rate=p["frame_rate"],
+            height=None,
+            width=None,
+            num_frames=None,
             num_inference_steps=fields.get("num_inference_steps"),
         )
         with tempfile.TemporaryDirectory(prefix="ltx-serve-remix-") as folder:
