@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """ltx-serve's own flags; the rest of the command line goes to ltx-run's parser (`parse`)."""
     parser = OneLineParser(
         prog="ltx-serve",
+        allow_abbrev=False,  # the rest goes to ltx-run's parser: --device must not read as --device-groups
         description=__doc__.splitlines()[0],
         epilog="Also takes ltx-run's checkpoint and run-level flags (see `ltx-run ti2vid_two_stages --help`).",
     )
