@@ -21,6 +21,7 @@ from ltx_core.model.transformer.model import LTXModel
 from ltx_ascend.export import dit, dit_blocks, dit_split
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
+from ltx_ascend.runtime import device as device_layer
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
@@ -81,12 +82,14 @@ class DiTRunner:
         self.step_cache: StepCache | None = None  # see `use_step_cache`
         self.parallel = parallel
         self.segments = [self.sessions[n] for n in dit_split.segment_names(list(self.sessions))]
-        # Between segments: ltx-core's core on this device, or Ulysses' all-to-alls around it.
+        # Between segments: the device's fused attention (torch_npu's on Ascend, SDPA elsewhere), or
+        # Ulysses' all-to-alls around it.
         meta_block = self._meta.transformer_blocks[0]
+        core = device_layer.attention_core(self.device)
         if parallel is not None and self.segments:
-            self.attend = parallel.attend(meta_block)
+            self.attend = parallel.attend(meta_block, core)
         else:
-            self.attend = dit_split.plain_attend(meta_block)
+            self.attend = lambda name, q, k, v: core(q, k, v, getattr(meta_block, name).heads)
         if parallel is not None and parallel.ulysses > 1 and not self.segments:
             block = self.sessions.get("dit-block")
             if not isinstance(block, EagerSession) or not isinstance(block.module, dit_blocks.DiTBlockGraph):

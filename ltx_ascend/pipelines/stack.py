@@ -144,15 +144,15 @@ class ModelStack:
         quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
         if self.quantization != W8A8:
             quant = {}
-        # The split layout (sequence parallel) is cut from float graphs without Ascend's fused ops.
+        # The split layout (sequence parallel) is cut from each variant's block graph, fused and W8A8 ones too.
         split = {"ulysses": self.parallel.ulysses} if layout == "split" and self.parallel is not None else {}
         if self.variant is not None:
             chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
             return [chosen.for_component(component)]
         if backend in ("ort", "onnx"):  # both run on ONNX Runtime
             preference = [{"ort_fused": True}, {}]
-        elif backend == "om":  # W8A8 only as Ascend's quant ops; the split layout has no fused variant
-            preference = [{"npu_ops": True}] if quant else [{}] if split else [{"npu_ops": True}, {}]
+        elif backend == "om":  # W8A8 only as Ascend's quant ops
+            preference = [{"npu_ops": True}] if quant else [{"npu_ops": True}, {}]
         else:
             preference = [{}]
         preferred = [Variant(dit_layout=layout, **split, **quant, **fields) for fields in preference]
@@ -351,18 +351,10 @@ class ModelStack:
             # Sequence parallel runs the attention cores between all-to-alls: the block graph split there
             # (ltx-run refuses --dit-layout whole with ulysses before any load).
             layout = "split"
-        if parallel is not None and parallel.ulysses > 1 and self.quantization and self.backends.of("dit") != "eager":
-            reason = f"--parallel {parallel.world.layout} with --quantization {self.quantization}: no split W8A8 graphs"
-            if self.fallback == "none":
-                raise UserError(f"dit: {reason}; pass --backend dit=eager or drop ulysses")
-            log.warning("warning: dit: %s; falling back to eager", reason)
-            sessions = None
-            self.used["dit"] = "eager"
-        else:
-            sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
-            if sessions is not None and layout == "split":
-                used = self.used["dit"].removesuffix(")")
-                self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
+        sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
+        if sessions is not None and layout == "split":
+            used = self.used["dit"].removesuffix(")")
+            self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
             if prefetch is None:
