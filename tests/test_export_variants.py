@@ -184,7 +184,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
 
     from ltx_ascend.checkpoints.loader import read_model_config
     from ltx_ascend.export import dit, dit_blocks
-    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, DiTRunner, Pass
+    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH, DiTRunner, Pass
     from ltx_ascend.runtime.artifacts import open_sessions
     from ltx_ascend.store import resolve_folder
     from ltx_ascend.tools.bench import _bench_block_item
@@ -193,7 +193,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     options = ExportOptions(dit_layout="blocks", ort_fused=True)
     result = export_component("dit", ckset, PROFILE, out=tmp_path, options=options, verify=True)
     graphs = {g.name: g for g in result.graphs}
-    assert set(graphs) == {"dit-input", "dit-block", SAMPLE_ADALN_GRAPH, "dit-output"}
+    assert set(graphs) == {"dit-input", "dit-block", SAMPLE_INPUT_GRAPH, SAMPLE_ADALN_GRAPH, "dit-output"}
     for g in graphs.values():
         assert all(c.passes(TOLERANCES["float32"]) for c in g.comparisons.values()), (g.name, g.comparisons)
     sessions = open_sessions(resolve_folder(result.folder, "onnx"))

@@ -7,6 +7,7 @@ npu-ops graphs run on the om stand-in (tests/fake_cann.py), Ascend's ops as thei
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, read_model_config
 from ltx_ascend.compile.compiler import compile_om
@@ -86,3 +87,74 @@ def test_split_variant_equals_its_unsplit_variant(tiny, tmp_path, monkeypatch, l
     for runner in (blocks, split):
         for session in runner.sessions.values():
             session.close()
+
+
+class _Counted:
+    """A session that counts its calls."""
+
+    def __init__(self, session) -> None:
+        self.session, self.calls = session, 0
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.inputs, self.outputs = session.inputs, session.outputs
+
+    def run(self, feeds):
+        self.calls += 1
+        return self.session.run(feeds)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@pytest.mark.parametrize(
+    ("label", "layout"),
+    [
+        ("portable", "blocks"),
+        ("w8a8", "blocks"),
+        ("npu-ops", "blocks"),
+        ("ort-fused+w8a8", "split"),
+        ("npu-ops+w8a8", "split"),
+    ],
+)
+def test_per_sample_adaln_graphs_in_every_variant(tiny, tmp_path, monkeypatch, label, layout):
+    """Every block layout carries the per-sample AdaLN input graph and block graph (segments when
+    split). With one timestep per pass the runner runs them, never the per-token input graph, and
+    gives the per-token graphs' X0 within float32 rounding; per-token timesteps take the per-token ones."""
+    import dataclasses
+
+    from ltx_ascend.export import dit_blocks
+    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH
+
+    variant = Variant.parse(label)
+    if variant.npu_ops:
+        fake_cann.install(monkeypatch, tmp_path / "bin", SOC)
+    lean, _ = _runner(tiny, tmp_path, variant, layout)
+    sample_graphs = {SAMPLE_INPUT_GRAPH, SAMPLE_ADALN_GRAPH} | {
+        n for n in lean.sessions if n.startswith(f"dit-{dit_blocks.SAMPLE_ADALN}-segment")
+    }
+    assert SAMPLE_INPUT_GRAPH in lean.sessions and (
+        SAMPLE_ADALN_GRAPH in lean.sessions or len(lean.sample_segments) == 3
+    )
+    adaln = next(s for s in lean.sessions[SAMPLE_INPUT_GRAPH].outputs if s.name == "video_adaln")
+    assert adaln.shape[1] == 1  # [passes, 1, 9 x dim]: the per-token table is never computed
+    per_token = DiTRunner(
+        read_model_config(tiny.checkpoint),
+        {k: v for k, v in lean.sessions.items() if k not in sample_graphs},
+        block_weights=lean.block_weights,
+    )
+    assert not per_token.per_sample_blocks
+    counted = lean.sessions["dit-input"] = _Counted(lean.sessions["dit-input"])
+    video, audio, passes = _step_inputs(lean)
+    shared = {m: dataclasses.replace(x, timesteps=torch.full_like(x.timesteps, 0.7)) for m, x in
+              (("video", video), ("audio", audio))}  # fmt: skip
+    got, want = lean(shared["video"], shared["audio"], passes), per_token(shared["video"], shared["audio"], passes)
+    error = _error(got, want)
+    print(f"{label} {layout}: per-sample AdaLN graphs vs per-token: max abs error {error:.2e}")
+    assert counted.calls == 0 and error <= MAX_ABS_ERROR
+    # another timestep's row (0.3 in place of 0.7) is visible: the comparison can fail
+    other = dataclasses.replace(shared["video"], timesteps=torch.full_like(video.timesteps, 0.3))
+    assert _error(lean(other, shared["audio"], passes), want) > 1e3 * MAX_ABS_ERROR
+    # per-token timesteps (conditioned tokens): the per-token input graph, and the per-token X0
+    assert _error(lean(video, audio, passes), per_token(video, audio, passes)) <= MAX_ABS_ERROR
+    assert counted.calls == 1
+    for session in lean.sessions.values():
+        session.close()

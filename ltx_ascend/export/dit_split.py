@@ -400,12 +400,18 @@ def _bfloat16_to_float32(model: onnx.ModelProto) -> None:
                 a.t.CopyFrom(tensor(a.t))
 
 
-def write_segments(path: Path, sample: Mapping[str, torch.Tensor]) -> list[tuple[str, Path]]:
+def segment_prefix(kind: str = "") -> str:
+    """Graph names of one block graph's segments: `dit-segment<i>`, or `dit-<kind>-segment<i>` for
+    another block graph of the layout (the per-sample AdaLN one: `dit-block-sample-adaln-segment<i>`)."""
+    return f"dit-{kind}-{SEGMENT_VARIANT}" if kind else f"dit-{SEGMENT_VARIANT}"
+
+
+def write_segments(path: Path, sample: Mapping[str, torch.Tensor], kind: str = "") -> list[tuple[str, Path]]:
     """Cut the traced block graph at `path` into `dit-segment<i>.onnx` beside it (`path` removed)."""
     model = onnx.load(str(path))
     parts = []
     for i, segment in enumerate(split_graph(model, sample)):
-        name = f"dit-{SEGMENT_VARIANT}{i}"
+        name = f"{segment_prefix(kind)}{i}"
         target = path.with_name(f"{name}.onnx")
         onnx.save_model(segment, str(target))
         parts.append((name, target))
@@ -432,10 +438,10 @@ class Segment(Protocol):
 Attend = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def segment_names(names: Sequence[str]) -> list[str]:
-    """The segment graphs among `names` (graph or session names), in order."""
-    prefix = f"dit-{SEGMENT_VARIANT}"
-    found = {int(n.removeprefix(prefix)): n for n in names if n.startswith(prefix)}
+def segment_names(names: Sequence[str], kind: str = "") -> list[str]:
+    """The segment graphs among `names` (graph or session names), in order; `kind` as `segment_prefix`."""
+    prefix = segment_prefix(kind)
+    found = {int(n.removeprefix(prefix)): n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()}
     return [found[i] for i in sorted(found)]
 
 
@@ -497,15 +503,19 @@ class BlockSplit:
     """The `GraphSplit` of the block graph: cut at its cores; checked as segments + plain cores."""
 
     def __init__(
-        self, block: BasicAVTransformerBlock, output_names: Sequence[str], sample: Mapping[str, torch.Tensor]
+        self,
+        block: BasicAVTransformerBlock,
+        output_names: Sequence[str],
+        sample: Mapping[str, torch.Tensor],
+        kind: str = "",
     ) -> None:
-        self.block, self.output_names, self.sample = block, tuple(output_names), sample
+        self.block, self.output_names, self.sample, self.kind = block, tuple(output_names), sample, kind
 
     def write(self, path: Path) -> list[tuple[str, Path]]:
-        return write_segments(path, self.sample)
+        return write_segments(path, self.sample, self.kind)
 
     def run(self, files: dict[str, Path], feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        segments = [_OrtSegment(files[name]) for name in segment_names(list(files))]
+        segments = [_OrtSegment(files[name]) for name in segment_names(list(files), self.kind)]
         with torch.no_grad():
             values = run_segments(segments, plain_attend(self.block), feeds)
         return [values[n] for n in self.output_names]

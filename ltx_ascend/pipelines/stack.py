@@ -64,6 +64,12 @@ FP8 = ("fp8-cast", "fp8-scaled-mm")  # ltx-pipelines' names: ltx-core's FP8 poli
 QUANTIZATIONS = ("", W8A8, *FP8)
 
 
+W8A8_CANNOT_STREAM_EAGER = (
+    "--quantization {q} with block streaming runs on compiled block graphs only (the eager DiT would stream "
+    "float checkpoint blocks): pass --backend dit=ort or om, or drop --streaming-prefetch-count / --max-device-memory"
+)
+
+
 def check_quantization(quantization: str, backend: str, device: torch.device) -> None:
     """One line for a quantization this backend/device cannot run."""
     if quantization not in QUANTIZATIONS:
@@ -342,11 +348,9 @@ class ModelStack:
         layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
         if prefetch is not None and layout == "whole":
             raise UserError(WHOLE_CANNOT_STREAM)
-        if prefetch is not None and self.quantization:
-            raise UserError(
-                f"--quantization {self.quantization} with block streaming is not supported yet: drop "
-                "--streaming-prefetch-count / --max-device-memory, or the quantization"
-            )
+        # Compiled W8A8 streams its quantized block files; the eager DiT would stream float checkpoint blocks.
+        if prefetch is not None and self.quantization and self.backends.of("dit") == "eager":
+            raise UserError(W8A8_CANNOT_STREAM_EAGER.format(q=self.quantization))
         if parallel is not None and parallel.ulysses > 1 and self.backends.of("dit") != "eager":
             # Sequence parallel runs the attention cores between all-to-alls: the block graph split there
             # (ltx-run refuses --dit-layout whole with ulysses before any load).
@@ -357,6 +361,8 @@ class ModelStack:
             self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
+            if prefetch is not None and self.quantization:  # a compiled DiT that fell back to eager
+                raise UserError(W8A8_CANNOT_STREAM_EAGER.format(q=self.quantization))
             if prefetch is None:
                 model = self._load_dit(ckset)
                 runner = eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
