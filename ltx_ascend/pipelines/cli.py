@@ -396,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     rank, _, _ = distributed.check_layout(layout)
     if layout.size > 1 and args.step_cache_search is not None:
         raise UserError("--step-cache-search calibrates on one device: run it without torchrun and --parallel")
-    if layout.ulysses > 1 and checked.step_cache.active:
+    if layout.ulysses > 1 and checked.step_cache.policy == "auto":  # a block schedule is the same on every rank
         raise UserError(
-            f"--step-cache with --parallel {layout}: the ranks of a sequence could skip different blocks; "
-            "drop --step-cache or use cfg=N alone"
+            f"--step-cache auto with --parallel {layout}: each rank decides on its own tokens, so the ranks of a "
+            "sequence could skip different blocks; use a block schedule (block:start=S,interval=I) or cfg=N alone"
         )
     if layout.ulysses > 1 and args.dit_layout == "whole":
         raise UserError(

@@ -205,7 +205,10 @@ class ModelStack:
         resolution = self._find(component, ckset, profile, graph_dtype, variants)
         if component == "dit" and self.step_cache.applies_to(profile.stage):
             if not resolution.ok or "dit" in resolution.graphs:
-                variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
+                # a split chain (sequence parallel) is a block chain already
+                variants = [
+                    v if v.dit_layout == "split" else dataclasses.replace(v, dit_layout="blocks") for v in variants
+                ]
                 resolution = self._find(component, ckset, profile, graph_dtype, variants)
             if not resolution.ok:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
