@@ -41,12 +41,12 @@ def _runner(tiny, out, variant: Variant, layout: str) -> tuple[DiTRunner, list]:
     backend = "om" if variant.npu_ops else "onnx"
     if backend == "om":
         compile_om(result.folder, SOC, None, force=False, dry_run=False)
-    from ltx_ascend.store import resolve_folder
+    from ltx_ascend.store import resolve_folder, weight_files
 
     resolution = resolve_folder(result.folder, backend, soc=SOC)
     assert resolution.variant == variant.label
     sessions = open_component(resolution, fallback="none", threads=1)
-    weights = sorted(resolution.folder.glob("block_*.safetensors"))
+    weights = weight_files(resolution.folder)  # content-addressed: <out>/weights/<key>/
     runner = DiTRunner(read_model_config(ckset.checkpoint), sessions, block_weights=weights)
     return runner, [(g, result.folder / g.file) for g in result.graphs]
 
