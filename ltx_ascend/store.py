@@ -574,10 +574,6 @@ class Variant:
             raise UserError(f"--ulysses {self.ulysses}: must be >= 1")
         if self.ulysses > 1 and self.dit_layout != "split":
             raise UserError(f"--ulysses {self.ulysses} shards the split block chain: add --dit-layout split")
-        if self.dit_layout == "split" and self.npu_ops:
-            raise UserError("--dit-layout split is cut from the portable graph (ATC compiles it as is): drop --npu-ops")
-        if self.dit_layout == "split" and self.quantization:
-            raise UserError("--dit-layout split is built for float graphs (W8A8 is not split yet): drop --quantization")
 
     @classmethod
     def parse(cls, label: str) -> Variant:

@@ -5,14 +5,15 @@ No Ascend hardware or CANN here, so these follow the documents instead, quirks i
 - pyACL (CANN "Application Development (Python)"): calls return `ret` or `(value, ret)`;
   `create_desc`/`create_dataset`/`create_data_buffer` return bare handles (0 = failure);
   `get_<kind>_dims` returns `({"name", "dimCount", "dims"}, ret)`; data types are aclDataType values
-  (FLOAT=0, FLOAT16=1, INT32=3, INT64=9, BOOL=12, BF16=27). Contexts are per thread: `set_device`
+  (FLOAT=0, FLOAT16=1, INT8=2, INT32=3, INT64=9, BOOL=12, BF16=27). Contexts are per thread: `set_device`
   binds the device's default context, `create_context` binds the new one, `destroy_context` leaves a
   thread that was on it pointing at a dead handle (the test checks that never happens), and the model
   must execute in the context it was loaded in. Device memory is real host memory (ctypes buffers) at
   addresses the stand-in tracks, so `memcpy` kinds are checked and bound tensors really are read;
   `register_device_tensor` marks a CPU tensor as NPU memory (what torch_npu's allocator would give).
   `execute_async` runs the loaded model: a `FakeModel` given to the stand-in, or, when the .om file is
-  an ONNX graph (what the fake `atc` writes), that graph on ONNX Runtime.
+  an ONNX graph (what the fake `atc` writes), that graph on ONNX Runtime, Ascend's fused ops of an
+  npu-ops graph as their reference decomposition (ltx_ascend/export/npu_reference.py).
   Several devices (`devices=N`), each with its own memory: a context belongs to the device it was
   made on, `malloc` allocates on the current context's device, and device memory of device d used
   under device e (a `memcpy` operand, an `execute_async` buffer, a model loaded on another device) is
@@ -38,10 +39,10 @@ ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_RT_CONTEXT_NULL = 107002
 CONTEXT_DESTROYED = 107003  # the stand-in's code for "this thread's context was destroyed"
 
-ACL_FLOAT, ACL_FLOAT16, ACL_INT32, ACL_INT64, ACL_BOOL, ACL_BF16 = 0, 1, 3, 9, 12, 27
-NUMPY_OF_ACL = {ACL_FLOAT: np.float32, ACL_FLOAT16: np.float16, ACL_INT32: np.int32, ACL_INT64: np.int64,
-                ACL_BOOL: np.bool_}  # fmt: skip
-ACL_OF_ONNX = {1: ACL_FLOAT, 10: ACL_FLOAT16, 6: ACL_INT32, 7: ACL_INT64, 9: ACL_BOOL, 16: ACL_BF16}
+ACL_FLOAT, ACL_FLOAT16, ACL_INT8, ACL_INT32, ACL_INT64, ACL_BOOL, ACL_BF16 = 0, 1, 2, 3, 9, 12, 27
+NUMPY_OF_ACL = {ACL_FLOAT: np.float32, ACL_FLOAT16: np.float16, ACL_INT8: np.int8, ACL_INT32: np.int32,
+                ACL_INT64: np.int64, ACL_BOOL: np.bool_}  # fmt: skip
+ACL_OF_ONNX = {1: ACL_FLOAT, 10: ACL_FLOAT16, 3: ACL_INT8, 6: ACL_INT32, 7: ACL_INT64, 9: ACL_BOOL, 16: ACL_BF16}
 
 HANDLE_CALLS = {"mdl.create_desc", "mdl.create_dataset", "create_data_buffer"}
 TUPLE_CALLS = {
@@ -103,7 +104,12 @@ def onnx_model(path: str) -> FakeModel | None:
         t = v.type.tensor_type
         return Io(v.name, ACL_OF_ONNX[t.elem_type], tuple(d.dim_value for d in t.shape.dim))
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    from ltx_ascend.export.npu_reference import has_ascend_ops, lower_ascend_ops
+
+    if has_ascend_ops(model):  # what ATC maps to Ascend's kernels: their reference decomposition here
+        session = ort.InferenceSession(lower_ascend_ops(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    else:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     inputs = [io(v) for v in model.graph.input]
     return FakeModel(inputs, [io(v) for v in model.graph.output], lambda f: session.run(None, f))
 
@@ -493,3 +499,25 @@ echo "ATC run success, welcome to the next use."
 """
 
 FAKE_ATC_ALWAYS_SUFFIX = FAKE_ATC.replace('name="$out.om"', 'name="${out}_linux_aarch64.om"')
+
+
+def install(monkeypatch, bin_dir, soc_name: str = "Ascend910B4") -> FakeAcl:
+    """The fake `atc` on PATH and the stand-in pyACL as `acl` (no torch_npu) for one test; the
+    om session's process state reset. Returns the stand-in, to count calls and read violations."""
+    import os
+    import stat
+    import sys
+    from pathlib import Path
+
+    from ltx_ascend.runtime import om_session
+
+    atc = Path(bin_dir) / "atc"
+    atc.parent.mkdir(parents=True, exist_ok=True)
+    atc.write_text("#!/bin/sh\n" + FAKE_ATC)
+    atc.chmod(atc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{atc.parent}{os.pathsep}{os.defpath}")
+    fake = FakeAcl(soc_name=soc_name)
+    monkeypatch.setitem(sys.modules, "acl", fake.module)
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    monkeypatch.setattr(om_session, "_PROCESS", om_session._AclProcess())
+    return fake

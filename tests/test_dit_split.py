@@ -150,7 +150,7 @@ def test_split_segments_on_the_om_session(tiny, tmp_path, monkeypatch):
     [
         (["--ulysses", "2"], "--ulysses 2 shards the split block chain: add --dit-layout split"),
         (["--dit-layout", "split", "--ulysses", "4"], "has 2 heads, not divisible by ulysses=4"),
-        (["--dit-layout", "split", "--npu-ops"], "drop --npu-ops"),
+        (["--dit-layout", "split", "--npu-ops", "--ort-fused"], "--npu-ops and --ort-fused exclude each other"),
         (["--dit-layout", "split", "--ulysses", "0"], "--ulysses 0: must be >= 1"),
     ],
 )

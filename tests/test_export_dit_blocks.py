@@ -38,7 +38,7 @@ def test_block_chain_on_ort_equals_the_whole_model(tiny, tmp_path):
     items = {
         i.variant: i for i in build_items("dit", ckset, profile, torch.float32, ExportOptions(dit_layout="blocks"))
     }
-    assert set(items) == {"input", "block", "output"}
+    assert set(items) == {"input", "block", "output", "input-sample-adaln", "block-sample-adaln"}
     for item in items.values():  # each graph alone matches ltx-core
         export_and_compare(item, tmp_path)
     names = items["block"].write_extra(tmp_path)

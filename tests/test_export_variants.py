@@ -184,7 +184,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
 
     from ltx_ascend.checkpoints.loader import read_model_config
     from ltx_ascend.export import dit, dit_blocks
-    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, DiTRunner, Pass
+    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH, DiTRunner, Pass
     from ltx_ascend.runtime.artifacts import open_sessions
     from ltx_ascend.store import resolve_folder
     from ltx_ascend.tools.bench import _bench_block_item
@@ -193,7 +193,7 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     options = ExportOptions(dit_layout="blocks", ort_fused=True)
     result = export_component("dit", ckset, PROFILE, out=tmp_path, options=options, verify=True)
     graphs = {g.name: g for g in result.graphs}
-    assert set(graphs) == {"dit-input", "dit-block", SAMPLE_ADALN_GRAPH, "dit-output"}
+    assert set(graphs) == {"dit-input", "dit-block", SAMPLE_INPUT_GRAPH, SAMPLE_ADALN_GRAPH, "dit-output"}
     for g in graphs.values():
         assert all(c.passes(TOLERANCES["float32"]) for c in g.comparisons.values()), (g.name, g.comparisons)
     sessions = open_sessions(resolve_folder(result.folder, "onnx"))
@@ -255,3 +255,26 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     assert _bench_block_item([i for i in items if i.variant != dit_blocks.SAMPLE_ADALN]).variant == "block"
     for s in sessions.values():
         s.close()
+
+
+def test_int8_matmul_is_exact_with_and_without_an_int8_dot_product(monkeypatch):
+    """Without VNNI/AMX (an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2) the W8A8 reference runs float32 GEMMs
+    over exact K-chunks: the same int32 sums as torch's int8 GEMM, bit for bit, at K where one float32
+    GEMM need not be exact (rows of 127: sums up to 66M > 2^24)."""
+    from ltx_ascend import cpu_isa
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (64, 4096), generator=g, dtype=torch.int8)
+    x[0] = 127  # extreme rows: every product 16,129
+    w = torch.randint(-127, 128, (32, 4096), generator=g, dtype=torch.int8)
+    w[0] = 127
+    exact = (x.long() @ w.long().t()).float()  # int64, then the one rounding to float32 both paths make
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_isa.has_int8_dot() and "int8 dot product: no" in cpu_isa.describe()
+    chunked = quantize._int8_matmul(x, w)
+    assert torch.equal(chunked, exact)
+    off_by_one = w.clone()
+    off_by_one[5, 7] -= 1  # one weight one step off: the comparison sees it
+    assert not torch.equal(chunked, (x.long() @ off_by_one.long().t()).float())
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert torch.equal(quantize._int8_matmul(x, w), exact)

@@ -93,3 +93,41 @@ def test_plan_rows_are_the_pipelines_declared_stages(tiny):
         first, second = declared_stages(name)
         assert (first.steps, first.passes) == (len(P.DISTILLED_SIGMA_VALUES) - 1, 1), name
         assert (second.steps, second.passes) == (len(P.STAGE_2_DISTILLED_SIGMA_VALUES) - 1, 1), name
+
+
+def test_plan_composed_step(capsys, tmp_path):
+    """ltx-plan --devices 8 --parallel cfg=2,ulysses=4 --quantization w8a8 --step-cache SPEC: the composed step.
+    With the int8 rate at 1x and no cache it is exactly the parallel plan's step; W8A8 and the cache cut
+    it by the linear share and the skipped share; the output names which factors are published."""
+    import json
+
+    from tests.conftest import run_cli
+
+    base = ["ti2vid_two_stages", "--shape", "41x1024x1536", "--devices", "8", "--parallel", "cfg=2,ulysses=4"]
+    plain = tmp_path / "plain.json"
+    code, _, err = run_cli(plan.main, [*base, "--quantization", "w8a8", "--int8-speedup", "1", "--json", str(plain)],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    body = json.loads(plain.read_text())
+    for par, comp in zip(body["parallel"]["stages"], body["composed"]["stages"], strict=True):
+        assert comp["step_s"] == pytest.approx(par["predicted_s_n"], rel=1e-9), (par, comp)
+    report = tmp_path / "composed.json"
+    argv = [*base, "--quantization", "w8a8", "--step-cache", "block:start=2,interval=2", "--json", str(report)]
+    code, out, err = run_cli(plan.main, argv, capsys)
+    assert code == 0, err
+    assert "composed step on 8 devices: cfg=2 x ulysses=4, w8a8 block linears" in out
+    assert "published, not measured here" in out and "INT8 rate = 2 x FP16" in out and "measured here (CPU" in out
+    stage1 = json.loads(report.read_text())["composed"]["stages"][0]
+    flat = next(s for s in body["composed"]["stages"] if s["stage"] == "stage 1")
+    from ltx_ascend.pipelines.step_cache import parse_spec
+
+    planned = next(s for s in plan.pipeline_stages("ti2vid_two_stages") if s.name == "stage 1")
+    skip = plan.skipped_block_fraction(parse_spec("block:start=2,interval=2"), planned, 48, None)
+    assert stage1["skipped_block_fraction"] == pytest.approx(skip) and 0.3 < skip < 0.6
+    lin = stage1["linear_share"]
+    blocks_share = flat["blocks_s"] / (flat["blocks_s"] + flat["outside_s"])  # linear + attention of the step
+    want = flat["blocks_s"] * (lin / 2 + blocks_share - lin) / blocks_share * (1 - skip)
+    assert stage1["blocks_s"] == pytest.approx(want, rel=1e-9)
+    assert stage1["step_s"] < flat["step_s"] / 2  # int8 on ~90 % of the FLOPs, and ~47 % of the block calls skipped
+    code, _, err = run_cli(plan.main, [*base, "--quantization", "w8a8", "--int8-speedup", "0"], capsys)
+    assert code == 2 and "--int8-speedup 0" in err

@@ -67,8 +67,8 @@ def test_declared_stages_are_what_the_pipeline_runs(pipeline, tiny, tmp_path, pr
     assert [s["name"] for s in ran] == [d.name for d in declared]
     for stage, d in zip(ran, declared, strict=True):
         assert stage["steps"] == d.steps, (stage, d)
-        assert stage["dit"]["skipped_block_calls"] == 0
-        assert stage["dit"]["block_calls"] == d.dit_passes * layers, (stage, d)
+        assert stage["dit"]["block_calls_skipped"] == 0
+        assert stage["dit"]["block_calls_run"] == d.dit_passes * layers, (stage, d)
         assert stage["plan"] == dataclasses.asdict(d)  # the timing table carries the declaration
 
 

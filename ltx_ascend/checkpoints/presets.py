@@ -36,25 +36,31 @@ TINY_AUDIO_HEAD_DIM = 8
 TINY_LAYERS = 2
 
 
-def tiny_config() -> dict[str, Any]:
-    """The 22B config with small widths; latent channel counts stay at 128 (ltx-core assumes them)."""
+def tiny_config(
+    heads: int = TINY_HEADS,
+    video_head_dim: int = TINY_VIDEO_HEAD_DIM,
+    audio_head_dim: int = TINY_AUDIO_HEAD_DIM,
+    layers: int = TINY_LAYERS,
+) -> dict[str, Any]:
+    """The 22B config with small widths; latent channel counts stay at 128 (ltx-core assumes them).
+    Other widths and depths make other tiny DiTs of the same layout (held-out sets for tuning checks)."""
     cfg = config_22b()
     t = cfg["transformer"]
-    video_dim = TINY_HEADS * TINY_VIDEO_HEAD_DIM
-    audio_dim = TINY_HEADS * TINY_AUDIO_HEAD_DIM
+    video_dim = heads * video_head_dim
+    audio_dim = heads * audio_head_dim
     t.update(
-        num_attention_heads=TINY_HEADS,
-        attention_head_dim=TINY_VIDEO_HEAD_DIM,
-        num_layers=TINY_LAYERS,
+        num_attention_heads=heads,
+        attention_head_dim=video_head_dim,
+        num_layers=layers,
         cross_attention_dim=video_dim,
         caption_channels=video_dim,
-        audio_num_attention_heads=TINY_HEADS,
-        audio_attention_head_dim=TINY_AUDIO_HEAD_DIM,
+        audio_num_attention_heads=heads,
+        audio_attention_head_dim=audio_head_dim,
         audio_cross_attention_dim=audio_dim,
-        connector_num_attention_heads=TINY_HEADS,
-        connector_attention_head_dim=TINY_VIDEO_HEAD_DIM,
-        audio_connector_num_attention_heads=TINY_HEADS,
-        audio_connector_attention_head_dim=TINY_AUDIO_HEAD_DIM,
+        connector_num_attention_heads=heads,
+        connector_attention_head_dim=video_head_dim,
+        audio_connector_num_attention_heads=heads,
+        audio_connector_attention_head_dim=audio_head_dim,
         connector_num_layers=1,
     )
     # Video VAE: the encoder's base width is fixed at 128 by ltx-core, so every block keeps

@@ -299,14 +299,15 @@ def _write_gemma_root(root: Path, seed: int) -> None:
 # The set
 
 
-def write_tiny_set(out: str | Path, seed: int = 0) -> TinySet:
-    """Write the whole set to `out` atomically (a reader never sees half a set)."""
+def write_tiny_set(out: str | Path, seed: int = 0, dit: dict[str, int] | None = None) -> TinySet:
+    """Write the whole set to `out` atomically (a reader never sees half a set). `dit`: other DiT widths
+    or depth (`presets.tiny_config`'s heads, video_head_dim, audio_head_dim, layers) for a held-out set."""
     out = Path(out)
     with atomic_path(out) as tmp, torch.inference_mode(False), torch.no_grad():
         tmp.mkdir()
         _write_gemma_root(tmp / GEMMA_ROOT, seed)
         gemma_config = json.loads((tmp / GEMMA_ROOT / "config.json").read_text())
-        config = tiny_config()
+        config = tiny_config(**(dit or {}))
         core = _core_state_dict(config, gemma_config, seed)
         # model_version: ltx-pipelines picks the LTX-2.3 defaults (steps, STG block 28) from it.
         metadata = {"config": json.dumps(config), "model_version": MODEL_VERSION}
@@ -333,6 +334,7 @@ def write_tiny_set(out: str | Path, seed: int = 0) -> TinySet:
         index = {
             "seed": seed,
             "preset": "tiny",
+            **({"dit": dit} if dit else {}),
             "files": {
                 "checkpoint": CHECKPOINT,
                 "distilled_lora": DISTILLED_LORA,

@@ -63,6 +63,10 @@ OUTPUT_GRAPH_OUTPUTS = ("video_denoised", "audio_denoised")
 # runtime picks it only when every token's row is bitwise the same (no per-token conditioning).
 SAMPLE_ADALN = "block-sample-adaln"  # export item variant; graph "dit-block-sample-adaln"
 SAMPLE_ADALN_INPUT = "video_adaln"
+# The input graph fed one video timestep per pass ([B, 1, 1]): it emits the video AdaLN table and the
+# embedded timestep one row per pass, so the per-token table is never computed at all (the runner
+# broadcasts the embedded timestep, [B, T, dim], for the output graph). Same rule as SAMPLE_ADALN.
+SAMPLE_ADALN_INPUT_GRAPH = "input-sample-adaln"  # graph "dit-input-sample-adaln"
 
 
 def block_parameter_names(block: BasicAVTransformerBlock) -> list[str]:
@@ -196,6 +200,12 @@ def block_skip_columns(feeds: dict[str, torch.Tensor], block: int) -> dict[str, 
     return {name: feeds[name][:, block : block + 1].contiguous() for name in SKIP_INPUTS}
 
 
+def shared_timesteps(timesteps: torch.Tensor) -> bool:
+    """Whether every token of each pass has the pass's first token's timestep ([B, T, ...]): the rule
+    for the per-sample AdaLN graphs (no per-token conditioning)."""
+    return timesteps.shape[1] == 1 or torch.equal(timesteps, timesteps[:, :1].expand_as(timesteps))
+
+
 def shared_adaln(acts: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None) -> torch.Tensor | None:
     """`acts["video_adaln"]` cut to one row per sample ([B, 1, C], its own memory) when every token's
     row equals the first bitwise, else None (per-token timesteps: image or video conditioning).
@@ -203,7 +213,7 @@ def shared_adaln(acts: dict[str, torch.Tensor], timesteps: torch.Tensor | None =
     table = acts[SAMPLE_ADALN_INPUT]
     if table.shape[1] == 1:
         return table
-    if timesteps is not None and not torch.equal(timesteps, timesteps[:, :1].expand_as(timesteps)):
+    if timesteps is not None and not shared_timesteps(timesteps):
         return None
     first = table[:, :1]
     if not torch.equal(table, first.expand_as(table)):
@@ -421,23 +431,36 @@ def build_block_items(
     if split:
         layout |= {"layout": "split", "ulysses": options.ulysses, "cores": dit_split.core_notes(block)}
         layout |= {"shard_tokens": {m: feeds[f"{m}_latent"].shape[1] for m in ("video", "audio")}}
-    sample_adaln_items = []
-    if options.ort_fused and not split:  # ORT's memory-lean variant: also the per-sample AdaLN block graph
-        table = shared_adaln(b_feeds)
-        if table is None:  # the sample feeds share one timestep per pass (dit.sample_feeds)
-            raise RuntimeError("sample feeds have per-token AdaLN rows: cannot trace the per-sample block graph")
-        sample_adaln_items.append(
-            ExportItem(
-                "dit",
-                block_graph,
-                block_graph.input_names,
-                BLOCK_OUTPUTS,
-                {**b_feeds, SAMPLE_ADALN_INPUT: table},
-                block_reference,
-                variant=SAMPLE_ADALN,
-                notes=layout,
-            )
-        )
+    # Every variant also carries the per-sample AdaLN pair: the input graph fed one timestep per pass
+    # (it never computes the per-token video table) and the block graph (or its segments) reading that row.
+    table = shared_adaln(b_feeds)
+    if table is None:  # the sample feeds share one timestep per pass (dit.sample_feeds)
+        raise RuntimeError("sample feeds have per-token AdaLN rows: cannot trace the per-sample block graph")
+    sample_in_feeds = {**in_feeds, "video_timesteps": in_feeds["video_timesteps"][:, :1].contiguous()}
+    sample_b_feeds = {**b_feeds, SAMPLE_ADALN_INPUT: table}
+    sample_adaln_items = [
+        ExportItem(
+            "dit",
+            input_graph,
+            INPUT_GRAPH_INPUTS,
+            INPUT_GRAPH_OUTPUTS,
+            sample_in_feeds,
+            input_reference,
+            variant=SAMPLE_ADALN_INPUT_GRAPH,
+            notes=layout,
+        ),
+        ExportItem(
+            "dit",
+            block_graph,
+            block_graph.input_names,
+            BLOCK_OUTPUTS,
+            sample_b_feeds,
+            block_reference,
+            variant=SAMPLE_ADALN,
+            notes=layout,
+            split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, sample_b_feeds, SAMPLE_ADALN) if split else None,
+        ),
+    ]
 
     return [
         ExportItem(

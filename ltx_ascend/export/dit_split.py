@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import onnx
 import torch
 from ltx_core.model.transformer.attention import AttentionFunction
@@ -47,7 +48,10 @@ CORES = (
 SEGMENT_VARIANT = "segment"  # graph names dit-segment0, dit-segment1, ...
 # Ops that read only block inputs and cost little are recomputed in each segment that needs them
 # instead of being carried; anything else is computed once.
-HEAVY_OPS = frozenset({"MatMul", "Gemm", "Conv", "MultiHeadAttention", "NPUPromptFlashAttention", "Softmax"})
+HEAVY_OPS = frozenset({
+    "MatMul", "Gemm", "Conv", "Softmax", "MultiHeadAttention", "NPUPromptFlashAttention",  # float
+    "MatMulInteger", "QuantBatchMatMul",  # W8A8 (ORT's and Ascend's int8 matmuls)
+})  # fmt: skip
 
 
 # DiT feeds with a token axis, and where it is: latents/timesteps [B, T, ...], RoPE [B, H, T, d] or [B, T, D].
@@ -134,18 +138,56 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
             value.name = new
 
 
+def _fused_output_types(node: onnx.NodeProto, elem: Mapping[str, int]) -> list[int] | None:
+    """Element types of a fused op's outputs (ONNX's inference knows no com.microsoft, npu or Ascend
+    W8A8 op), or None when it is a standard op or its inputs are not typed yet."""
+    from ltx_ascend.export import npu_reference
+
+    types = [elem.get(n, 0) for n in node.input]
+    if npu_reference.is_ascend_op(node):
+        return npu_reference.output_elem_types(node, types) if types and types[0] else None
+    if node.op_type in ("MultiHeadAttention", "SimplifiedLayerNormalization") and types and types[0]:
+        return [types[0]] + [onnx.TensorProto.FLOAT] * (len(node.output) - 1)
+    return None
+
+
+def _has_fused_ops(model: onnx.ModelProto) -> bool:
+    """Ops of the fused variants that ONNX's own schemas do not know (ORT contrib, Ascend)."""
+    from ltx_ascend.export import npu_reference
+
+    contrib = ("MultiHeadAttention", "SimplifiedLayerNormalization")
+    return any(n.op_type in contrib or n.domain == "com.microsoft" or npu_reference.is_ascend_op(n)
+               for n in model.graph.node)  # fmt: skip
+
+
 def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every value's element type (segment inputs and outputs declare it): ONNX shape inference, with
-    each marker's output typed as its query (the core keeps [B, Tq, heads*dim]). Its shapes are not
+    each marker's output typed as its query (the core keeps [B, Tq, heads*dim]) and each fused op's
+    outputs typed by `_fused_output_types`, repeated until nothing new is typed. Its shapes are not
     all static here, so `_static_shapes` measures them."""
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    known = {v.name: v for v in (*model.graph.input, *model.graph.value_info)}
-    for node in model.graph.node:
-        if node.domain == MARKER_DOMAIN and node.output[0] not in known:
-            value = onnx.ValueInfoProto.FromString(known[node.input[0]].SerializeToString())
-            value.name = node.output[0]
-            model.graph.value_info.append(value)
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    while True:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        known = {v.name: v for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+        elem = {n: v.type.tensor_type.elem_type for n, v in known.items()}
+        elem |= {t.name: t.data_type for t in model.graph.initializer}
+        added = 0
+        for node in model.graph.node:
+            if node.domain == MARKER_DOMAIN:
+                if node.output[0] not in known and node.input[0] in known:
+                    value = onnx.ValueInfoProto.FromString(known[node.input[0]].SerializeToString())
+                    value.name = node.output[0]
+                    model.graph.value_info.append(value)
+                    added += 1
+                continue
+            if all(elem.get(o) for o in node.output if o):
+                continue
+            types = _fused_output_types(node, elem)
+            for out, t in zip(node.output, types or (), strict=False):
+                if out and not elem.get(out):
+                    model.graph.value_info.append(onnx.helper.make_tensor_value_info(out, t, None))
+                    added += 1
+        if not added:
+            return model
 
 
 def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> list[onnx.ModelProto]:
@@ -161,7 +203,9 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
             raise ValueError(f"{core}: q, k and v must be three distinct tensors to be named")
         for old, slot in zip((*node.input, *node.output), ("q", "k", "v", "out"), strict=True):
             _rename(graph, old, f"{core}.{slot}")
-    model = _typed(model)
+    from ltx_ascend.export.npu_reference import fold_shape_ifs
+
+    model = _typed(fold_shape_ifs(_fold_shapes(model, sample)))
     graph = model.graph
     free = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     nodes = list(graph.node)
@@ -244,7 +288,7 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
                 carried.setdefault(value, f"carry.{len(carried)}")
     boundary_values = [n for _, read, out in segments for n in (*read, *out) if n not in initializers]
     shapes = _static_shapes(model, sample, list(dict.fromkeys(boundary_values)))
-    elem = {name: v.type.tensor_type.elem_type for name, v in types.items()}
+    elem = {name: v.type.tensor_type.elem_type for name, v in types.items() if v.type.tensor_type.elem_type}
 
     def declared(name: str) -> onnx.ValueInfoProto:
         if not elem.get(name):
@@ -267,9 +311,32 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
                 node.output[:] = [new if n == old else n for n in node.output]
         result = onnx.helper.make_model(seg, opset_imports=opsets, producer_name=model.producer_name)
         result.ir_version = model.ir_version
-        onnx.checker.check_model(result, full_check=True)
+        if not _has_fused_ops(result):  # ONNX's checker refuses ops it has no schema for (the lint and
+            onnx.checker.check_model(result, full_check=True)  # the exporter's ORT check see those)
         models.append(result)
     return models
+
+
+def _fold_shapes(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> onnx.ModelProto:
+    """Every `Shape` node as the constant it is at the sample's static shapes. A shape computed from a
+    value inside the block would otherwise cross a cut as an int64 tensor (ATC takes float and int32
+    boundaries only), where as a constant it is recomputed for free in each segment that needs it."""
+    shape_nodes = [n for n in model.graph.node if n.op_type == "Shape"]
+    if not shape_nodes:
+        return model
+    shapes = _static_shapes(model, sample, list(dict.fromkeys(n.input[0] for n in shape_nodes)))
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in model.graph.node:
+        if node.op_type != "Shape":
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        dims = shapes[node.input[0]][attrs.get("start", 0) : attrs.get("end")]
+        value = onnx.numpy_helper.from_array(np.asarray(dims, dtype=np.int64), f"{node.output[0]}.value")
+        node.op_type, node.domain = "Constant", ""
+        del node.input[:]
+        node.ClearField("attribute")
+        node.attribute.append(onnx.helper.make_attribute("value", value))
+    return model
 
 
 def _static_shapes(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor], names: list[str]) -> dict:
@@ -278,6 +345,8 @@ def _static_shapes(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor], n
     cannot tell: the traced RoPE reshapes compute their shapes (Shape/Concat) in the graph. Runs in
     float32 whatever the graph dtype (ORT's CPU provider has no bfloat16 kernels; shapes are the same)."""
     import onnxruntime as ort
+
+    from ltx_ascend.export import npu_reference
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     for node in probe.graph.node:
@@ -289,15 +358,21 @@ def _static_shapes(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor], n
     kept = [o for o in probe.opset_import if o.domain != MARKER_DOMAIN]
     del probe.opset_import[:]
     probe.opset_import.extend(kept)
+    if npu_reference.has_ascend_ops(probe):  # ORT cannot run Ascend's ops: their reference, same shapes
+        probe = npu_reference.lower_ascend_ops(probe)
     _bfloat16_to_float32(probe)
     known = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
     del probe.graph.value_info[:]
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {i.name: sample[i.name].float().numpy() for i in session.get_inputs()}
+    feeds = {i.name: _probe_feed(sample[i.name]) for i in session.get_inputs()}
     wanted = [n for n in names if n not in feeds]
     shapes = {n: list(a.shape) for n, a in zip(wanted, session.run(wanted, feeds), strict=True)}
     return shapes | {n: list(a.shape) for n, a in feeds.items()}
+
+
+def _probe_feed(t: torch.Tensor):
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _bfloat16_to_float32(model: onnx.ModelProto) -> None:
@@ -325,12 +400,18 @@ def _bfloat16_to_float32(model: onnx.ModelProto) -> None:
                 a.t.CopyFrom(tensor(a.t))
 
 
-def write_segments(path: Path, sample: Mapping[str, torch.Tensor]) -> list[tuple[str, Path]]:
+def segment_prefix(kind: str = "") -> str:
+    """Graph names of one block graph's segments: `dit-segment<i>`, or `dit-<kind>-segment<i>` for
+    another block graph of the layout (the per-sample AdaLN one: `dit-block-sample-adaln-segment<i>`)."""
+    return f"dit-{kind}-{SEGMENT_VARIANT}" if kind else f"dit-{SEGMENT_VARIANT}"
+
+
+def write_segments(path: Path, sample: Mapping[str, torch.Tensor], kind: str = "") -> list[tuple[str, Path]]:
     """Cut the traced block graph at `path` into `dit-segment<i>.onnx` beside it (`path` removed)."""
     model = onnx.load(str(path))
     parts = []
     for i, segment in enumerate(split_graph(model, sample)):
-        name = f"dit-{SEGMENT_VARIANT}{i}"
+        name = f"{segment_prefix(kind)}{i}"
         target = path.with_name(f"{name}.onnx")
         onnx.save_model(segment, str(target))
         parts.append((name, target))
@@ -357,10 +438,10 @@ class Segment(Protocol):
 Attend = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def segment_names(names: Sequence[str]) -> list[str]:
-    """The segment graphs among `names` (graph or session names), in order."""
-    prefix = f"dit-{SEGMENT_VARIANT}"
-    found = {int(n.removeprefix(prefix)): n for n in names if n.startswith(prefix)}
+def segment_names(names: Sequence[str], kind: str = "") -> list[str]:
+    """The segment graphs among `names` (graph or session names), in order; `kind` as `segment_prefix`."""
+    prefix = segment_prefix(kind)
+    found = {int(n.removeprefix(prefix)): n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()}
     return [found[i] for i in sorted(found)]
 
 
@@ -403,12 +484,13 @@ def plain_attend(block: BasicAVTransformerBlock) -> Attend:
 
 
 class _OrtSegment:
-    """One segment file on ONNX Runtime's CPU provider (the exporter's check; the runtime has Sessions)."""
+    """One segment file on ONNX Runtime's CPU provider (the exporter's check; the runtime has Sessions);
+    Ascend's ops as their reference (export/npu_reference.py)."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+        from ltx_ascend.export.npu_reference import ort_session
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = ort_session(path)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -421,15 +503,19 @@ class BlockSplit:
     """The `GraphSplit` of the block graph: cut at its cores; checked as segments + plain cores."""
 
     def __init__(
-        self, block: BasicAVTransformerBlock, output_names: Sequence[str], sample: Mapping[str, torch.Tensor]
+        self,
+        block: BasicAVTransformerBlock,
+        output_names: Sequence[str],
+        sample: Mapping[str, torch.Tensor],
+        kind: str = "",
     ) -> None:
-        self.block, self.output_names, self.sample = block, tuple(output_names), sample
+        self.block, self.output_names, self.sample, self.kind = block, tuple(output_names), sample, kind
 
     def write(self, path: Path) -> list[tuple[str, Path]]:
-        return write_segments(path, self.sample)
+        return write_segments(path, self.sample, self.kind)
 
     def run(self, files: dict[str, Path], feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        segments = [_OrtSegment(files[name]) for name in segment_names(list(files))]
+        segments = [_OrtSegment(files[name]) for name in segment_names(list(files), self.kind)]
         with torch.no_grad():
             values = run_segments(segments, plain_attend(self.block), feeds)
         return [values[n] for n in self.output_names]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import onnxruntime as ort
 import torch
 
 from ltx_ascend import dtypes
@@ -23,6 +22,7 @@ from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.components import request_for, source_paths
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
+from ltx_ascend.export.npu_reference import ort_session
 from ltx_ascend.export.onnx_writer import export_onnx
 from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
@@ -122,8 +122,9 @@ def verify_split(item: ExportItem, files: dict[str, Path], dtype: str) -> dict[s
 
 
 def verify_item(item: ExportItem, path: Path, dtype: str) -> dict[str, Comparison]:
-    """Run the exported graph on ONNX Runtime (CPU) on the sample feeds; compare with eager."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """Run the exported graph on ONNX Runtime (CPU) on the sample feeds; compare with eager. Ascend's
+    fused ops run as their reference decomposition (export/npu_reference.py): numerics checked on CPU."""
+    session = ort_session(path)  # an npu-ops graph: Ascend's ops as their CPU reference
     feeds = {
         n: item.sample[n].float().numpy() if dtype == "bfloat16" else item.sample[n].numpy() for n in item.input_names
     }
@@ -247,7 +248,7 @@ def _build(
             }
             if weights is not None:  # by content key: <out>/weights/<key>/, shared with every artifact using them
                 graphs_io[name]["weights"] = weights
-        if verify and not options.npu_ops:
+        if verify:
             if item.split:
                 comparisons = verify_split(item, dict(parts), dtypes.name(dtype))
             else:

@@ -55,12 +55,34 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp_(-QMAX, QMAX).to(torch.int8), scale
 
 
+# float32 holds every integer below 2^24 exactly: a K-chunk of int8 products sums to at most
+# 127 * 127 * 1024 = 16,516,096 < 2^24, so a float32 GEMM over 1024 of K is an exact int8 GEMM.
+EXACT_FLOAT_CHUNK = 1024
+
+
 def _int8_matmul(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
-    """[M, K] int8 @ [N, K]^T int8 -> float32 [M, N], exact int32 accumulation where torch has it."""
+    """[M, K] int8 @ [N, K]^T int8 -> float32 [M, N], the int32 sum exactly. With an int8 dot-product
+    instruction (VNNI / AMX) torch's int8 GEMM; without one (AVX2) oneDNN's int8 GEMM ran 6x slower than
+    the float one here (so did the export, which traces through it), so float32 GEMMs over K-chunks
+    small enough to be exact, summed in int32: the same integers at float32 GEMM speed."""
+    from ltx_ascend.cpu_isa import has_int8_dot
+
     m, k = xq.shape
-    if xq.device.type == "cpu" and m > 16 and k % 8 == 0 and wq.shape[0] % 8 == 0:
+    if xq.device.type == "cpu" and has_int8_dot() and m > 16 and k % 8 == 0 and wq.shape[0] % 8 == 0:
         return torch._int_mm(xq, wq.t()).float()
-    return xq.float() @ wq.float().t()
+    return _chunked_float_matmul(xq, wq)
+
+
+def _chunked_float_matmul(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+    """The exact int8 GEMM as float32 GEMMs over K-chunks of EXACT_FLOAT_CHUNK, summed in int32."""
+    k = xq.shape[1]
+    if k <= EXACT_FLOAT_CHUNK:
+        return xq.float() @ wq.float().t()
+    acc = torch.zeros(xq.shape[0], wq.shape[0], dtype=torch.int32, device=xq.device)
+    for start in range(0, k, EXACT_FLOAT_CHUNK):
+        stop = start + EXACT_FLOAT_CHUNK
+        acc += (xq[:, start:stop].float() @ wq[:, start:stop].float().t()).to(torch.int32)
+    return acc.float()
 
 
 def w8a8_reference(

@@ -99,15 +99,15 @@ class ArtifactFinder:
         quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
         if self.quantization != W8A8:
             quant = {}
-        # The split layout (sequence parallel) is cut from float graphs without Ascend's fused ops.
+        # The split layout (sequence parallel) is cut from each variant's block graph, fused and W8A8 ones too.
         split = {"ulysses": self.parallel.ulysses} if layout == "split" and self.parallel is not None else {}
         if self.variant is not None:
             chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
             return [chosen.for_component(component)]
         if backend in ("ort", "onnx"):  # both run on ONNX Runtime
             preference = [{"ort_fused": True}, {}]
-        elif backend == "om":  # W8A8 only as Ascend's quant ops; the split layout has no fused variant
-            preference = [{"npu_ops": True}] if quant else [{}] if split else [{"npu_ops": True}, {}]
+        elif backend == "om":  # W8A8 only as Ascend's quant ops
+            preference = [{"npu_ops": True}] if quant else [{"npu_ops": True}, {}]
         else:
             preference = [{}]
         preferred = [Variant(dit_layout=layout, **split, **quant, **fields) for fields in preference]
@@ -161,7 +161,7 @@ class ArtifactFinder:
         resolution = self.find(component, ckset, profile, graph_dtype, variants)
         if component == "dit" and blocks:
             if not resolution.ok or "dit" in resolution.graphs:
-                variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
+                variants = _block_chains(variants)
                 resolution = self.find(component, ckset, profile, graph_dtype, variants)
             if not resolution.ok:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
@@ -185,7 +185,7 @@ class ArtifactFinder:
         for the DiT of a stage under a step cache. The lookup then finds it among its candidates."""
         variants = self.candidates(component, backend, layout)
         if component == "dit" and blocks:
-            variants = [dataclasses.replace(v, dit_layout="blocks") for v in variants]
+            variants = _block_chains(variants)
         return variants[0] if self.quantization == W8A8 or self.variant is not None else variants[-1]
 
     def check_available(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> None:
@@ -211,3 +211,8 @@ class ArtifactFinder:
         manifest = Manifest.read(resolution.compiled)
         digest = hashlib.sha256(json.dumps(sorted(manifest.files.items())).encode()).hexdigest()[:16]
         return f"{resolution.backend}:{manifest.key}:{digest}"
+
+
+def _block_chains(variants: list[Variant]) -> list[Variant]:
+    """The block-chain forms a step cache needs: a split chain (sequence parallel) is one already."""
+    return [v if v.dit_layout == "split" else dataclasses.replace(v, dit_layout="blocks") for v in variants]

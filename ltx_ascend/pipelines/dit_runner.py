@@ -21,11 +21,13 @@ from ltx_core.model.transformer.model import LTXModel
 from ltx_ascend.export import dit, dit_blocks, dit_split
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
+from ltx_ascend.runtime import device as device_layer
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
 
 SAMPLE_ADALN_GRAPH = f"dit-{dit_blocks.SAMPLE_ADALN}"
+SAMPLE_INPUT_GRAPH = f"dit-{dit_blocks.SAMPLE_ADALN_INPUT_GRAPH}"
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,17 @@ class DiTRunner:
         self.step_cache: StepCache | None = None  # see `use_step_cache`
         self.parallel = parallel
         self.segments = [self.sessions[n] for n in dit_split.segment_names(list(self.sessions))]
-        # Between segments: ltx-core's core on this device, or Ulysses' all-to-alls around it.
+        self.sample_segments = [  # the per-sample AdaLN block graph's segments (split layout)
+            self.sessions[n] for n in dit_split.segment_names(list(self.sessions), dit_blocks.SAMPLE_ADALN)
+        ]
+        # Between segments: the device's fused attention (torch_npu's on Ascend, SDPA elsewhere), or
+        # Ulysses' all-to-alls around it.
         meta_block = self._meta.transformer_blocks[0]
+        core = device_layer.attention_core(self.device)
         if parallel is not None and self.segments:
-            self.attend = parallel.attend(meta_block)
+            self.attend = parallel.attend(meta_block, core)
         else:
-            self.attend = dit_split.plain_attend(meta_block)
+            self.attend = lambda name, q, k, v: core(q, k, v, getattr(meta_block, name).heads)
         if parallel is not None and parallel.ulysses > 1 and not self.segments:
             block = self.sessions.get("dit-block")
             if not isinstance(block, EagerSession) or not isinstance(block.module, dit_blocks.DiTBlockGraph):
@@ -143,7 +150,7 @@ class DiTRunner:
         real = sum(k is not None for k in keys)
         if self.layout == "whole":
             out = self.sessions["dit"].run(feeds)
-            self.block_counts.block_calls += real * self.num_layers
+            self.block_counts.block_calls_run += real * self.num_layers
             self.block_counts.seconds += time.perf_counter() - start
             return out["video_denoised"], out["audio_denoised"]
         if self.parallel is not None:  # Ulysses: this rank's tokens in, everyone's tokens out
@@ -151,7 +158,7 @@ class DiTRunner:
         acts = self.run_input(feeds)
         if self.step_cache is None:
             acts = self.run_blocks(acts, feeds, 0, self.num_layers)
-            self.block_counts.block_calls += real * self.num_layers
+            self.block_counts.block_calls_run += real * self.num_layers
         else:
             acts = self.step_cache.run_blocks(self, acts, feeds, keys, self.block_counts)
         result = self.run_output(acts, feeds)
@@ -161,20 +168,36 @@ class DiTRunner:
         return result
 
     def run_input(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Patchify and embeddings: the activations every block reads. With a per-sample AdaLN block
-        graph (`dit_blocks.SAMPLE_ADALN`) and one timestep for all tokens of each pass, the video AdaLN
-        table comes back one row per pass, and the per-token one is dropped."""
+        """Patchify and embeddings: the activations every block reads. When every token of each pass
+        shares its timestep and the layout has the per-sample AdaLN graphs (`dit_blocks.SAMPLE_ADALN*`),
+        the video AdaLN table is one row per pass: from the per-sample input graph, which never computes
+        the per-token table, or cut from the per-token one (an artifact with the block graph only)."""
+        per_sample = self.per_sample_blocks and dit_blocks.shared_timesteps(feeds["video_timesteps"])
+        if per_sample and SAMPLE_INPUT_GRAPH in self.sessions:
+            inputs = {n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS}
+            inputs["video_timesteps"] = feeds["video_timesteps"][:, :1].contiguous()
+            acts = self.sessions[SAMPLE_INPUT_GRAPH].run(inputs)
+            tokens = feeds["video_latent"].shape[1]  # the output graph reads it per token
+            acts["video_embedded_timestep"] = acts["video_embedded_timestep"].expand(-1, tokens, -1).contiguous()
+            return acts
         acts = self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
-        if SAMPLE_ADALN_GRAPH in self.sessions:
+        if per_sample:
             table = dit_blocks.shared_adaln(acts, feeds["video_timesteps"])
             if table is not None:
                 acts[dit_blocks.SAMPLE_ADALN_INPUT] = table
         return acts
 
+    @property
+    def per_sample_blocks(self) -> bool:
+        """Whether the layout has a block graph (or segments) fed one video AdaLN row per pass."""
+        return SAMPLE_ADALN_GRAPH in self.sessions or bool(self.sample_segments)
+
+    def _per_sample(self, acts: dict[str, torch.Tensor]) -> bool:
+        return acts["video_x"].shape[1] > 1 and acts[dit_blocks.SAMPLE_ADALN_INPUT].shape[1] == 1
+
     def block_session(self, acts: dict[str, torch.Tensor]) -> Session:
-        """The block graph for these activations: per-sample AdaLN when `run_input` cut the table."""
-        tokens = acts["video_x"].shape[1]
-        if SAMPLE_ADALN_GRAPH in self.sessions and tokens > 1 and acts[dit_blocks.SAMPLE_ADALN_INPUT].shape[1] == 1:
+        """The block graph for these activations: per-sample AdaLN when `run_input` gave one row."""
+        if SAMPLE_ADALN_GRAPH in self.sessions and self._per_sample(acts):
             return self.sessions[SAMPLE_ADALN_GRAPH]
         return self.sessions["dit-block"]
 
@@ -184,7 +207,8 @@ class DiTRunner:
         block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, index)}
         block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
         if self.segments:
-            out = dit_split.run_segments(self.segments, self.attend, block_in)
+            segments = self.sample_segments if self.sample_segments and self._per_sample(acts) else self.segments
+            out = dit_split.run_segments(segments, self.attend, block_in)
         else:
             block = self.block_session(acts)
             out = block.run({s.name: block_in[s.name] for s in block.inputs})

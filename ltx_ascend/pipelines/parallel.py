@@ -101,12 +101,14 @@ class Parallel:
             attn = getattr(block, name)
             attn.attention_function = UlyssesAttention(attn.attention_function, self, q, kv)
 
-    def attend(self, block: BasicAVTransformerBlock) -> dit_split.Attend:
+    def attend(self, block: BasicAVTransformerBlock, core=None) -> dit_split.Attend:
         """The cores between the split block graph's segments (export/dit_split.py): the same
-        `UlyssesAttention` around ltx-core's own core (eager on the device: torch SDPA)."""
+        `UlyssesAttention` around `core` (the device's fused attention, `device.attention_core`;
+        ltx-core's own core when not given)."""
+        inner = core or AttentionFunction.DEFAULT
         if self.ulysses == 1:
-            return dit_split.plain_attend(block)
-        cores = {name: UlyssesAttention(AttentionFunction.DEFAULT, self, q, kv) for name, q, kv in dit_split.CORES}
+            return lambda name, q, k, v: inner(q, k, v, getattr(block, name).heads, None)
+        cores = {name: UlyssesAttention(inner, self, q, kv) for name, q, kv in dit_split.CORES}
         return lambda core, q, k, v: cores[core](q, k, v, getattr(block, core).heads)
 
 

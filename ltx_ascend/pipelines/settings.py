@@ -137,10 +137,10 @@ class RunSettings:
         layout = self.parallel
         layout = distributed.Layout.parse(layout) if isinstance(layout, str) else layout or distributed.Layout()
         self._set("layout", layout)
-        if layout.ulysses > 1 and self.step_cache_spec.active:
+        if layout.ulysses > 1 and self.step_cache_spec.policy == "auto":  # a block schedule is the same on every rank
             raise UserError(
-                f"--step-cache with --parallel {layout}: the ranks of a sequence could skip different blocks; "
-                "drop --step-cache or use cfg=N alone"
+                f"--step-cache auto with --parallel {layout}: each rank decides on its own tokens, so the ranks of a "
+                "sequence could skip different blocks; use a block schedule (block:start=S,interval=I) or cfg=N alone"
             )
         if layout.ulysses > 1 and self.dit_layout == "whole":
             raise UserError(

@@ -63,6 +63,10 @@ WHOLE_CANNOT_STREAM = (
     "a whole-DiT graph bakes its block weights in and cannot stream them: use --dit-layout blocks "
     "(ltx-export --component dit --dit-layout blocks), or drop --streaming-prefetch-count / --max-device-memory"
 )
+W8A8_CANNOT_STREAM_EAGER = (
+    "--quantization {q} with block streaming runs on compiled block graphs only (the eager DiT would stream "
+    "float checkpoint blocks): pass --backend dit=ort or om, or drop --streaming-prefetch-count / --max-device-memory"
+)
 
 
 @dataclass
@@ -239,11 +243,9 @@ class ModelStack:
         layout = "blocks" if prefetch is not None and self.dit_layout == "auto" else self.dit_layout
         if prefetch is not None and layout == "whole":
             raise UserError(WHOLE_CANNOT_STREAM)
-        if prefetch is not None and self.quantization:
-            raise UserError(
-                f"--quantization {self.quantization} with block streaming is not supported yet: drop "
-                "--streaming-prefetch-count / --max-device-memory, or the quantization"
-            )
+        # Compiled W8A8 streams its quantized block files; the eager DiT would stream float checkpoint blocks.
+        if prefetch is not None and self.quantization and self.backends.of("dit") == "eager":
+            raise UserError(W8A8_CANNOT_STREAM_EAGER.format(q=self.quantization))
         if parallel is not None and parallel.ulysses > 1 and self.backends.of("dit") != "eager":
             # Sequence parallel runs the attention cores between all-to-alls: the block graph split there
             # (ltx-run refuses --dit-layout whole with ulysses before any load).
@@ -270,20 +272,14 @@ class ModelStack:
     def _build_dit(
         self, ckset: CheckpointSet, config: dict, profile: ShapeProfile, layout: str, prefetch, parallel
     ) -> DiTRunner:
-        if parallel is not None and parallel.ulysses > 1 and self.quantization and self.backends.of("dit") != "eager":
-            reason = f"--parallel {parallel.world.layout} with --quantization {self.quantization}: no split W8A8 graphs"
-            if self.fallback == "none":
-                raise UserError(f"dit: {reason}; pass --backend dit=eager or drop ulysses")
-            log.warning("warning: dit: %s; falling back to eager", reason)
-            sessions = None
-            self.used["dit"] = "eager"
-        else:
-            sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
-            if sessions is not None and layout == "split":
-                used = self.used["dit"].removesuffix(")")
-                self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
+        sessions = self._sessions("dit", ckset, profile, layout)  # the block chain if `cache`
+        if sessions is not None and layout == "split":
+            used = self.used["dit"].removesuffix(")")
+            self.used["dit"] = f"{used}, split at attention, 1/{parallel.ulysses} of the tokens)"
         if sessions is None:
             # One pass per call, exactly as ltx-pipelines calls its transformer.
+            if prefetch is not None and self.quantization:  # a compiled DiT that fell back to eager
+                raise UserError(W8A8_CANNOT_STREAM_EAGER.format(q=self.quantization))
             if prefetch is None:
                 model = self._load_dit(ckset)
                 if self.loader.parked("dit"):  # parked in host memory: on the device for this stage only

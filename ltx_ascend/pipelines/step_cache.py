@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("off", "block", "auto")
 DEFAULT_INTERVAL = 2
 DEFAULT_START = 1
-DEFAULT_THRESHOLD = 0.4
+DEFAULT_THRESHOLD = 2.0  # in units of the first measured step's change (see AdaptivePolicy); docs/design/composition.md
 DEFAULT_WARMUP = 2
 _KEYS = {
     "off": {"stages"},
@@ -127,7 +127,7 @@ def parse_spec(text: str) -> StepCacheSpec:
         lines = [ln.strip() for ln in utf8_file(path, f"--step-cache {text}").splitlines()]
         specs = [ln for ln in lines if ln and not ln.startswith("#")]
         if not specs:
-            raise UserError(f"--step-cache {text}: {path} holds no SPEC line: write one, e.g. auto:threshold=0.2")
+            raise UserError(f"--step-cache {text}: {path} holds no SPEC line: write one, e.g. auto:threshold=2")
         text = specs[0]
     policy, _, rest = text.partition(":")
     policy = policy.strip()
@@ -189,22 +189,24 @@ def _parse_value(text: str, key: str, value: str):
 class BlockCounts:
     """DiT work of one stage, in pass-blocks (one block on one guidance pass) and seconds.
 
-    A batched graph call that runs four passes through one block counts four block calls: the
-    unit is the same for a backend that batches passes and for eager, which runs them one by one."""
+    `block_calls_run` counts the block calls that ran, `block_calls_skipped` those a step cache
+    replaced by a stored residual; their sum is the stage's total. A batched graph call that runs
+    four passes through one block counts four block calls: the unit is the same for a backend that
+    batches passes and for eager, which runs them one by one."""
 
-    block_calls: int = 0
-    skipped_block_calls: int = 0
+    block_calls_run: int = 0
+    block_calls_skipped: int = 0
     seconds: float = 0.0
 
     @property
     def skip_ratio(self) -> float:
-        total = self.block_calls + self.skipped_block_calls
-        return self.skipped_block_calls / total if total else 0.0
+        total = self.block_calls_run + self.block_calls_skipped
+        return self.block_calls_skipped / total if total else 0.0
 
     def to_json(self) -> dict:
         return {
-            "block_calls": self.block_calls,
-            "skipped_block_calls": self.skipped_block_calls,
+            "block_calls_run": self.block_calls_run,
+            "block_calls_skipped": self.block_calls_skipped,
             "seconds": round(self.seconds, 4),
         }
 
@@ -240,9 +242,13 @@ class AdaptivePolicy:
     At a computed step the policy measures the range's transformation rate
     k = |out_t - out_s| / |in_t - in_s| against the previous computed step s (mean absolute values,
     `in` the activations entering block A, `out` those leaving block B). At a later step it predicts
-    the relative output change from the input change alone, k * |in_t - in_{t-1}| / |out_s|,
-    accumulates it, and reuses the cached residual while the sum stays under `threshold`; over it,
-    the step recomputes and the sum restarts. The first `warmup` steps always compute.
+    the relative output change from the input change alone, k * |in_t - in_{t-1}| / |out_s|, and
+    accumulates it. The threshold is scale-free: the sum is measured in units of the relative output
+    change the range showed over its first measured step (`reference`, at the end of the warmup), so
+    `threshold=1` means "reuse while the predicted drift since the last computed step stays under one
+    early step's change" whatever the model's widths, depth or activation scale (a threshold in raw
+    relative change, as EasyCache's, was fitted to one model: on other tiny DiTs it skipped nothing).
+    Over the threshold the step recomputes and the sum restarts. The first `warmup` steps always compute.
 
     Why EasyCache rather than TeaCache or MagCache: TeaCache rescales its input-change metric with a
     polynomial fitted offline per model (none exists for LTX-2.3), and MagCache needs a calibration
@@ -260,12 +266,13 @@ class AdaptivePolicy:
         self.last_in: torch.Tensor | None = None  # lead input / output at the last computed step
         self.last_out: torch.Tensor | None = None
         self.rate: float | None = None
+        self.reference: float | None = None  # relative output change over the first measured step
 
     def reuse(self, call: int, lead_in: torch.Tensor) -> bool:
         previous, self.previous_in = self.previous_in, lead_in
         if call < self.spec.warmup or self.rate is None or previous is None or self.last_out is None:
             return False
-        norm = _mean_abs(self.last_out)
+        norm = _mean_abs(self.last_out) * (self.reference or 0.0)
         self.accumulated += self.rate * _mean_abs(lead_in - previous) / norm if norm > 0 else float("inf")
         if self.accumulated < self.spec.threshold:
             return True
@@ -275,7 +282,11 @@ class AdaptivePolicy:
     def computed(self, lead_in: torch.Tensor, lead_out: torch.Tensor) -> None:
         if self.last_in is not None and self.last_out is not None:
             change = _mean_abs(lead_in - self.last_in)
-            self.rate = _mean_abs(lead_out - self.last_out) / change if change > 0 else None
+            out_change = _mean_abs(lead_out - self.last_out)
+            self.rate = out_change / change if change > 0 else None
+            norm = _mean_abs(self.last_out)
+            if self.reference is None and norm > 0 and out_change > 0:
+                self.reference = out_change / norm
         self.last_in, self.last_out = lead_in, lead_out
         self.accumulated = 0.0
 
@@ -319,7 +330,7 @@ class StepCache:
             rows = [self.residuals[k if k is not None else known[-1]] for k in keys]
             acts["video_x"] = acts["video_x"] + torch.stack([r[0] for r in rows])
             acts["audio_x"] = acts["audio_x"] + torch.stack([r[1] for r in rows])
-            counts.skipped_block_calls += real * (self.stop - self.first)
+            counts.block_calls_skipped += real * (self.stop - self.first)
         else:
             video_in, audio_in = acts["video_x"], acts["audio_x"]
             lead_in = _flat(acts, 0) if lead else None
@@ -329,7 +340,7 @@ class StepCache:
                     self.residuals[key] = (acts["video_x"][row] - video_in[row], acts["audio_x"][row] - audio_in[row])
             if lead:
                 self.policy.computed(lead_in, _flat(acts, 0))
-            counts.block_calls += real * (self.stop - self.first)
+            counts.block_calls_run += real * (self.stop - self.first)
         runner.run_blocks(acts, feeds, self.stop, self.num_layers)
-        counts.block_calls += real * (self.num_layers - (self.stop - self.first))
+        counts.block_calls_run += real * (self.num_layers - (self.stop - self.first))
         return acts

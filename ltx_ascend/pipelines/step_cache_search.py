@@ -40,7 +40,7 @@ class Trial:
     spec: StepCacheSpec
     psnr_db: float
     ssim: float
-    block_calls: int
+    block_calls_run: int
     skipped: int
     dit_seconds: float
     skip_ratios: dict[str, float]
@@ -51,8 +51,8 @@ class Trial:
 
 def _counts(timings) -> tuple[int, int, float, dict[str, float]]:
     stages = [s for s in timings.stages if s.dit is not None]
-    calls = sum(s.dit.block_calls for s in stages)
-    skipped = sum(s.dit.skipped_block_calls for s in stages)
+    calls = sum(s.dit.block_calls_run for s in stages)
+    skipped = sum(s.dit.block_calls_skipped for s in stages)
     seconds = sum(s.dit.seconds for s in stages)
     return calls, skipped, seconds, {s.name: s.dit.skip_ratio for s in stages}
 
@@ -101,7 +101,7 @@ def search_step_cache(
         ratios = {}
     else:
         chosen, ratios = best.spec, best.skip_ratios
-        total = best.block_calls + best.skipped
+        total = best.block_calls_run + best.skipped
         summary = (
             f"# chosen: frames {best.psnr_db:.2f} dB PSNR, SSIM {best.ssim:.4f} vs uncached; {best.skipped} of "
             f"{total} DiT block calls skipped ({100 * best.skipped / total:.1f} %); "

@@ -62,7 +62,7 @@ class Timings:
         lines = [f"{'stage':<22} {'steps':>16} {'seconds':>9} {'DiT s':>8} {'DiT blocks run/skipped':>23}", "-" * 82]
         for s in self.stages:
             steps = f"{len(s.steps)} x {median(s.steps):.2f} s" if s.steps else ""
-            dit = f"{s.dit.seconds:>8.2f} {f'{s.dit.block_calls}/{s.dit.skipped_block_calls}':>23}" if s.dit else ""
+            dit = f"{s.dit.seconds:>8.2f} {f'{s.dit.block_calls_run}/{s.dit.block_calls_skipped}':>23}" if s.dit else ""
             lines.append(f"{s.name:<22} {steps:>16} {s.seconds:>9.2f} {dit}".rstrip())
         lines.append(f"{'total':<22} {'':>16} {self.total:>9.2f}")
         if self.backends:

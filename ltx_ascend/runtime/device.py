@@ -15,6 +15,7 @@ import functools
 import importlib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -339,3 +340,34 @@ def require_npu_backend() -> None:
     probe = _probe_npu()
     if not probe.available:
         raise UserError(f"--parallel on npu: {probe.reason}; {_NPU_FIX}")
+
+
+# --------------------------------------------------------------------------- attention
+
+AttentionCore = Callable[..., torch.Tensor]  # ltx-core's AttentionCallable: (q, k, v, heads, mask=None)
+
+
+def attention_core(device: torch.device) -> AttentionCore:
+    """Mask-free attention on ltx-core's [B, T, heads*dim] tensors with the device's fused kernel: the
+    cores between the split DiT's segments (and Ulysses' all-to-alls) run here, outside any graph.
+    On an NPU: torch_npu's `npu_fusion_attention` (BSH layout, FlashAttention-style, no score matrix);
+    elsewhere torch's SDPA, which is ltx-core's own PyTorch core (flash / memory-efficient kernels
+    where the build has them)."""
+    if device.type == "npu":
+        npu = _import_torch_npu()
+
+        def fused(q, k, v, heads, mask=None):
+            if mask is not None:
+                raise ValueError("the device attention core takes no mask (the split block graph has none)")
+            scale = (q.shape[-1] // heads) ** -0.5
+            return npu.npu_fusion_attention(q, k, v, heads, input_layout="BSH", scale=scale)[0]
+
+        return fused
+
+    def sdpa(q, k, v, heads, mask=None):
+        b, _, inner = q.shape
+        q4, k4, v4 = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask)
+        return out.transpose(1, 2).reshape(b, -1, inner)
+
+    return sdpa

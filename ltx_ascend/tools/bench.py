@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 import torch
 
+from ltx_ascend import cpu_isa
 from ltx_ascend.atomic import atomic_path, atomic_write_text, check_writable_file
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
@@ -49,6 +50,7 @@ from ltx_ascend.store import resolve_folder
 from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
 
 PRESETS = ("tiny", "bench", "22b-block", "22b-stream")
+PARALLEL_BACKENDS = ("eager", "ort", "ort-fused", "ort-w8a8")  # --parallel: the eager or a split ORT variant
 PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation (stage 1); stage 2 is distilled: 1
 # backend key -> (runs on, ExportOptions fields of its graph variant)
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -442,7 +444,8 @@ def bench_parallel(
     if backend == "eager":
         runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
     else:
-        runner = _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts, threads)
+        fields = BACKENDS[backend][1]
+        runner = _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts, threads, fields)
     times = _timed_on_all_ranks(world, lambda: runner(video, audio, passes), repeats)
     if not world.is_main:
         return None
@@ -452,6 +455,7 @@ def bench_parallel(
         "ulysses": layout.ulysses,
         "ranks": layout.size,
         "threads_per_rank": torch.get_num_threads(),
+        "cpu_isa": cpu_isa.describe(),
         "video_tokens": video.latent.shape[1],
         "audio_tokens": audio.latent.shape[1],
         "median_s": statistics.median(times),
@@ -459,7 +463,9 @@ def bench_parallel(
     }
 
 
-def _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts: Path, threads: int | None):
+def _ort_parallel_runner(
+    model, config, shape, layout, world, parallel, artifacts: Path, threads: int | None, fields: dict | None = None
+):
     """The bench DiT on ORT for one rank: the block graph split at its attention cores (U = 1 on one
     device: the same graphs and the same eager core as the ranks, so the ratio is the parallel
     scaling alone), at this rank's batch (passes / cfg); exported and compiled once per host."""
@@ -467,7 +473,7 @@ def _ort_parallel_runner(model, config, shape, layout, world, parallel, artifact
     from ltx_ascend.runtime import distributed as D
     from ltx_ascend.runtime.block_weights import ResidentBlockWeights
 
-    options = ExportOptions(dit_layout="split", ulysses=layout.ulysses, random_config=config)
+    options = ExportOptions(dit_layout="split", ulysses=layout.ulysses, random_config=config, **(fields or {}))
     profile = shape_profile(shape, stage=1, batch=math.ceil(PASSES_PER_STEP / layout.cfg))
     out = artifacts / "bench"
     with D.host_lock(out / ".build.lock", world):
@@ -475,6 +481,11 @@ def _ort_parallel_runner(model, config, shape, layout, world, parallel, artifact
         compile_ort(result.folder, "cpu", force=False)
     sessions = open_component(resolve_folder(result.folder, "ort", ep="cpu"), fallback="none", threads=threads)
     weights = ResidentBlockWeights.from_modules(model.transformer_blocks)
+    if options.quantization:  # the split W8A8 graphs read int8 weights + scales (what ltx-export streams out)
+        from ltx_ascend.export.quantize import quantizable, quantize_state_dict
+
+        names = quantizable(model.transformer_blocks[0], options.quantization_skip)
+        weights = ResidentBlockWeights([quantize_state_dict(dict(weights[i]), names) for i in range(len(weights))])
     return DiTRunner(config, sessions, block_weights=weights, parallel=parallel)
 
 
@@ -551,6 +562,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"matmul peak (2048^3, float32, this machine, best of {detail or 'torch'}): "
         f"{report['matmul_peak_gflops']:.1f} GFLOP/s"
     )
+    lines.append(report.get("cpu_isa") or cpu_isa.describe())
     return "\n".join(lines)
 
 
@@ -656,20 +668,32 @@ def main(argv: list[str] | None = None) -> int:
                 "--parallel times the bench preset's DiT step (pass --preset bench) or the tiny set's video decode "
                 "(pass --preset tiny --component video_decoder)"
             )
-        backend = args.backends or "eager"
-        if backend not in ("eager", "ort"):
-            raise UserError(f"--backends {backend} with --parallel: time one backend, eager or ort")
+        backends = [b.strip() for b in (args.backends or "eager").split(",") if b.strip()]
+        bad = [b for b in backends if b not in PARALLEL_BACKENDS]
+        if bad or not backends:
+            choices = ", ".join(PARALLEL_BACKENDS)
+            raise UserError(f"--backends {args.backends} with --parallel: a comma list of {choices}")
         shape = args.shape or "41x1024x1536"
-        row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
-        if row is not None:  # rank 0 reports
-            chain = "eager block chain" if backend == "eager" else "ORT block graphs split at attention"
-            _report_parallel(
-                row,
+        rows = []
+        for backend in backends:  # one run: the same inputs and ranks for each, so their ratio is the variants'
+            row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
+            if row is None:  # rank 0 reports
+                continue
+            rows.append(row)
+            chain = "eager block chain" if backend == "eager" else f"ORT {backend} block graphs split at attention"
+            print(
                 f"DiT step ({PASSES_PER_STEP} passes, {chain}, {row['video_tokens']} video + "
                 f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
-                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s",
-                args.json,
+                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
             )
+        if rows:
+            print(cpu_isa.describe())
+            first = rows[0]
+            for row in rows[1:]:
+                print(f"{row['backend']} vs {first['backend']}: {first['median_s'] / row['median_s']:.2f}x")
+            if args.json:
+                body = rows[0] if len(rows) == 1 else {"rows": rows}
+                atomic_write_text(args.json, json.dumps(body, indent=2) + "\n")
         return 0
     if args.preset == "22b-stream":
         if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
@@ -711,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": shape,
         "stage": args.stage,
         "threads": args.threads or torch.get_num_threads(),
+        "cpu_isa": cpu_isa.describe(),
         "components": {},
     }
     dit_items = None

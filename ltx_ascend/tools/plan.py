@@ -446,6 +446,93 @@ def parallel_plan(
     return rows
 
 
+# Published, not measured here: Huawei quotes the 910B's INT8 throughput at twice its FP16 (e.g. 640 TOPS
+# INT8 vs 320 TFLOPS FP16 for the 910B-class parts). --int8-speedup overrides.
+INT8_SPEEDUP = 2.0
+INT8_SOURCE = "910B INT8 rate = 2 x FP16 (published Ascend figures, not measured here)"
+
+
+def composed_plan(
+    result: dict[str, Any],
+    config: dict[str, Any],
+    cfg: int,
+    ulysses: int,
+    link_gb_s: float,
+    quantization: str = "",
+    int8_speedup: float = INT8_SPEEDUP,
+) -> list[dict[str, Any]]:
+    """Per DiT stage, the step with every factor at once: this rank's share of the passes (cfg) and of the
+    tokens (Ulysses), the block linears at the int8 rate (W8A8; attention, norms and the input/output
+    graphs stay bf16), the step cache's skipped share of block calls (and of their all-to-alls), and the
+    collectives at the link rate. From the published 1-device s/step where there is one, else the roofline."""
+    bytes_per = dtypes.itemsize(result["dtype"])
+    frames, height, width = parse_shape(result["shape"])
+    dit = meta_dit(config)
+    rows = []
+    for r in result["rows"]:
+        if not r["component"].startswith("dit"):
+            continue
+        st = next(s for s in pipeline_stages(result["pipeline"]) if s.name == r["stage"])
+        profile = shape_profile((frames, height, width), stage=st.stage)
+        flops = dit_flops_per_pass(dit, profile)
+        linear, attention, outside = (flops[k] / flops["total"] for k in ("linear", "attention", "embed_and_output"))
+        skip = r.get("skipped_block_fraction") or 0.0
+        mine = math.ceil(st.passes / cfg)
+        compute = mine / st.passes / ulysses
+        w8a8 = int8_speedup if quantization else 1.0
+        base = r["measured_s_per_step"] or r["roofline_s"]
+        blocks_s = base * compute * (linear / w8a8 + attention) * (1.0 - skip)
+        outside_s = base * compute * outside
+        tv, ta = profile.video_tokens, profile.audio_tokens
+        uly = ulysses_bytes_per_pass(config, tv, ta, ulysses, bytes_per) * mine * st.evals_per_step
+        gather = mine * (tv + ta) * 128 * bytes_per * (cfg - 1) * st.evals_per_step
+        comm_s = (uly * (1.0 - skip) / (link_gb_s * 1e9 * (ulysses - 1)) if ulysses > 1 else 0.0) + (
+            gather / (link_gb_s * 1e9 * (cfg - 1)) if cfg > 1 else 0.0
+        )
+        step_s = blocks_s + outside_s + comm_s
+        rows.append(
+            {
+                "stage": r["stage"],
+                "steps": st.steps,
+                "base_s_1": base,
+                "base_source": "published" if r["measured_s_per_step"] else "roofline",
+                "linear_share": linear,
+                "int8_speedup": w8a8,
+                "skipped_block_fraction": skip,
+                "blocks_s": blocks_s,
+                "outside_s": outside_s,
+                "comm_s": comm_s,
+                "step_s": step_s,
+                "stage_s": step_s * st.steps,
+                "speedup": base / step_s,
+            }
+        )
+    return rows
+
+
+def format_composed(rows: list[dict[str, Any]], cfg: int, ulysses: int, quantization: str, cache: str) -> str:
+    lines = [
+        f"composed step on {cfg * ulysses} devices: cfg={cfg} x ulysses={ulysses}, "
+        f"{quantization or 'bf16'} block linears, step cache {cache}",
+        f"{'stage':<8} {'1 dev s/step':>13} {'linear share':>13} {'int8 x':>7} {'skipped':>8} {'blocks s':>9} "
+        f"{'in/out s':>9} {'comm s':>8} {'s/step':>8} {'stage s':>8} {'speedup':>8}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['stage']:<8} {r['base_s_1']:>9.2f} ({r['base_source'][:4]}) {r['linear_share']:>12.0%} "
+            f"{r['int8_speedup']:>7.1f} {r['skipped_block_fraction']:>8.0%} {r['blocks_s']:>9.3f} "
+            f"{r['outside_s']:>9.3f} {r['comm_s']:>8.3f} {r['step_s']:>8.3f} {r['stage_s']:>8.2f} {r['speedup']:>7.1f}x"
+        )
+    lines.append(f"DiT total {sum(r['stage_s'] for r in rows):.2f} s (text encoding and decode not included)")
+    lines += [
+        "measured here (CPU, tiny set): W8A8 numerics and the split W8A8 graphs (tests/test_split_variants.py,",
+        "  tests/test_composition.py); the skipped share (a block schedule exactly, auto from --expected-skip or",
+        "  an @FILE of ltx-run --step-cache-search); the Ulysses byte count (= what the ranks sent, test_parallel)",
+        f"published, not measured here: 1-device s/step ({PUBLISHED_910B_SOURCE}); {INT8_SOURCE}; {HCCS_SOURCE}",
+    ]
+    return "\n".join(lines)
+
+
 def format_parallel(rows: list[dict[str, Any]], cfg: int, ulysses: int, link_gb_s: float) -> str:
     lines = [
         f"on {cfg * ulysses} devices, cfg={cfg} x ulysses={ulysses}: link {link_gb_s:g} GB/s ({HCCS_SOURCE})",
@@ -614,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", default=None, metavar="cfg=C,ulysses=U", help="layout of the --devices")
     parser.add_argument("--link-gb-s", type=float, default=HCCS_LINK_GB_S, help="device-to-device GB/s per link")
     serve_plan.add_arguments(parser)
+    parser.add_argument(
+        "--quantization", choices=("w8a8",), default="", help="predict the DiT's block linears at the int8 rate"
+    )
+    parser.add_argument("--int8-speedup", type=float, default=INT8_SPEEDUP, help="int8 / bf16 matmul rate")
     args = parser.parse_args(argv)
     parse_shape(args.shape)
     serve_plan.check_arguments(args)
@@ -687,6 +778,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         print()
         print(format_parallel(result["parallel"]["stages"], layout.cfg, layout.ulysses, args.link_gb_s))
+    if layout.size > 1 or args.quantization or step_cache.active:
+        if not args.int8_speedup > 0:
+            raise UserError(f"--int8-speedup {args.int8_speedup}: a rate ratio > 0, e.g. 2")
+        composed = composed_plan(
+            result, config, layout.cfg, layout.ulysses, args.link_gb_s, args.quantization, args.int8_speedup
+        )
+        result["composed"] = {"quantization": args.quantization, "int8_source": INT8_SOURCE, "stages": composed}
+        print()
+        print(format_composed(composed, layout.cfg, layout.ulysses, args.quantization, str(step_cache)))
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
 
