@@ -5,7 +5,8 @@ starting ranks costs more than a tiny pipeline):
   {"ltx-run": [argv...]}          one `ltx-run` invocation
   {"dit-step": CHECKPOINT}        one guided DiT step, single-rank reference vs cfg=2 and ulysses=2
   {"dit-step-split": [CHECKPOINT, ARTIFACTS]}  the same step, ulysses=2 on the split block graphs (ORT)
-  {"dit-heads": HEADS}            ulysses=2 vs one process for a random DiT with HEADS heads: bit-exact
+  {"dit-heads": HEADS}            ulysses=2 vs one process for a random DiT with HEADS heads: within
+                                  HEADS_MAX_ERROR (bit-exact on the AVX-512 hosts it was written on)
   {"decode": [CHECKPOINT, ARTIFACTS, BACKEND, SHAPE]}
                                   the video decode's tiles spread over the ranks vs one process
 """
@@ -111,13 +112,19 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
     return int(runner.layout != "split" or error > DIT_MAX_ABS_ERROR)
 
 
+HEADS_MAX_ERROR = 1e-5
+
+
 def dit_heads(heads: int) -> int:
     """Ulysses at LTX-2.3's head count (32 video and 32 audio heads; narrow heads, 2 random blocks) at
     the token counts the pipeline test runs (18 video + 18 audio at stage 1, 72 + 18 at stage 2) and
     a padded one (13 + 7): the X0 must equal one process's bit for bit. (With the tiny set's 2 heads
     it does not: ltx-core's per-head gate takes the sigmoid of [B, T, 2] values, and ATen's vector
     loop sends the last numel % 32 of them through its scalar sigmoid, which rounds differently;
-    which values fall there depends on how the tokens are split. 32 heads fill whole vectors.)"""
+    which values fall there depends on how the tokens are split. 32 heads fill whole vectors.) Bit-exactness
+    across token splits is a property of the CPU's kernels (vector width, GEMM blocking), not of our code:
+    on AVX-512 hosts it held; another CI host gave 1.5e-6. The bound, HEADS_MAX_ERROR, is float32 rounding
+    of these O(1) activations; a wrong head or token permutation errs by O(1)."""
     from ltx_ascend.checkpoints.presets import config_22b
     from ltx_ascend.export.dit import random_dit
 
@@ -144,9 +151,10 @@ def dit_heads(heads: int) -> int:
         pairs = list(zip(x0, x0_ref, strict=True))
         errors = [max((got[m] - ref[m]).abs().max().item() for got, ref in pairs) for m in (0, 1)]
         if world.is_main:
+            verdict = "bit-exact" if max(errors) == 0.0 else ("within" if max(errors) <= HEADS_MAX_ERROR else "OVER")
             print(f"dit {heads} heads, {tv} video + {ta} audio tokens, ulysses=2: video error {errors[0]:.2e}, "
-                  f"audio error {errors[1]:.2e}", flush=True)  # fmt: skip
-        failed |= max(errors) != 0.0
+                  f"audio error {errors[1]:.2e} ({verdict} {HEADS_MAX_ERROR:.0e})", flush=True)  # fmt: skip
+        failed |= max(errors) > HEADS_MAX_ERROR
     return int(failed)
 
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ltx_ascend"
 STAGES = ("export", "compile", "runtime", "pipelines")
 NEUTRAL = (
     "store", "components", "dtypes", "graph_lint", "shapes", "errors", "console", "atomic", "metrics", "checkpoints",
-    "validation",
+    "validation", "cpu_isa",
 )  # fmt: skip
 
 

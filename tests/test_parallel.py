@@ -99,7 +99,8 @@ def test_cfg_and_ulysses_match_single_process(tiny, tmp_path):
     # the DiT step with padded shards: both layouts within float32 rounding of one process
     assert out0.count("max abs error") == 2, out0
     assert "ltx-plan model" in out0, out0  # and ltx-plan's Ulysses byte count equals what was sent
-    assert out0.count("dit 32 heads") == 3 and out0.count("video error 0.00e+00, audio error 0.00e+00") == 3, out0
+    heads = [line for line in out0.splitlines() if line.startswith("dit 32 heads")]  # Ulysses at LTX-2.3's heads
+    assert len(heads) == 3 and all("(bit-exact" in line or "(within" in line for line in heads), out0
     # spread decode = one process's decode bit for bit; a rank sending a wrong tile is caught
     for _, _, backend, shape in decodes:
         line = next(line for line in out0.splitlines() if line.startswith(f"decode {backend} {shape}:"))

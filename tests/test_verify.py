@@ -34,8 +34,11 @@ def test_good_artifact_passes_with_json_report(block_artifact, tmp_path, capsys)
     code, _, err = run_cli(verify.main, argv, capsys)
     assert code == 0, err
     body = json.loads(js.read_text())
-    assert {g["graph"] for g in body["graphs"]} == {"dit-input", "dit-block", "dit-output"}
-    block = next(g for g in body["graphs"] if g["graph"] == "dit-block")
+    # the per-sample AdaLN graphs (one timestep per batch row: step cache x CFG) are verified like the rest
+    graphs = {"dit-input", "dit-block", "dit-output", "dit-input-sample-adaln", "dit-block-sample-adaln"}
+    assert {g["graph"] for g in body["graphs"]} == graphs
+    assert all(g["passed"] for g in body["graphs"]), body["graphs"]
+    block = next(g for g in body["graphs"] if g["graph"] == "dit-block")  # the per-block scan runs the shared graph
     assert len(block["per_block"]) == 2 and block["first_bad_block"] is None
     assert "| dit-output |" in report.read_text()
 

@@ -336,6 +336,18 @@ class Engine:
             for pipeline in self.settings.pipelines:
                 self.load_for(self.prepare(GenerationRequest(pipeline=pipeline)))
 
+    def check(self, prepared: Prepared) -> None:
+        """The calls `run` makes before the first model loads, without running: the compiled artifacts
+        `prepared` would use are there and match this checkpoint set (under --fallback none a missing or
+        stale one is a UserError), so a server refuses at start-up instead of failing every job."""
+        with self._lock:
+            ckset, req = self._checkpoints(prepared)
+            self.load_for(prepared)
+            stack = self._stack(ckset, self.settings.step_cache_spec, Timings())
+            preflight(stack, prepared.spec, prepared.options, req)
+            if self.settings.fallback == "none" and not stack.build_missing:
+                check_lookups(prepared.spec, req, stack)
+
     # -- running ---------------------------------------------------------------------------------
 
     def generate(

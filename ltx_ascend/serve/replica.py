@@ -272,11 +272,8 @@ def load_and_check(engine, shapes) -> None:
 
     Not `Engine.load()`: it validates a default request per pipeline, which a pipeline that needs an input
     (retake: a source video) refuses. A request such a pipeline refuses here is skipped; its first job loads
-    what it needs. The artifact check uses the Engine's `_checkpoints` / `_stack` helpers (no public check
-    yet) and the pipelines' own `preflight`: the calls `generate` makes before the first model loads."""
+    what it needs."""
     from ltx_ascend.api import GenerationRequest
-    from ltx_ascend.pipelines.engine import preflight
-    from ltx_ascend.pipelines.timing import Timings
 
     for pipeline in engine.settings.pipelines:
         for shape in shapes or (None,):
@@ -286,10 +283,7 @@ def load_and_check(engine, shapes) -> None:
             except UserError as exc:
                 log.info("replica: %s at %s loads with its first job (%s)", pipeline, shape or "its default", exc)
                 continue
-            engine.load_for(prepared)
-            ckset, req = engine._checkpoints(prepared)
-            stack = engine._stack(ckset, engine.settings.step_cache_spec, Timings())
-            preflight(stack, prepared.module, prepared.options, req, prepared.two_stage)
+            engine.check(prepared)
 
 
 def settings_from_spec(spec: dict):
