@@ -29,6 +29,10 @@ from tests.test_parallel import FRAMES_PSNR_DB, _torchrun
 
 W8A8_MIN_PSNR_DB = 20.0  # W8A8 vs float frames on the tiny set (random weights; measured 30-40 dB)
 CACHE_MIN_PSNR_DB = 20.0  # block:start=1,interval=2 at 3 steps vs no cache (measured ~30 dB)
+# Ulysses x W8A8 vs one process: the block linears see fewer rows per rank, so float32 rounding differs in
+# the last bit, and an activation that sits on an int8 rounding boundary flips one step (measured 59.1 dB on
+# an AVX-512 EPYC, inf on others). A wrong shard or head order costs tens of dB, far below this bound.
+ULYSSES_W8A8_MIN_PSNR_DB = 50.0
 CACHE = "block:start=1,interval=2"
 VARIANTS = ("portable", "ort-fused", "w8a8", "ort-fused+w8a8")
 PARALLEL = ("cfg=2", "ulysses=2")
@@ -82,7 +86,7 @@ def _run_matrix(tiny, tmp_path, cells: list[tuple[str, str, str, int | None]]) -
         line = f"{_name(par, v, c, p)}: vs one process {same.psnr_db:.1f} dB, vs exact path {off.psnr_db:.1f} dB"
         lines.append(line)
         print(line)
-        assert same.psnr_db >= FRAMES_PSNR_DB, line
+        assert same.psnr_db >= (ULYSSES_W8A8_MIN_PSNR_DB if "ulysses" in par and "w8a8" in v else FRAMES_PSNR_DB), line
         if "w8a8" in v or c != "off":
             bound = W8A8_MIN_PSNR_DB if "w8a8" in v else CACHE_MIN_PSNR_DB
             assert off.psnr_db >= bound and not torch.equal(exact["video"], got["video"]), line
