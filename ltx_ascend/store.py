@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ltx_ascend import dtypes
+from ltx_ascend import backends, dtypes
 from ltx_ascend.atomic import atomic_write_text, file_lock, replace_dir
 from ltx_ascend.errors import UserError
 from ltx_ascend.shapes import GRAPH_SHAPE_FIELDS, ShapeProfile, shape_name
@@ -669,7 +669,6 @@ def artifact_dir(out: str | Path, request: dict[str, Any]) -> Path:
 
 # -- finding an artifact for a backend ---------------------------------------------------------
 
-BACKENDS = ("om", "ort", "onnx")  # onnx: the exported graphs themselves, on ONNX Runtime
 
 
 def valid_manifest(folder: Path) -> Manifest | None:
@@ -684,11 +683,11 @@ def valid_manifest(folder: Path) -> Manifest | None:
 
 
 def compiled_pattern(backend: str, ep: str | None = "cpu", soc: str | None = None, precision: str | None = None) -> str:
-    if backend == "ort":
-        return f"ort-{ep}" if ep else "ort-*"
-    if backend == "om":
-        return f"om-{soc or '*'}-{precision or '*'}"
-    raise ValueError(f"compiled_pattern: backend must be ort or om, not {backend!r}")
+    """The glob of a backend's compiled subfolders (its record's folder naming; None: any)."""
+    record = backends.find(backend)
+    if record is None or record.folder is None:
+        raise ValueError(f"compiled_pattern: backend must be ort or om, not {backend!r}")
+    return record.folder_name(ep=ep, soc=soc, precision=precision)
 
 
 def find_compiled(
@@ -705,7 +704,7 @@ def find_compiled(
     export = valid_manifest(folder)
     for candidate in sorted(p for p in folder.glob(pattern) if p.is_dir()):
         manifest = valid_manifest(candidate)
-        if manifest is None or manifest.kind != backend:
+        if manifest is None or manifest.kind != backends.backend(backend).kind:
             continue
         if export is not None and manifest.request.get("export") != export.request:
             continue
@@ -800,8 +799,7 @@ def resolve(
     precision: str | None = None,
 ) -> Resolution:
     """Locate the artifact `request` (an `artifact_request` dict) names under `out`, for `backend`."""
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: choose one of {', '.join(BACKENDS)} (or eager)")
+    backends.compiled_backend(backend)  # one line for a name that runs no artifact
     folder = artifact_dir(out, request)
     if not (folder / MANIFEST).is_file():
         reason = _why_not_found(Path(out), request)
@@ -841,8 +839,9 @@ def resolve_folder(
     if not export.files_present(folder):
         missing = [n for n in export.files if not (folder / n).is_file()]
         return fail(f"artifact {folder} is missing {', '.join(missing)}: rebuild it with --force")
-    target = f"--target ort --ep {ep or 'cpu'}" if backend == "ort" else "--target om"
-    if backend == "onnx":
+    record = backends.compiled_backend(backend)
+    target = record.hint(ep)
+    if record.folder is None:  # onnx: the exported graphs themselves
         compiled, manifest = folder, export
     else:
         compiled = find_compiled(folder, backend, ep=ep, soc=soc, precision=precision)

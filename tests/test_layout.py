@@ -1,5 +1,5 @@
 """The stages import only what comes before them (export < compile < runtime < pipelines), and the
-neutral modules (store, registry, dtypes, lint, shapes, console, checkpoints) import no stage."""
+neutral modules (store, registry, backends, dtypes, lint, shapes, console, checkpoints) import no stage."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ltx_ascend"
 STAGES = ("export", "compile", "runtime", "pipelines")
 NEUTRAL = (
     "store", "components", "dtypes", "graph_lint", "shapes", "errors", "console", "atomic", "metrics", "checkpoints",
-    "validation", "cpu_isa",
+    "validation", "cpu_isa", "backends",
 )  # fmt: skip
 
 

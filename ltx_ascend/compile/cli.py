@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from ltx_ascend.backends import BACKENDS, CompileOptions
 from ltx_ascend.compile.atc import HOST_CPUS, HOST_OSES, PRECISIONS, detect_soc_with_source, this_host
-from ltx_ascend.compile.compiler import compile_om, compile_ort, graphs_of, lint_graphs
+from ltx_ascend.compile.compiler import graphs_of, lint_graphs
 from ltx_ascend.compile.ort import PROVIDERS
 from ltx_ascend.errors import EXIT_USAGE, OneLineParser, UserError, cli_entry
 from ltx_ascend.graph_lint import format_violations
@@ -16,7 +17,13 @@ from ltx_ascend.graph_lint import format_violations
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ltx-compile", description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT_DIR", help="folders written by ltx-export")
-    parser.add_argument("--target", choices=("om", "ort"), default="ort", help="om: CANN ATC; ort: ONNX Runtime")
+    targets = [b for b in BACKENDS.values() if b.compile is not None]
+    parser.add_argument(
+        "--target",
+        choices=tuple(b.name for b in targets),
+        default="ort",
+        help="; ".join(b.compile_help for b in targets),
+    )
     parser.add_argument("--lint", action="store_true", help="only run the ATC lint and print violations")
     parser.add_argument("--soc", help="ATC --soc_version, e.g. Ascend910B4 (default: from `npu-smi info`)")
     parser.add_argument(
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             raise UserError(f"{folder}: not a folder; pass artifact folders written by ltx-export")
         all_graphs += graphs_of(folder)[1]
-    linted = lint_graphs(all_graphs, "om" if args.lint or args.target == "om" else "ort")
+    target = BACKENDS[args.target]
+    linted = lint_graphs(all_graphs, "om" if args.lint else target.lint or "om")
     bad = [(g, v) for g, v in linted if v]
     for g, violations in linted:
         print(f"lint {g.path}: {'clean' if not violations else f'{len(violations)} violations'}")
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.lint:
         return 0
-    if args.target == "om":
+    soc, target_host = None, None
+    if "soc" in target.compile_needs:  # ATC: the SoC and the host the .om runs on
         if args.host_arch is None:
             raise UserError(f"this machine's CPU {this_host()[1]!r} is not one ATC targets: pass --host-arch")
         target_host = (args.host_os, args.host_arch)
@@ -74,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 soc = "Ascend910B4"
                 print(f"no --soc and the SoC is unknown ({source}): planning for Ascend910B4")
+    options = CompileOptions(
+        ep=args.ep, soc=soc, precision=args.precision, force=args.force, dry_run=args.dry_run, target_host=target_host
+    )
+    step = target.compile_step()
     for folder in args.artifacts:
-        if args.target == "ort":
-            out, cached = compile_ort(folder, args.ep, force=args.force)
-        else:
+        if "soc" in target.compile_needs:
             print(f"ATC plan for {folder}:")
-            out, cached = compile_om(
-                folder, soc, args.precision, force=args.force, dry_run=args.dry_run, target_host=target_host
-            )
+        out, cached = step(folder, options)
         if not args.dry_run:
             print(f"{'cached' if cached else 'compiled'} -> {out}")
     print(f"total {time.perf_counter() - start:.1f} s")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ltx_ascend.atomic import file_lock
+from ltx_ascend.backends import BACKENDS, CompileOptions
 from ltx_ascend.compile.atc import (
     AtcJob,
     build_atc_argv,
@@ -124,7 +125,7 @@ def _cached(out: Path, request: dict[str, Any]) -> bool:
 
 def compile_ort(folder: Path, provider: str, *, force: bool) -> tuple[Path, bool]:
     export, graphs = graphs_of(folder)
-    out = folder / f"ort-{provider}"
+    out = folder / BACKENDS["ort"].folder_name(ep=provider)
     request = target_request(export, {"kind": "ort", "execution_provider": PROVIDERS[provider][0]})
     if not force and _cached(out, request):
         return out, True
@@ -167,7 +168,7 @@ def atc_jobs(
     precision = precision or default_precision(export.request["dtype"])
     check_precision_for_soc(soc, precision, export.request["dtype"])
     host_os, host_cpu = host_env_flags(target_host)
-    out = folder / f"om-{soc}-{precision}"
+    out = folder / BACKENDS["om"].folder_name(soc=soc, precision=precision)
     jobs = []
     for g in graphs:
         check_external_data(g)
@@ -251,3 +252,22 @@ def compile_om(
         extra=target,
     ).write(out)
     return out, False
+
+
+def ort_step(folder: Path, options: CompileOptions) -> tuple[Path, bool]:
+    """The ort record's compile step (ltx_ascend.backends); ORT has no plan to dry-run: it compiles."""
+    return compile_ort(folder, options.ep, force=options.force)
+
+
+def om_step(folder: Path, options: CompileOptions) -> tuple[Path, bool]:
+    """The om record's compile step (ltx_ascend.backends)."""
+    if options.soc is None:
+        raise UserError("--target om needs a SoC: pass --soc, e.g. --soc Ascend910B4")
+    return compile_om(
+        folder,
+        options.soc,
+        options.precision,
+        force=options.force,
+        dry_run=options.dry_run,
+        target_host=options.target_host,
+    )

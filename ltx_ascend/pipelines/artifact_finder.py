@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ltx_ascend import backends as registry
+from ltx_ascend import dtypes
+from ltx_ascend.backends import CompileOptions
 from ltx_ascend.checkpoints.loader import CheckpointSet
-from ltx_ascend.compile.compiler import compile_ort
 from ltx_ascend.components import COMPONENTS, REGISTRY, request_for
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.components import ExportOptions
@@ -29,7 +31,6 @@ from ltx_ascend.runtime import distributed
 from ltx_ascend.shapes import ShapeProfile
 from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first
 
-COMPILED = ("om", "ort", "onnx")
 W8A8 = "w8a8"
 FP8 = ("fp8-cast", "fp8-scaled-mm")  # ltx-pipelines' names: ltx-core's FP8 policies (CUDA; scaled-mm needs TRT-LLM)
 QUANTIZATIONS = ("", W8A8, *FP8)
@@ -39,7 +40,7 @@ def check_quantization(quantization: str, backend: str, device: torch.device) ->
     """One line for a quantization this backend/device cannot run."""
     if quantization not in QUANTIZATIONS:
         raise UserError(f"--quantization {quantization}: choose w8a8 (any backend) or fp8-cast|fp8-scaled-mm (CUDA)")
-    if quantization in FP8 and (backend != "eager" or device.type != "cuda"):
+    if quantization in FP8 and device.type not in registry.backend(backend).fp8_devices:
         raise UserError(
             f"--quantization {quantization} is ltx-core's FP8 path for CUDA eager only (here: --backend {backend} on "
             f"{device.type}); use --quantization w8a8, which runs on every backend"
@@ -58,8 +59,10 @@ class BackendChoice:
         choice = cls()
         for part in (p.strip() for p in text.split(",") if p.strip()):
             name, _, backend = part.rpartition("=")
-            if backend not in (*COMPILED, "eager"):
-                raise UserError(f"--backend {text}: backend {backend!r} is not one of om, ort, onnx, eager")
+            record = registry.find(backend)
+            if record is None:
+                raise UserError(f"--backend {text}: backend {backend!r} is not one of {', '.join(registry.BACKENDS)}")
+            backend = record.name  # an alias names its record
             if name and name not in COMPONENTS:
                 raise UserError(f"--backend {text}: no component {name!r}; components: {', '.join(COMPONENTS)}")
             if name:
@@ -93,9 +96,10 @@ class ArtifactFinder:
     found: dict[tuple, Resolution] = field(default_factory=dict)  # resolutions that succeeded, kept
 
     def candidates(self, component: str, backend: str, layout: str) -> list[Variant]:
-        """The variants that can serve `backend`, preferred first. `--variant` names exactly one. Otherwise:
-        ORT takes its fused variant, then the portable one; om takes Ascend's fused variant (`npu-ops`),
-        then the portable one; W8A8 asks for a quantized variant only (on om: Ascend's quant ops)."""
+        """The variants that can serve `backend`, preferred first. `--variant` names exactly one. Otherwise
+        the backend record's preference (ORT: its fused variant, then the portable one; om: Ascend's fused
+        variant `npu-ops`, then the portable one); W8A8 asks for a quantized variant only (on om: Ascend's
+        quant ops)."""
         quant = {"quantization": self.quantization, "quantization_skip": self.quantization_skip}
         if self.quantization != W8A8:
             quant = {}
@@ -104,12 +108,7 @@ class ArtifactFinder:
         if self.variant is not None:
             chosen = dataclasses.replace(self.variant, dit_layout=layout, **split, **quant)
             return [chosen.for_component(component)]
-        if backend in ("ort", "onnx"):  # both run on ONNX Runtime
-            preference = [{"ort_fused": True}, {}]
-        elif backend == "om":  # W8A8 only as Ascend's quant ops
-            preference = [{"npu_ops": True}] if quant else [{"npu_ops": True}, {}]
-        else:
-            preference = [{}]
+        preference = registry.backend(backend).variants(w8a8=bool(quant))
         preferred = [Variant(dit_layout=layout, **split, **quant, **fields) for fields in preference]
         unique = []  # the DiT-only fields drop out for the other components: npu-ops and portable remain
         for variant in (v.for_component(component) for v in preferred):
@@ -149,14 +148,11 @@ class ArtifactFinder:
         backend = self.backends.of(component)
         if component == "dit":
             check_quantization(self.quantization, backend, self.device)
-        if backend == "eager":
+        record = registry.backend(backend)
+        if not record.compiled:
             return None
         graph_dtype = REGISTRY[component].graph_dtype_for(self.dtype)
-        if backend in ("ort", "onnx") and self.ep == "cpu" and graph_dtype == torch.bfloat16:
-            raise UserError(
-                f"{component}: --backend {backend} on the CPU provider needs float32 graphs (ONNX Runtime's CPU "
-                "provider lacks bfloat16 kernels): pass --dtype float32, or --backend eager for bfloat16"
-            )
+        record.check_dtype(component, dtypes.name(graph_dtype), self.ep)
         variants = self.candidates(component, backend, layout)
         resolution = self.find(component, ckset, profile, graph_dtype, variants)
         if component == "dit" and blocks:
@@ -166,15 +162,15 @@ class ArtifactFinder:
             if not resolution.ok:
                 why = f"the step cache needs the block-chain DiT (ltx-export --dit-layout blocks): {resolution.reason}"
                 resolution = dataclasses.replace(resolution, reason=why)
-        if not resolution.ok and self.build_missing and backend in ("ort", "onnx"):
+        if not resolution.ok and self.build_missing and record.builds_missing:
             variant = self.build_variant(component, backend, layout, blocks=blocks)
             request = request_for(component, ckset, profile, graph_dtype, variant)
             start = time.perf_counter()
             self.log(f"building {component} ({variant.label}) for {backend} at {profile.key} ...")
             options = ExportOptions(**dataclasses.asdict(variant))
             result = export_component(component, ckset, profile, options=options, out=self.artifacts, dtype=graph_dtype)
-            if backend == "ort":
-                compile_ort(result.folder, self.ep, force=False)
+            if record.compile is not None:
+                record.compile_step()(result.folder, CompileOptions(ep=self.ep, soc=self.soc))
             self.log(f"built {component} in {time.perf_counter() - start:.1f} s")
             resolution = resolve(request, self.artifacts, backend, ep=self.ep, soc=self.soc)
         return resolution
@@ -191,11 +187,11 @@ class ArtifactFinder:
     def check_available(self, component: str, ckset: CheckpointSet, profile: ShapeProfile) -> None:
         """Under `--fallback none`, refuse now (before any model loads) a compiled component that is not
         there and will not be built; a backend/dtype mismatch is refused whatever the fallback."""
-        backend = self.backends.of(component)
-        if backend == "eager":
+        record = registry.backend(self.backends.of(component))
+        if not record.compiled:
             return
-        if self.build_missing and backend in ("ort", "onnx"):
-            if self.ep == "cpu" and component != "vocoder" and self.dtype == torch.bfloat16:
+        if self.build_missing and record.builds_missing:
+            if record.limit(dtypes.name(REGISTRY[component].graph_dtype_for(self.dtype)), self.ep) is not None:
                 self.resolution(component, ckset, profile)  # raises the one-line dtype error
             return
         resolution = self.resolution(component, ckset, profile)

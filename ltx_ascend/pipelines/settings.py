@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ltx_ascend import backends as registry
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.errors import UserError
@@ -35,8 +36,11 @@ def default_backend(device: str | None) -> str:
     compiled graphs where ltx-prepare built them and eager on the NPU where not, never ONNX Runtime's
     CPU provider in bfloat16; ort elsewhere (the tiny set's compiled graphs, in float32 on the CPU)."""
     wanted = (device or "auto").strip().lower()
-    on_npu = wanted.startswith("npu") or (wanted == "auto" and dev.available_backends()[0] == "npu")
-    return "om" if on_npu else "ort"
+    if wanted == "auto":
+        kind = dev.available_backends()[0]
+    else:
+        kind = "npu" if wanted.startswith("npu") else wanted.split(":")[0]
+    return registry.default_for(kind)  # each record names the device kinds it is the default on
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class RunSettings:
         self._set("policy", dev.policy_for(dev.resolve_device(self.device), self.dtype))
         dit_backend = backends.of("dit")
         if variant is not None:
-            if dit_backend == "eager":
+            if not registry.backend(dit_backend).compiled:
                 raise UserError(f"--variant {variant.label} picks a compiled graph: pass --backend ort or om")
             if variant.quantization and self.quantization not in ("", variant.quantization):
                 raise UserError(f"--variant {variant.label} and --quantization {self.quantization} disagree: drop one")

@@ -34,7 +34,6 @@ from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_co
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_blocks
 from ltx_ascend.export.video_vae import DECODER_TILING, noise_source
-from ltx_ascend.pipelines.artifact_finder import COMPILED as COMPILED
 from ltx_ascend.pipelines.artifact_finder import FP8 as FP8
 from ltx_ascend.pipelines.artifact_finder import QUANTIZATIONS as QUANTIZATIONS
 from ltx_ascend.pipelines.artifact_finder import W8A8 as W8A8

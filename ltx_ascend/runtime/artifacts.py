@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from ltx_ascend import backends
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime.session import Session, specs_from_manifest
 from ltx_ascend.store import Resolution
@@ -44,18 +45,13 @@ def open_sessions(
     """One session per graph of a successful resolution; all closed again if any fails to open."""
     if not resolution.ok:
         raise UserError(f"{resolution.component}: {resolution.reason}")
+    factory = backends.backend(resolution.backend).session_factory()  # its session module, imported now
+    options = backends.OpenOptions(device=device, ep=ep, threads=threads, device_id=device_id)
     sessions: dict[str, Session] = {}
     try:
         for name, path in resolution.graphs.items():
             inputs, outputs = specs_from_manifest(resolution.io[name])
-            if resolution.backend == "om":
-                from ltx_ascend.runtime.om_session import OmSession
-
-                sessions[name] = OmSession(path, inputs, outputs, device_id=device_id)
-            else:
-                from ltx_ascend.runtime.ort_session import OrtSession
-
-                sessions[name] = OrtSession(path, inputs, outputs, provider=ep, device=device, threads=threads)
+            sessions[name] = factory(path, inputs, outputs, options)
     except BaseException:
         for session in sessions.values():
             session.close()

@@ -25,7 +25,7 @@ import torch
 from ltx_ascend import dtypes
 from ltx_ascend.errors import UserError
 
-BACKENDS = ("npu", "cuda", "cpu")  # preference order for --device auto
+DEVICE_KINDS = ("npu", "cuda", "cpu")  # preference order for --device auto
 
 _SPEC_RE = re.compile(r"^(cpu|cuda|npu)(?::(\d+))?$")
 

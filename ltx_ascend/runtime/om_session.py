@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ltx_ascend.backends import OpenOptions
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as devices
 from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds
@@ -433,3 +434,8 @@ class OmSession(Session):
             if copy_outputs:
                 return {n: t.clone() for n, t in self._results.items()}
             return dict(self._results)
+
+
+def open_om(path: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], options: OpenOptions) -> OmSession:
+    """The om record's session factory (ltx_ascend.backends): one .om on the options' NPU index."""
+    return OmSession(path, inputs, outputs, device_id=options.device_id)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto
 
+from ltx_ascend.backends import OpenOptions
 from ltx_ascend.compile.ort import PROVIDERS
 from ltx_ascend.errors import UserError
 from ltx_ascend.runtime import device as devices
@@ -205,3 +206,11 @@ class OrtSession(Session):
         self._binding = None
         self._session = None
         self._buffers = {}
+
+
+def open_ort(
+    path: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], options: OpenOptions
+) -> OrtSession:
+    """The ort and onnx records' session factory (ltx_ascend.backends): the options' provider and device."""
+    device = CPU if options.device is None else options.device
+    return OrtSession(path, inputs, outputs, provider=options.ep, device=device, threads=options.threads)

@@ -29,12 +29,14 @@ from typing import Any
 import psutil
 import torch
 
+from ltx_ascend import backends as registry
 from ltx_ascend import cpu_isa
 from ltx_ascend.atomic import atomic_path, atomic_write_text, check_writable_file
+from ltx_ascend.backends import CompileOptions
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc_message
-from ltx_ascend.compile.compiler import compile_om, compile_ort
+from ltx_ascend.compile.compiler import compile_ort
 from ltx_ascend.components import EXPORTABLE
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
@@ -52,8 +54,8 @@ from ltx_ascend.tools.plan import dit_flops_per_pass, meta_dit
 PRESETS = ("tiny", "bench", "22b-block", "22b-stream")
 PARALLEL_BACKENDS = ("eager", "ort", "ort-fused", "ort-w8a8")  # --parallel: the eager or a split ORT variant
 PASSES_PER_STEP = 4  # conditional, negative prompt, STG, modality isolation (stage 1); stage 2 is distilled: 1
-# backend key -> (runs on, ExportOptions fields of its graph variant)
-BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+# what --backends names -> (the backend it runs on, ltx_ascend.backends; ExportOptions fields of its graph variant)
+BENCH_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "eager": ("eager", {}),
     "eager-w8a8": ("eager", {"quantization": "w8a8"}),
     "ort": ("ort", {}),
@@ -189,7 +191,7 @@ def _measure_backend(
 ) -> dict[str, dict[str, Any]]:
     """One backend (in its own process, but om): build its items, export/compile if compiled, time every graph."""
     policy = dev.policy_for("cpu", "float32")
-    runs_on, fields = BACKENDS[backend]
+    runs_on, fields = BENCH_VARIANTS[backend]
     ckset, options, profile = _items(preset, component, shape, artifacts, policy.dtype, stage)
     options = dataclasses.replace(options, **fields) if component == "dit" else options
     if threads:
@@ -198,13 +200,11 @@ def _measure_backend(
     if preset == "22b-block":
         items = [_bench_block_item(items)]
     compiled: dict[str, Session] = {}
-    if runs_on == "om" or (runs_on == "ort" and preset != "22b-block"):
+    record = registry.backend(runs_on)
+    if record.compile is not None and (runs_on != "ort" or preset != "22b-block"):
         result = export_component(component, ckset, profile, out=artifacts / "bench", options=options)
-        bench_soc = _bench_soc(soc) if runs_on == "om" else None
-        if runs_on == "om":
-            compile_om(result.folder, bench_soc, None, force=False, dry_run=False)
-        else:
-            compile_ort(result.folder, "cpu", force=False)
+        bench_soc = _bench_soc(soc) if "soc" in record.compile_needs else None
+        record.compile_step()(result.folder, CompileOptions(ep="cpu", soc=bench_soc))
         resolution = resolve_folder(result.folder, runs_on, ep="cpu", soc=bench_soc)
         compiled = open_component(resolution, fallback="none", threads=threads) or {}
     out: dict[str, dict[str, Any]] = {}
@@ -246,9 +246,9 @@ def bench_component(
     from concurrent.futures.process import BrokenProcessPool
 
     for backend in backends:
-        if backend not in BACKENDS:
-            raise UserError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
-        if component != "dit" and BACKENDS[backend][1]:
+        if backend not in BENCH_VARIANTS:
+            raise UserError(f"--backends {backend}: choose from {', '.join(BENCH_VARIANTS)}")
+        if component != "dit" and BENCH_VARIANTS[backend][1]:
             raise UserError(f"--backends {backend} is a DiT graph variant: pass --component dit")
     _, _, profile = _items(preset, component, shape, artifacts, torch.float32, stage)
     results: dict[str, dict[str, Any]] = {}
@@ -444,7 +444,7 @@ def bench_parallel(
     if backend == "eager":
         runner = eager_dit_runner(model, config, cpu, torch.float32, parallel=parallel)
     else:
-        fields = BACKENDS[backend][1]
+        fields = BENCH_VARIANTS[backend][1]
         runner = _ort_parallel_runner(model, config, shape, layout, world, parallel, artifacts, threads, fields)
     times = _timed_on_all_ranks(world, lambda: runner(video, audio, passes), repeats)
     if not world.is_main:
@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--component", default="dit", help=f"one of {', '.join(EXPORTABLE)}, or all (tiny)")
     parser.add_argument(
         "--backends",
-        help=f"comma list of {', '.join(BACKENDS)} (default eager,ort; with --parallel: eager or ort, default eager)",
+        help=f"comma list of {', '.join(BENCH_VARIANTS)} "
+        "(default eager,ort; with --parallel: eager or ort, default eager)",
     )
     parser.add_argument("--soc", help="ATC --soc_version for --backends om (default: this host's)")
     parser.add_argument(
@@ -714,10 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.backends = args.backends or "eager,ort"
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in BENCH_VARIANTS]
     if unknown or not backends:
         what = f"{unknown[0]!r} is not one of" if unknown else "use a comma list of"
-        raise UserError(f"--backends {args.backends}: {what} {', '.join(BACKENDS)}")
+        raise UserError(f"--backends {args.backends}: {what} {', '.join(BENCH_VARIANTS)}")
     if "om" in backends:  # before any export: a host without CANN gets one line at once
         args.soc = _bench_soc(args.soc)
         if find_atc() is None:

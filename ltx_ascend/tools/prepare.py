@@ -29,12 +29,13 @@ import safetensors
 import torch
 from tqdm import tqdm
 
+from ltx_ascend import backends as registry
 from ltx_ascend import dtypes
+from ltx_ascend.backends import CompileOptions
 from ltx_ascend.checkpoints.blocks import CHECKPOINT_BLOCK_PREFIX
 from ltx_ascend.checkpoints.inspection import component_rows
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.compile.atc import detect_soc
-from ltx_ascend.compile.compiler import compile_om, compile_ort
 from ltx_ascend.components import REGISTRY, request_for
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export.components import ExportOptions
@@ -266,7 +267,7 @@ def plan_items(runs: list[Run], out: Path) -> list[Item]:
                     graph_bytes = max(params - block_bytes, 0)
             item.graphs = _graph_count(lookup, layout)
             if not item.present:
-                compiled_copy = graph_bytes if lookup.backend in ("om", "ort") else 0
+                compiled_copy = graph_bytes if registry.backend(lookup.backend).compile is not None else 0
                 item.disk = graph_bytes + compiled_copy + (0 if item.weights_shared else item.weight_bytes)
     return list(items.values())
 
@@ -325,13 +326,15 @@ def build(items: list[Item], runs_by_name: dict[str, Run], out: Path, jobs: int,
                 )
             assert result.folder == artifact_dir(out, item.request), (result.folder, item.request)
             bar.update(1)
-            if lookup.backend == "om":
-                soc = _soc(run)
-                pending.append((item, pool.submit(compile_om, result.folder, soc, None, force=False, dry_run=False)))
+            record = registry.backend(lookup.backend)
+            soc = _soc(run) if "soc" in record.compile_needs else None
+            options = CompileOptions(ep=run.checked.args.ep, soc=soc)
+            if record.compile is not None and record.compiles_in_parallel:
+                pending.append((item, pool.submit(record.compile_step(), result.folder, options)))
             else:
                 with timings.stage(f"compile {lookup.component}"):
-                    if lookup.backend == "ort":
-                        compile_ort(result.folder, run.checked.args.ep, force=False)
+                    if record.compile is not None:
+                        record.compile_step()(result.folder, options)
                 bar.update(1)
         for item, future in pending:
             with timings.stage(f"compile {item.lookup.component} (ATC, waited)"):
