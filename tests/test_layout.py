@@ -1,5 +1,6 @@
 """The stages import only what comes before them (export < compile < runtime < pipelines), and the
-neutral modules (store, registry, backends, dtypes, lint, shapes, console, checkpoints) import no stage."""
+neutral modules (store, registry, backends, dtypes, lint, shapes, console, checkpoints, the DiT's graph
+contract) import no stage."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ltx_ascend"
 STAGES = ("export", "compile", "runtime", "pipelines")
 NEUTRAL = (
     "store", "components", "dtypes", "graph_lint", "shapes", "errors", "console", "atomic", "metrics", "checkpoints",
-    "validation", "cpu_isa", "backends",
+    "validation", "cpu_isa", "backends", "dit_graph",
 )  # fmt: skip
 
 
@@ -36,7 +37,7 @@ def _imports(path: Path) -> set[str]:
 
 def _part(module: str) -> str:
     """The top-level part of ltx_ascend a dotted name is in (a stage, a neutral module or a tool)."""
-    return module.split(".")[1]
+    return [*module.split("."), ""][1]  # "" for the package itself
 
 
 def _violations(allowed: dict[str, set[str]]) -> list[str]:
@@ -77,6 +78,75 @@ def test_the_check_sees_a_wrong_way_import(tmp_path):
     globals()["PACKAGE"] = fake
     try:
         assert _violations(ALLOWED) == ["ltx_ascend/runtime/x.py imports ltx_ascend.export.components.ExportItem"]
+    finally:
+        globals()["PACKAGE"] = Path(__file__).resolve().parents[1] / "ltx_ascend"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every ltx_ascend module `path` names in an import, wherever: inside functions and under
+    `if TYPE_CHECKING:` too (relative imports resolved against the file's package)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).parent.parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            if base.startswith("ltx_ascend"):
+                found |= {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("ltx_ascend")}
+    return found
+
+
+def _files(*parts: str) -> list[Path]:
+    files = []
+    for part in parts:
+        target = PACKAGE / part
+        files += sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
+    return [f for f in files if f.exists()]
+
+
+STAGES_AND_FRONTS = (*STAGES, "serve", "tools")
+
+
+def test_the_dit_graph_contract_imports_no_stage():
+    """ltx_ascend/dit_graph: what export traces and the runner feeds; neither side's code, not even for types."""
+    files = _files("dit_graph")
+    assert files, "ltx_ascend/dit_graph is gone"
+    bad = [f"{f.name} imports {m}" for f in files for m in _all_imports(f) if _part(m) in STAGES_AND_FRONTS]
+    assert bad == []
+
+
+def test_the_runtime_never_imports_export():
+    """Not at run time, not inside a function, not for type checking: a deployment host has no export."""
+    bad = [f"{f} imports {m}" for f in _files("runtime") for m in _all_imports(f) if _part(m) == "export"]
+    assert bad == []
+
+
+@pytest.mark.parametrize("module", ["pipelines/dit_runner", "pipelines/parallel"])
+def test_the_dit_runner_reads_the_graph_contract_not_export(module):
+    """The DiT runner and its parallel seams take the graphs' names and modules from ltx_ascend.dit_graph."""
+    (path,) = _files(module)
+    assert [m for m in _all_imports(path) if _part(m) == "export"] == []
+
+
+def test_the_whole_file_check_sees_hidden_imports(tmp_path):
+    """An import inside a function or under TYPE_CHECKING, and a relative one, are all seen."""
+    fake = tmp_path / "ltx_ascend" / "runtime"
+    fake.mkdir(parents=True)
+    (fake / "x.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ltx_ascend.export import dit\n"
+        "def f():\n    from ..export.components import ExportItem\n    import ltx_ascend.export.dit_split\n"
+    )
+    globals()["PACKAGE"] = tmp_path / "ltx_ascend"
+    try:
+        assert _all_imports(fake / "x.py") == {
+            "ltx_ascend.export.dit",
+            "ltx_ascend.export.components.ExportItem",
+            "ltx_ascend.export.dit_split",
+        }
     finally:
         globals()["PACKAGE"] = Path(__file__).resolve().parents[1] / "ltx_ascend"
 

@@ -18,7 +18,21 @@ from ltx_core.guidance.perturbations import PerturbationConfig
 from ltx_core.model.transformer import LTXModelConfigurator
 from ltx_core.model.transformer.model import LTXModel
 
-from ltx_ascend.export import dit, dit_blocks, dit_split
+from ltx_ascend.dit_graph.blocks import (
+    INPUT_GRAPH_INPUTS,
+    SAMPLE_ADALN,
+    SAMPLE_ADALN_INPUT,
+    SAMPLE_ADALN_INPUT_GRAPH,
+    WEIGHT_PREFIX,
+    DiTBlockGraph,
+    DiTInputGraph,
+    DiTOutputGraph,
+    block_skip_columns,
+    shared_adaln,
+    shared_timesteps,
+)
+from ltx_ascend.dit_graph.segments import run_segments, segment_names
+from ltx_ascend.dit_graph.whole import rope_inputs, skip_masks_for
 from ltx_ascend.pipelines.parallel import Parallel
 from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
 from ltx_ascend.runtime import device as device_layer
@@ -26,8 +40,8 @@ from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession
 from ltx_ascend.runtime.session import Session
 
-SAMPLE_ADALN_GRAPH = f"dit-{dit_blocks.SAMPLE_ADALN}"
-SAMPLE_INPUT_GRAPH = f"dit-{dit_blocks.SAMPLE_ADALN_INPUT_GRAPH}"
+SAMPLE_ADALN_GRAPH = f"dit-{SAMPLE_ADALN}"
+SAMPLE_INPUT_GRAPH = f"dit-{SAMPLE_ADALN_INPUT_GRAPH}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ class DiTRunner:
     """Runs guidance passes on a DiT session (`sessions["dit"]`) or a block chain
     (`sessions["dit-input"|"dit-block"|"dit-output"]` + one weight set per block), or the block
     chain with the block graph split at its attention cores (`"dit-segment0"`, ... in place of
-    `"dit-block"`; export/dit_split.py), whose cores run here between the segments.
+    `"dit-block"`; dit_graph/segments.py), whose cores run here between the segments.
 
     The block chain is the form every DiT acceleration works on (step cache, layer streaming,
     sequence parallel), so eager runs it too: ltx-core's own modules behind the same three graphs,
@@ -82,9 +96,9 @@ class DiTRunner:
         self.block_counts = BlockCounts()  # this runner's (one stage's) DiT work
         self.step_cache: StepCache | None = None  # see `use_step_cache`
         self.parallel = parallel
-        self.segments = [self.sessions[n] for n in dit_split.segment_names(list(self.sessions))]
+        self.segments = [self.sessions[n] for n in segment_names(list(self.sessions))]
         self.sample_segments = [  # the per-sample AdaLN block graph's segments (split layout)
-            self.sessions[n] for n in dit_split.segment_names(list(self.sessions), dit_blocks.SAMPLE_ADALN)
+            self.sessions[n] for n in segment_names(list(self.sessions), SAMPLE_ADALN)
         ]
         # Between segments: the device's fused attention (torch_npu's on Ascend, SDPA elsewhere), or
         # Ulysses' all-to-alls around it.
@@ -96,7 +110,7 @@ class DiTRunner:
             self.attend = lambda name, q, k, v: core(q, k, v, getattr(meta_block, name).heads)
         if parallel is not None and parallel.ulysses > 1 and not self.segments:
             block = self.sessions.get("dit-block")
-            if not isinstance(block, EagerSession) or not isinstance(block.module, dit_blocks.DiTBlockGraph):
+            if not isinstance(block, EagerSession) or not isinstance(block.module, DiTBlockGraph):
                 raise ValueError("Ulysses sequence parallel needs the eager block chain or the split block graph")
             parallel.install(block.module.block)
 
@@ -116,7 +130,7 @@ class DiTRunner:
         """Computed on the host (float64 where the config says), once per position grid."""
         key = (video_positions.shape, video_positions.sum().item(), audio_positions.shape, audio_positions.sum().item())
         if key != self._rope_key:
-            tables = dit.rope_inputs(self._meta, video_positions.cpu(), audio_positions.cpu(), self.dtype)
+            tables = rope_inputs(self._meta, video_positions.cpu(), audio_positions.cpu(), self.dtype)
             self._rope = {k: v.to(self.device) for k, v in tables.items()}
             self._rope_key = key
         return self._rope
@@ -127,7 +141,7 @@ class DiTRunner:
         def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
             return t.expand(n, *t.shape[1:]).to(self.device, dtype or self.dtype).contiguous()
 
-        f32 = torch.float32  # timesteps and sigma stay float32 (dit.FLOAT32_INPUTS)
+        f32 = torch.float32  # timesteps and sigma stay float32 (dit_graph.whole.FLOAT32_INPUTS)
         feeds = {
             "video_latent": rows(video.latent),
             "video_timesteps": rows(video.timesteps, f32),
@@ -140,7 +154,7 @@ class DiTRunner:
         }
         tables = self._rope_tables(video.positions[:1], audio.positions[:1])
         feeds |= {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in tables.items()}
-        masks = dit.skip_masks_for([p.perturbations for p in passes], self.num_layers)
+        masks = skip_masks_for([p.perturbations for p in passes], self.num_layers)
         feeds |= {k: v.to(self.device, self.dtype) for k, v in masks.items()}
         return feeds
 
@@ -169,22 +183,22 @@ class DiTRunner:
 
     def run_input(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Patchify and embeddings: the activations every block reads. When every token of each pass
-        shares its timestep and the layout has the per-sample AdaLN graphs (`dit_blocks.SAMPLE_ADALN*`),
+        shares its timestep and the layout has the per-sample AdaLN graphs (`dit_graph.blocks.SAMPLE_ADALN*`),
         the video AdaLN table is one row per pass: from the per-sample input graph, which never computes
         the per-token table, or cut from the per-token one (an artifact with the block graph only)."""
-        per_sample = self.per_sample_blocks and dit_blocks.shared_timesteps(feeds["video_timesteps"])
+        per_sample = self.per_sample_blocks and shared_timesteps(feeds["video_timesteps"])
         if per_sample and SAMPLE_INPUT_GRAPH in self.sessions:
-            inputs = {n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS}
+            inputs = {n: feeds[n] for n in INPUT_GRAPH_INPUTS}
             inputs["video_timesteps"] = feeds["video_timesteps"][:, :1].contiguous()
             acts = self.sessions[SAMPLE_INPUT_GRAPH].run(inputs)
             tokens = feeds["video_latent"].shape[1]  # the output graph reads it per token
             acts["video_embedded_timestep"] = acts["video_embedded_timestep"].expand(-1, tokens, -1).contiguous()
             return acts
-        acts = self.sessions["dit-input"].run({n: feeds[n] for n in dit_blocks.INPUT_GRAPH_INPUTS})
+        acts = self.sessions["dit-input"].run({n: feeds[n] for n in INPUT_GRAPH_INPUTS})
         if per_sample:
-            table = dit_blocks.shared_adaln(acts, feeds["video_timesteps"])
+            table = shared_adaln(acts, feeds["video_timesteps"])
             if table is not None:
-                acts[dit_blocks.SAMPLE_ADALN_INPUT] = table
+                acts[SAMPLE_ADALN_INPUT] = table
         return acts
 
     @property
@@ -193,7 +207,7 @@ class DiTRunner:
         return SAMPLE_ADALN_GRAPH in self.sessions or bool(self.sample_segments)
 
     def _per_sample(self, acts: dict[str, torch.Tensor]) -> bool:
-        return acts["video_x"].shape[1] > 1 and acts[dit_blocks.SAMPLE_ADALN_INPUT].shape[1] == 1
+        return acts["video_x"].shape[1] > 1 and acts[SAMPLE_ADALN_INPUT].shape[1] == 1
 
     def block_session(self, acts: dict[str, torch.Tensor]) -> Session:
         """The block graph for these activations: per-sample AdaLN when `run_input` gave one row."""
@@ -204,11 +218,11 @@ class DiTRunner:
     def run_block(self, index: int, acts: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]) -> None:
         """Block `index` on `acts`, in place (`video_x`, `audio_x` are replaced by its outputs)."""
         weights = self.block_weights[index]
-        block_in = {**acts, **feeds, **dit_blocks.block_skip_columns(feeds, index)}
-        block_in |= {dit_blocks.WEIGHT_PREFIX + k: v for k, v in weights.items()}
+        block_in = {**acts, **feeds, **block_skip_columns(feeds, index)}
+        block_in |= {WEIGHT_PREFIX + k: v for k, v in weights.items()}
         if self.segments:
             segments = self.sample_segments if self.sample_segments and self._per_sample(acts) else self.segments
-            out = dit_split.run_segments(segments, self.attend, block_in)
+            out = run_segments(segments, self.attend, block_in)
         else:
             block = self.block_session(acts)
             out = block.run({s.name: block_in[s.name] for s in block.inputs})
@@ -266,10 +280,10 @@ def eager_dit_runner(
     """ltx-core's transformer as a block chain: its preprocessors, its blocks (one block module runs
     every block's weights, bound per call) and its output head, behind eager sessions. The block
     weights are the model's own parameters unless `block_weights` gives them (then `model` may be
-    the shell `dit_blocks.dit_shell(..., with_block=False)` builds)."""
-    input_graph = dit_blocks.DiTInputGraph(model)
-    block_graph = dit_blocks.DiTBlockGraph(model.transformer_blocks[0])
-    output_graph = dit_blocks.DiTOutputGraph(model)
+    the shell `export.dit_blocks.dit_shell(..., with_block=False)` builds)."""
+    input_graph = DiTInputGraph(model)
+    block_graph = DiTBlockGraph(model.transformer_blocks[0])
+    output_graph = DiTOutputGraph(model)
     sessions = {
         "dit-input": EagerSession(input_graph, input_graph.input_names, input_graph.output_names, device, dtype),
         "dit-block": EagerSession(block_graph, block_graph.input_names, block_graph.output_names, device, dtype),

@@ -16,7 +16,7 @@ fewer bytes; both after RoPE. Padding never reaches a real
 token: the attention cores see exactly the T real tokens. ltx-core's attention modules are not
 copied: the wrappers replace `Attention.attention_function` of one block module at run time.
 Compiled backends run the same wrapper between the segments of the block graph split at those
-cores (`attend`, export/dit_split.py): one Ulysses implementation for eager, ORT and om.
+cores (`attend`, dit_graph/segments.py): one Ulysses implementation for eager, ORT and om.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ltx_core.model.transformer.attention import AttentionFunction
 from ltx_core.model.transformer.transformer import BasicAVTransformerBlock
 
-from ltx_ascend.export import dit_split
+from ltx_ascend.dit_graph import segments
 from ltx_ascend.runtime import distributed as D
 
 
@@ -79,9 +79,9 @@ class Parallel:
         """This rank's tokens of every per-token feed; the rest (text, sigma, masks) as they are."""
         if self.ulysses == 1:
             return feeds
-        for m, names in dit_split.TOKEN_FEEDS.items():
+        for m, names in segments.TOKEN_FEEDS.items():
             self.lengths[m] = feeds[names[0]].shape[1]
-        return dit_split.shard_feeds(feeds, self.ulysses, self.world.ulysses_rank)
+        return segments.shard_feeds(feeds, self.ulysses, self.world.ulysses_rank)
 
     def gather_tokens(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The full [B, T, C] outputs from every rank's shard, padding dropped."""
@@ -97,18 +97,18 @@ class Parallel:
         """Wrap the attention cores of ltx-core's block module (every block's weights run through it)."""
         if self.ulysses == 1:
             return
-        for name, q, kv in dit_split.CORES:
+        for name, q, kv in segments.CORES:
             attn = getattr(block, name)
             attn.attention_function = UlyssesAttention(attn.attention_function, self, q, kv)
 
-    def attend(self, block: BasicAVTransformerBlock, core=None) -> dit_split.Attend:
-        """The cores between the split block graph's segments (export/dit_split.py): the same
+    def attend(self, block: BasicAVTransformerBlock, core=None) -> segments.Attend:
+        """The cores between the split block graph's segments (dit_graph/segments.py): the same
         `UlyssesAttention` around `core` (the device's fused attention, `device.attention_core`;
         ltx-core's own core when not given)."""
         inner = core or AttentionFunction.DEFAULT
         if self.ulysses == 1:
             return lambda name, q, k, v: inner(q, k, v, getattr(block, name).heads, None)
-        cores = {name: UlyssesAttention(inner, self, q, kv) for name, q, kv in dit_split.CORES}
+        cores = {name: UlyssesAttention(inner, self, q, kv) for name, q, kv in segments.CORES}
         return lambda core, q, k, v: cores[core](q, k, v, getattr(block, core).heads)
 
 

@@ -32,7 +32,7 @@ from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
 from ltx_ascend.errors import UserError
-from ltx_ascend.export import dit_blocks
+from ltx_ascend.export.dit_blocks import dit_shell
 from ltx_ascend.export.video_vae import DECODER_TILING, noise_source
 from ltx_ascend.pipelines.artifact_finder import FP8 as FP8
 from ltx_ascend.pipelines.artifact_finder import QUANTIZATIONS as QUANTIZATIONS
@@ -286,7 +286,7 @@ class ModelStack:
                     self.device_log.append(("dit", "in"))
                     self._moved_in.append(("dit", model))
                 return eager_dit_runner(model, config, self.device, self.dtype, parallel=parallel)
-            shell, _ = dit_blocks.dit_shell(ckset, config, self.dtype, with_block=False)
+            shell, _ = dit_shell(ckset, config, self.dtype, with_block=False)
             source = CheckpointBlockSource(ckset, config["transformer"]["num_layers"], self.dtype)
             weights = StreamedBlockWeights(source, self.device, prefetch)
             return eager_dit_runner(

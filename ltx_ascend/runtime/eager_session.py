@@ -8,15 +8,24 @@ artifact matches, and the reference a compiled session is checked against.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ltx_ascend import dtypes
 from ltx_ascend.runtime.session import Session, TensorSpec, check_feeds
 
-if TYPE_CHECKING:
-    from ltx_ascend.export.components import ExportItem
+
+class TracedGraph(Protocol):
+    """What `from_item` reads of a graph to export (export's `ExportItem`; the runtime never imports export)."""
+
+    module: torch.nn.Module
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    sample: Mapping[str, torch.Tensor]
+
+    @property
+    def name(self) -> str: ...
 
 
 class EagerSession(Session):
@@ -47,7 +56,7 @@ class EagerSession(Session):
 
     @classmethod
     def from_item(
-        cls, item: ExportItem, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+        cls, item: TracedGraph, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> EagerSession:
         """An eager session over an export item's module; inputs checked against the item's sample shapes."""
         floats = [t.dtype for t in item.sample.values() if t.is_floating_point()]
