@@ -10,12 +10,13 @@ over the host link (copy vs compute, overlapped).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,6 +42,9 @@ from ltx_ascend.runtime.dit_memory import (
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 from ltx_ascend.tools import serve_plan
 from ltx_ascend.validation import check_finite, flag_values, positive
+
+if TYPE_CHECKING:
+    from ltx_ascend.runtime.distributed import Layout
 
 
 @dataclass(frozen=True)
@@ -711,8 +715,9 @@ def format_streaming(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+def _plan_parser() -> OneLineParser:
+    """ltx-plan's flags: the run to plan, the SoC's figures, and the step cache, streaming, parallel,
+    quantization and serving what-ifs."""
     parser = OneLineParser(prog="ltx-plan", description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", choices=tuple(PIPELINES))
     parser.add_argument("--shape", required=True, help="FRAMESxHEIGHTxWIDTH of the output, e.g. 41x1024x1536")
@@ -750,10 +755,14 @@ def main(argv: list[str] | None = None) -> int:
         "--quantization", choices=("w8a8",), default="", help="predict the DiT's block linears at the int8 rate"
     )
     parser.add_argument("--int8-speedup", type=float, default=INT8_SPEEDUP, help="int8 / bf16 matmul rate")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_plan_args(args: argparse.Namespace) -> Layout:
+    """Refuse bad numbers and a layout that is not --devices before any model is built; the layout."""
     parse_shape(args.shape)
     serve_plan.check_arguments(args)
-    from ltx_ascend.runtime.distributed import Layout, check_heads
+    from ltx_ascend.runtime.distributed import Layout
 
     check_finite(flag_values(vars(args)))
     examples = {"devices": "8", "hbm_gb": "64", "peak_tflops": "280", "h2d_gb_s": "25", "link_gb_s": "56"}
@@ -770,17 +779,25 @@ def main(argv: list[str] | None = None) -> int:
         from ltx_ascend.atomic import check_writable_file
 
         check_writable_file(args.json, "--json")
+    return layout
+
+
+def _plan_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The model config: a checkpoint's metadata, a JSON file, or the released 22B's."""
     if args.checkpoint_path:
-        config = read_model_config(args.checkpoint_path)
-    elif args.config:
+        return read_model_config(args.checkpoint_path)
+    if args.config:
         try:
-            config = json.loads(args.config.read_text())
+            return json.loads(args.config.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"--config {args.config}: cannot read it as JSON ({exc})") from None
-    else:
-        config = config_22b()
+    return config_22b()
+
+
+def _plan_soc(args: argparse.Namespace) -> Soc:
+    """The SoC's figures with the flags' overrides (peak, memory, host link)."""
     soc = SOCS[args.soc]
-    soc = Soc(
+    return Soc(
         soc.name,
         args.peak_tflops or soc.peak_tflops,
         args.hbm_gb or soc.hbm_gb,
@@ -788,31 +805,23 @@ def main(argv: list[str] | None = None) -> int:
         soc.source,
         args.h2d_gb_s or soc.h2d_gb_s,
     )
-    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
-        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
+
+
+def _plan_step_cache(args: argparse.Namespace) -> tuple[StepCacheSpec, dict[str, float] | float | None]:
+    """The step cache to predict and its expected skip share: the flag's, else an @FILE's measured ratios."""
     step_cache = parse_spec(args.step_cache)
     expected: dict[str, float] | float | None = args.expected_skip
     if expected is not None and not 0 <= expected <= 1:
         raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
     if expected is None and args.step_cache.startswith("@"):
         expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
-    where = f"--checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else f"--config {args.config}"
-    transformer = transformer_config(config, where)
-    heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
-    check_heads(layout, heads)
-    result = plan(
-        args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
-        prefetch=args.streaming_prefetch_count,
-    )  # fmt: skip
-    if args.serve:
-        result["serve"] = serve_plan.run(args, result, config)
-    else:
-        print(format_plan(result))
-        memory = memory_plan(args.pipeline, args.shape, config, soc, args.dtype, args.host_gb)
-        result["memory_policy"] = {name: {"place": p.place, "gb": p.weight_bytes * p.sets / 1e9}
-                                   for name, p in memory.placements.items()}  # fmt: skip
-        print()
-        print("resident engine (ltx_ascend.Engine): " + memory.describe())
+    return step_cache, expected
+
+
+def _plan_what_ifs(
+    args: argparse.Namespace, result: dict[str, Any], config: dict[str, Any], layout: Layout, step_cache: StepCacheSpec
+) -> None:
+    """The multi-device and composed (parallel x int8 x step cache) sections, printed and added to `result`."""
     if layout.size > 1:
         result["parallel"] = {
             "cfg": layout.cfg,
@@ -832,6 +841,37 @@ def main(argv: list[str] | None = None) -> int:
         result["composed"] = {"quantization": args.quantization, "int8_source": INT8_SOURCE, "stages": composed}
         print()
         print(format_composed(composed, layout.cfg, layout.ulysses, args.quantization, str(step_cache)))
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _plan_parser().parse_args(argv)
+    layout = _check_plan_args(args)
+    from ltx_ascend.runtime.distributed import check_heads
+
+    config = _plan_config(args)
+    soc = _plan_soc(args)
+    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
+        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
+    step_cache, expected = _plan_step_cache(args)
+    where = f"--checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else f"--config {args.config}"
+    transformer = transformer_config(config, where)
+    heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
+    check_heads(layout, heads)
+    result = plan(
+        args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
+        prefetch=args.streaming_prefetch_count,
+    )  # fmt: skip
+    if args.serve:
+        result["serve"] = serve_plan.run(args, result, config)
+    else:
+        print(format_plan(result))
+        memory = memory_plan(args.pipeline, args.shape, config, soc, args.dtype, args.host_gb)
+        result["memory_policy"] = {name: {"place": p.place, "gb": p.weight_bytes * p.sets / 1e9}
+                                   for name, p in memory.placements.items()}  # fmt: skip
+        print()
+        print("resident engine (ltx_ascend.Engine): " + memory.describe())
+    _plan_what_ifs(args, result, config, layout, step_cache)
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
 
