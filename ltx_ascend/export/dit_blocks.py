@@ -354,11 +354,7 @@ def build_block_items(
     from ltx_ascend.export import dit_split
 
     options = options or ExportOptions()
-    if options.smooth_alpha is not None and ckset is not None:
-        raise UserError(
-            "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
-            "export: use --dit-layout whole, or drop --smooth-alpha"
-        )
+    _check_block_options(ckset, options)
     split = options.dit_layout == "split"
     model, block = dit_shell(ckset, config, dtype, seed)
     if split:
@@ -370,16 +366,9 @@ def build_block_items(
     feeds, in_feeds, activations = _block_sample_activations(model, input_graph, profile, passes, dtype, options)
     block_graph, quantized = _quantized_block_graph(block, graph_type, activations, options)
     b_feeds = block_feeds(block, activations)
-    with torch.no_grad():
-        vx, ax = block_graph(*b_feeds.values())
-    out_feeds = _output_feeds(vx, ax, activations, feeds)
+    out_feeds = _output_feeds(block_graph, b_feeds, activations, feeds)
     input_reference, block_reference, output_reference = _block_references(input_graph, output_graph, block, passes)
-
-    def write_weights(folder: Path) -> list[str]:
-        if ckset is None:
-            return []
-        return write_block_weights(ckset, num_layers, dtype, folder, quantized)
-
+    write_weights = _weights_writer(ckset, num_layers, dtype, quantized)
     layout = _block_layout(ckset, num_layers, quantized, block, feeds, options)
     sample_adaln_items = _sample_adaln_items(
         input_graph, block_graph, block, in_feeds, b_feeds, input_reference, block_reference, layout, split
@@ -422,6 +411,28 @@ def build_block_items(
             notes=layout,
         ),
     ]
+
+
+def _check_block_options(ckset: CheckpointSet | None, options: ExportOptions) -> None:
+    """Refuse what the block layout cannot do before any weight is read."""
+    if options.smooth_alpha is not None and ckset is not None:
+        raise UserError(
+            "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
+            "export: use --dit-layout whole, or drop --smooth-alpha"
+        )
+
+
+def _weights_writer(
+    ckset: CheckpointSet | None, num_layers: int, dtype: torch.dtype, quantized: list[str]
+) -> Callable[[Path], list[str]]:
+    """The block item's `write_extra`: every block's weights to their own files (none for random weights)."""
+
+    def write_weights(folder: Path) -> list[str]:
+        if ckset is None:
+            return []
+        return write_block_weights(ckset, num_layers, dtype, folder, quantized)
+
+    return write_weights
 
 
 def _block_sample_activations(
@@ -468,9 +479,14 @@ def _quantized_block_graph(
 
 
 def _output_feeds(
-    vx: torch.Tensor, ax: torch.Tensor, activations: dict[str, torch.Tensor], feeds: dict[str, torch.Tensor]
+    block_graph: torch.nn.Module,
+    b_feeds: dict[str, torch.Tensor],
+    activations: dict[str, torch.Tensor],
+    feeds: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The output graph's feeds: the block's outputs with the embedded timesteps and the latents."""
+    """The output graph's feeds: the block's outputs on the sample with the embedded timesteps and the latents."""
+    with torch.no_grad():
+        vx, ax = block_graph(*b_feeds.values())
     return {
         "video_x": vx,
         "video_embedded_timestep": activations["video_embedded_timestep"],
