@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +188,7 @@ def build_block_items(
     from ltx_ascend.export import dit_split
 
     options = options or ExportOptions()
-    if options.smooth_alpha is not None and ckset is not None:
-        raise UserError(
-            "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
-            "export: use --dit-layout whole, or drop --smooth-alpha"
-        )
+    _check_block_options(ckset, options)
     split = options.dit_layout == "split"
     model, block = dit_shell(ckset, config, dtype, seed)
     if split:
@@ -200,102 +196,17 @@ def build_block_items(
     graph_type = DiTBlockGraphMarked if split else DiTBlockGraph
     num_layers = config["transformer"]["num_layers"]
     passes = sample_passes(profile.batch, 1)  # STG on block 0: the traced block is perturbed in the sample
-    single = dataclasses.replace(profile, batch=1)
-    feeds, _, _ = sample_feeds(model, single, passes, dtype=dtype)
-    if split:  # rank 0's shard (every rank's has this shape: the last one is padded)
-        feeds = dit_split.shard_feeds(feeds, options.ulysses, 0)
-    input_graph, output_graph, block_graph = DiTInputGraph(model), DiTOutputGraph(model), graph_type(block)
-    in_feeds = {n: feeds[n] for n in INPUT_GRAPH_INPUTS}
-    with torch.no_grad():
-        activations = dict(zip(INPUT_GRAPH_OUTPUTS, input_graph(*in_feeds.values()), strict=True))
-    activations |= {n: feeds[n] for n in feeds if n.endswith(PE_FIELDS)} | block_skip_columns(feeds, 0)
-    quantized: list[str] = []
-    if options.quantization:
-        from ltx_ascend.export.quantize import quantizable, quantize_module_, smooth_scales
-
-        quantized = quantizable(block, options.quantization_skip)
-        smooth = None
-        if options.smooth_alpha is not None:
-            float_feeds = block_feeds(block, activations)
-            smooth = smooth_scales(block, lambda: block_graph(*float_feeds.values()), quantized, options.smooth_alpha)
-        quantize_module_(block, options.quantization_skip, smooth)
-        block_graph = graph_type(block)
+    input_graph, output_graph = DiTInputGraph(model), DiTOutputGraph(model)
+    feeds, in_feeds, activations = _block_sample_activations(model, input_graph, profile, passes, dtype, options)
+    block_graph, quantized = _quantized_block_graph(block, graph_type, activations, options)
     b_feeds = block_feeds(block, activations)
-    with torch.no_grad():
-        vx, ax = block_graph(*b_feeds.values())
-    out_feeds = {
-        "video_x": vx,
-        "video_embedded_timestep": activations["video_embedded_timestep"],
-        "video_latent": feeds["video_latent"],
-        "video_timesteps": feeds["video_timesteps"],
-        "audio_x": ax,
-        "audio_embedded_timestep": activations["audio_embedded_timestep"],
-        "audio_latent": feeds["audio_latent"],
-        "audio_timesteps": feeds["audio_timesteps"],
-    }
-
-    def input_reference(f):
-        with torch.no_grad():
-            return input_graph(*(f[n] for n in INPUT_GRAPH_INPUTS))
-
-    def block_reference(f):
-        """ltx-core's block with its own BatchedPerturbationConfig (STG at this block) and RoPE tuples."""
-        from ltx_core.guidance.perturbations import BatchedPerturbationConfig
-
-        args = {m: _transformer_args(f, m) for m in ("video", "audio")}
-        weights = {n: f[WEIGHT_PREFIX + n] for n in block_parameter_names(block)}
-        with torch.no_grad():
-            v, a = torch.func.functional_call(
-                block, weights, (args["video"], args["audio"], BatchedPerturbationConfig(list(passes)))
-            )
-        return v.x, a.x
-
-    def output_reference(f):
-        with torch.no_grad():
-            return output_graph(*(f[n] for n in OUTPUT_GRAPH_INPUTS))
-
-    def write_weights(folder: Path) -> list[str]:
-        if ckset is None:
-            return []
-        return write_block_weights(ckset, num_layers, dtype, folder, quantized)
-
-    layout = {"layout": "blocks", "num_layers": num_layers, "weights": "block_XX.safetensors" if ckset else "random"}
-    if quantized:
-        layout["quantized_linears"] = quantized
-    if split:
-        layout |= {"layout": "split", "ulysses": options.ulysses, "cores": dit_split.core_notes(block)}
-        layout |= {"shard_tokens": {m: feeds[f"{m}_latent"].shape[1] for m in ("video", "audio")}}
-    # Every variant also carries the per-sample AdaLN pair: the input graph fed one timestep per pass
-    # (it never computes the per-token video table) and the block graph (or its segments) reading that row.
-    table = shared_adaln(b_feeds)
-    if table is None:  # the sample feeds share one timestep per pass (dit.sample_feeds)
-        raise RuntimeError("sample feeds have per-token AdaLN rows: cannot trace the per-sample block graph")
-    sample_in_feeds = {**in_feeds, "video_timesteps": in_feeds["video_timesteps"][:, :1].contiguous()}
-    sample_b_feeds = {**b_feeds, SAMPLE_ADALN_INPUT: table}
-    sample_adaln_items = [
-        ExportItem(
-            "dit",
-            input_graph,
-            INPUT_GRAPH_INPUTS,
-            INPUT_GRAPH_OUTPUTS,
-            sample_in_feeds,
-            input_reference,
-            variant=SAMPLE_ADALN_INPUT_GRAPH,
-            notes=layout,
-        ),
-        ExportItem(
-            "dit",
-            block_graph,
-            block_graph.input_names,
-            BLOCK_OUTPUTS,
-            sample_b_feeds,
-            block_reference,
-            variant=SAMPLE_ADALN,
-            notes=layout,
-            split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, sample_b_feeds, SAMPLE_ADALN) if split else None,
-        ),
-    ]
-
+    out_feeds = _output_feeds(block_graph, b_feeds, activations, feeds)
+    input_reference, block_reference, output_reference = _block_references(input_graph, output_graph, block, passes)
+    write_weights = _weights_writer(ckset, num_layers, dtype, quantized)
+    layout = _block_layout(ckset, num_layers, quantized, block, feeds, options)
+    sample_adaln_items = _sample_adaln_items(
+        input_graph, block_graph, block, in_feeds, b_feeds, input_reference, block_reference, layout, split
+    )
     return [
         ExportItem(
             "dit",
@@ -332,5 +243,185 @@ def build_block_items(
             output_reference,
             variant="output",
             notes=layout,
+        ),
+    ]
+
+
+def _check_block_options(ckset: CheckpointSet | None, options: ExportOptions) -> None:
+    """Refuse what the block layout cannot do before any weight is read."""
+    if options.smooth_alpha is not None and ckset is not None:
+        raise UserError(
+            "--smooth-alpha calibrates on each block's own activations, which the block layout does not run at "
+            "export: use --dit-layout whole, or drop --smooth-alpha"
+        )
+
+
+def _weights_writer(
+    ckset: CheckpointSet | None, num_layers: int, dtype: torch.dtype, quantized: list[str]
+) -> Callable[[Path], list[str]]:
+    """The block item's `write_extra`: every block's weights to their own files (none for random weights)."""
+
+    def write_weights(folder: Path) -> list[str]:
+        if ckset is None:
+            return []
+        return write_block_weights(ckset, num_layers, dtype, folder, quantized)
+
+    return write_weights
+
+
+def _block_sample_activations(
+    model: LTXModel,
+    input_graph: DiTInputGraph,
+    profile: ShapeProfile,
+    passes: Sequence[Any],
+    dtype: torch.dtype,
+    options: ExportOptions,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One sample's feeds (rank 0's shard when split), the input graph's feeds, and the activations
+    block 0 sees: the input graph's outputs plus RoPE and this block's skip columns."""
+    from ltx_ascend.export import dit_split
+
+    single = dataclasses.replace(profile, batch=1)
+    feeds, _, _ = sample_feeds(model, single, passes, dtype=dtype)
+    if options.dit_layout == "split":  # rank 0's shard (every rank's has this shape: the last one is padded)
+        feeds = dit_split.shard_feeds(feeds, options.ulysses, 0)
+    in_feeds = {n: feeds[n] for n in INPUT_GRAPH_INPUTS}
+    with torch.no_grad():
+        activations = dict(zip(INPUT_GRAPH_OUTPUTS, input_graph(*in_feeds.values()), strict=True))
+    activations |= {n: feeds[n] for n in feeds if n.endswith(PE_FIELDS)} | block_skip_columns(feeds, 0)
+    return feeds, in_feeds, activations
+
+
+def _quantized_block_graph(
+    block: BasicAVTransformerBlock, graph_type: type, activations: dict[str, torch.Tensor], options: ExportOptions
+) -> tuple[torch.nn.Module, list[str]]:
+    """The block graph, its linears quantized in place (smoothed on these activations) when asked;
+    with the names of the quantized linears."""
+    block_graph = graph_type(block)
+    quantized: list[str] = []
+    if options.quantization:
+        from ltx_ascend.export.quantize import quantizable, quantize_module_, smooth_scales
+
+        quantized = quantizable(block, options.quantization_skip)
+        smooth = None
+        if options.smooth_alpha is not None:
+            float_feeds = block_feeds(block, activations)
+            smooth = smooth_scales(block, lambda: block_graph(*float_feeds.values()), quantized, options.smooth_alpha)
+        quantize_module_(block, options.quantization_skip, smooth)
+        block_graph = graph_type(block)
+    return block_graph, quantized
+
+
+def _output_feeds(
+    block_graph: torch.nn.Module,
+    b_feeds: dict[str, torch.Tensor],
+    activations: dict[str, torch.Tensor],
+    feeds: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The output graph's feeds: the block's outputs on the sample with the embedded timesteps and the latents."""
+    with torch.no_grad():
+        vx, ax = block_graph(*b_feeds.values())
+    return {
+        "video_x": vx,
+        "video_embedded_timestep": activations["video_embedded_timestep"],
+        "video_latent": feeds["video_latent"],
+        "video_timesteps": feeds["video_timesteps"],
+        "audio_x": ax,
+        "audio_embedded_timestep": activations["audio_embedded_timestep"],
+        "audio_latent": feeds["audio_latent"],
+        "audio_timesteps": feeds["audio_timesteps"],
+    }
+
+
+def _block_references(
+    input_graph: DiTInputGraph, output_graph: DiTOutputGraph, block: BasicAVTransformerBlock, passes: Sequence[Any]
+) -> tuple[Callable[[dict], Any], Callable[[dict], Any], Callable[[dict], Any]]:
+    """The eager references the exported graphs are checked against: the input and output graphs
+    themselves, and ltx-core's own block with the weights bound per call."""
+
+    def input_reference(f):
+        with torch.no_grad():
+            return input_graph(*(f[n] for n in INPUT_GRAPH_INPUTS))
+
+    def block_reference(f):
+        """ltx-core's block with its own BatchedPerturbationConfig (STG at this block) and RoPE tuples."""
+        from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+
+        args = {m: _transformer_args(f, m) for m in ("video", "audio")}
+        weights = {n: f[WEIGHT_PREFIX + n] for n in block_parameter_names(block)}
+        with torch.no_grad():
+            v, a = torch.func.functional_call(
+                block, weights, (args["video"], args["audio"], BatchedPerturbationConfig(list(passes)))
+            )
+        return v.x, a.x
+
+    def output_reference(f):
+        with torch.no_grad():
+            return output_graph(*(f[n] for n in OUTPUT_GRAPH_INPUTS))
+
+    return input_reference, block_reference, output_reference
+
+
+def _block_layout(
+    ckset: CheckpointSet | None,
+    num_layers: int,
+    quantized: list[str],
+    block: BasicAVTransformerBlock,
+    feeds: dict[str, torch.Tensor],
+    options: ExportOptions,
+) -> dict[str, Any]:
+    """The notes every item carries, which the runtime reads to chain the blocks (and, split, the shards)."""
+    from ltx_ascend.export import dit_split
+
+    layout = {"layout": "blocks", "num_layers": num_layers, "weights": "block_XX.safetensors" if ckset else "random"}
+    if quantized:
+        layout["quantized_linears"] = quantized
+    if options.dit_layout == "split":
+        layout |= {"layout": "split", "ulysses": options.ulysses, "cores": dit_split.core_notes(block)}
+        layout |= {"shard_tokens": {m: feeds[f"{m}_latent"].shape[1] for m in ("video", "audio")}}
+    return layout
+
+
+def _sample_adaln_items(
+    input_graph: DiTInputGraph,
+    block_graph: torch.nn.Module,
+    block: BasicAVTransformerBlock,
+    in_feeds: dict[str, torch.Tensor],
+    b_feeds: dict[str, torch.Tensor],
+    input_reference: Callable[[dict], Any],
+    block_reference: Callable[[dict], Any],
+    layout: dict[str, Any],
+    split: bool,
+) -> list[ExportItem]:
+    """Every variant also carries the per-sample AdaLN pair: the input graph fed one timestep per pass
+    (it never computes the per-token video table) and the block graph (or its segments) reading that row."""
+    from ltx_ascend.export import dit_split
+
+    table = shared_adaln(b_feeds)
+    if table is None:  # the sample feeds share one timestep per pass (dit.sample_feeds)
+        raise RuntimeError("sample feeds have per-token AdaLN rows: cannot trace the per-sample block graph")
+    sample_in_feeds = {**in_feeds, "video_timesteps": in_feeds["video_timesteps"][:, :1].contiguous()}
+    sample_b_feeds = {**b_feeds, SAMPLE_ADALN_INPUT: table}
+    return [
+        ExportItem(
+            "dit",
+            input_graph,
+            INPUT_GRAPH_INPUTS,
+            INPUT_GRAPH_OUTPUTS,
+            sample_in_feeds,
+            input_reference,
+            variant=SAMPLE_ADALN_INPUT_GRAPH,
+            notes=layout,
+        ),
+        ExportItem(
+            "dit",
+            block_graph,
+            block_graph.input_names,
+            BLOCK_OUTPUTS,
+            sample_b_feeds,
+            block_reference,
+            variant=SAMPLE_ADALN,
+            notes=layout,
+            split=dit_split.BlockSplit(block, BLOCK_OUTPUTS, sample_b_feeds, SAMPLE_ADALN) if split else None,
         ),
     ]

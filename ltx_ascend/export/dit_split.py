@@ -172,7 +172,30 @@ def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
 def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> list[onnx.ModelProto]:
     """The segments of a graph with marker nodes, in order (see the module docstring); `sample`: the
     graph's feeds at its static shapes, which fix the segments' boundary shapes."""
+    _name_cores(model.graph)
+    from ltx_ascend.export.npu_reference import fold_shape_ifs
+
+    model = _typed(fold_shape_ifs(_fold_shapes(model, sample)))
     graph = model.graph
+    free = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes = list(graph.node)
+    is_marker = [n.domain == MARKER_DOMAIN for n in nodes]
+    outputs = {o.name for o in graph.output}
+    boundary, input_only = _earliest_segments(nodes, is_marker, free)
+    last = max(boundary.values()) + 1
+    where = _node_segments(nodes, is_marker, boundary, input_only, outputs, last)
+    produced = [{o for i, n in enumerate(nodes) if s in where[i] for o in n.output} for s in range(last + 1)]
+    written = _segment_writes(nodes, is_marker, boundary, where, produced, free, outputs, last)
+    initializers = {t.name: t for t in graph.initializer}
+    segments, carried = _segment_io(nodes, is_marker, where, produced, written, outputs, last)
+    boundary_values = [n for _, read, out in segments for n in (*read, *out) if n not in initializers]
+    shapes = _static_shapes(model, sample, list(dict.fromkeys(boundary_values)))
+    return _segment_models(model, segments, carried, shapes)
+
+
+def _name_cores(graph: onnx.GraphProto) -> None:
+    """Name each attention core's q, k, v and output `<core>.q` etc. (in place): the runtime finds the
+    values it runs between segments by these names."""
     markers = [n for n in graph.node if n.domain == MARKER_DOMAIN]
     if not markers:
         raise ValueError("no attention-core markers in the traced block graph")
@@ -182,16 +205,14 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
             raise ValueError(f"{core}: q, k and v must be three distinct tensors to be named")
         for old, slot in zip((*node.input, *node.output), ("q", "k", "v", "out"), strict=True):
             _rename(graph, old, f"{core}.{slot}")
-    from ltx_ascend.export.npu_reference import fold_shape_ifs
 
-    model = _typed(fold_shape_ifs(_fold_shapes(model, sample)))
-    graph = model.graph
-    free = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    nodes = list(graph.node)
+
+def _earliest_segments(
+    nodes: list[onnx.NodeProto], is_marker: list[bool], free: set[str]
+) -> tuple[dict[int, int], list[bool]]:
+    """Earliest segment each value exists in; a marker's output one boundary after its inputs. Returns
+    each marker's boundary (by node index) and which nodes read only block inputs (never through a marker)."""
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-    is_marker = [n.domain == MARKER_DOMAIN for n in nodes]
-
-    # Earliest segment each value exists in; a marker's output one boundary after its inputs.
     ready: dict[str, int] = dict.fromkeys(free, 0)
     boundary: dict[int, int] = {}
     input_only = [False] * len(nodes)  # reads only block inputs (never through a marker)
@@ -204,10 +225,19 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
             input_only[i] = all(n in free or input_only[producer[n]] for n in node.input)
         for out in node.output:
             ready[out] = stage
-    last = max(boundary.values()) + 1
-    outputs = {o.name for o in graph.output}
+    return boundary, input_only
 
-    # Segments each node runs in: as late as its consumers allow (recomputed where used if cheap and input-only).
+
+def _node_segments(
+    nodes: list[onnx.NodeProto],
+    is_marker: list[bool],
+    boundary: dict[int, int],
+    input_only: list[bool],
+    outputs: set[str],
+    last: int,
+) -> list[set[int]]:
+    """Segments each node runs in: as late as its consumers allow (recomputed where used if cheap and
+    input-only); none for a dead node or a marker."""
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for n in node.input:
@@ -226,10 +256,20 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
             continue  # dead: nothing reads it
         cheap = input_only[i] and nodes[i].op_type not in HEAVY_OPS
         where[i] = uses if cheap else {min(uses)}
+    return where
 
-    types = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
-    initializers = {t.name: t for t in graph.initializer}
-    produced = [{o for i, n in enumerate(nodes) if s in where[i] for o in n.output} for s in range(last + 1)]
+
+def _segment_writes(
+    nodes: list[onnx.NodeProto],
+    is_marker: list[bool],
+    boundary: dict[int, int],
+    where: list[set[int]],
+    produced: list[set[str]],
+    free: set[str],
+    outputs: set[str],
+    last: int,
+) -> list[set[str]]:
+    """The values each segment hands out: those a later segment, a core or the block's outputs read."""
     written: list[set[str]] = [set() for _ in range(last + 1)]
     core_out = {n.output[0] for i, n in enumerate(nodes) if is_marker[i]}  # the runtime's, between segments
 
@@ -253,6 +293,20 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
                 need(value, s, local=True)
     for value in outputs:
         need(value, last, local=False)
+    return written
+
+
+def _segment_io(
+    nodes: list[onnx.NodeProto],
+    is_marker: list[bool],
+    where: list[set[int]],
+    produced: list[set[str]],
+    written: list[set[str]],
+    outputs: set[str],
+    last: int,
+) -> tuple[list[tuple[list[onnx.NodeProto], list[str], list[str]]], dict[str, str]]:
+    """Each segment's (nodes, inputs, outputs), outputs in the order computed; and the `carry.N` names
+    of the values that pass from one segment to a later one without being a core's or the block's."""
     core_values = {o for i, n in enumerate(nodes) if is_marker[i] for o in (*n.input, *n.output)}
     carried: dict[str, str] = {}
     segments = []
@@ -265,8 +319,20 @@ def split_graph(model: onnx.ModelProto, sample: Mapping[str, torch.Tensor]) -> l
         for value in out:
             if value not in outputs and value not in core_values:
                 carried.setdefault(value, f"carry.{len(carried)}")
-    boundary_values = [n for _, read, out in segments for n in (*read, *out) if n not in initializers]
-    shapes = _static_shapes(model, sample, list(dict.fromkeys(boundary_values)))
+    return segments, carried
+
+
+def _segment_models(
+    model: onnx.ModelProto,
+    segments: list[tuple[list[onnx.NodeProto], list[str], list[str]]],
+    carried: dict[str, str],
+    shapes: dict,
+) -> list[onnx.ModelProto]:
+    """One checked ONNX model per segment, its boundary values declared at their static shapes and the
+    carried ones renamed."""
+    graph = model.graph
+    types = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    initializers = {t.name: t for t in graph.initializer}
     elem = {name: v.type.tensor_type.elem_type for name, v in types.items() if v.type.tensor_type.elem_type}
 
     def declared(name: str) -> onnx.ValueInfoProto:

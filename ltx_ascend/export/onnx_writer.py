@@ -228,33 +228,7 @@ def export_onnx(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         traced = tmp_dir / "traced.onnx"
-        shapes: list[tuple[int, ...]] = []
-        hook = module.register_forward_hook(lambda _m, _i, out: shapes.extend(
-            tuple(t.shape) for t in (out if isinstance(out, tuple) else (out,))
-        ))  # fmt: skip
-        from ltx_ascend.export.quantize import lowering
-
-        with (
-            # The Ascend W8A8 graph (opset 16) loses traced shapes after its matmuls: BSH attention there.
-            export_symbolics(opset, npu_ops, ort_fused, npu_bsh=npu_ops and opset < OPSET),
-            lowering("npu" if npu_ops else "ort"),
-            export_patches(),
-            torch.no_grad(),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                module.eval(),
-                tuple(args),
-                str(traced),
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-                external_data=external_data,
-            )
-        hook.remove()
+        shapes = _trace(module, args, input_names, output_names, traced, opset, npu_ops, ort_fused, external_data)
         model = onnx.load(str(traced), load_external_data=True)
         if ort_fused:
             _declare_domain(model, "com.microsoft")
@@ -264,30 +238,79 @@ def export_onnx(
         if npu_ops or ort_fused:
             # ONNX shape inference knows no npu:: / com.microsoft op: restore the static output shapes the trace saw.
             _set_output_shapes(model, shapes[: len(output_names)])
-        final = tmp_dir / path.name
-        data_name = path.name + ".data"
-        # Decide on what the graph really holds: a block graph whose weights are inputs has none.
-        initializer_bytes = sum(
-            len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
-            for t in model.graph.initializer
-        )
-        if external_data and initializer_bytes > EXTERNAL_DATA_THRESHOLD:
-            onnx.save_model(
-                model,
-                str(final),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            (tmp_dir / data_name).chmod(0o644)
-            os.replace(tmp_dir / data_name, path.parent / data_name)
-        else:
-            onnx.save_model(model, str(final))
-        os.replace(final, path)
+        _save_and_move(model, tmp_dir, path, external_data)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
+
+
+def _trace(
+    module: torch.nn.Module,
+    args: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    traced: Path,
+    opset: int,
+    npu_ops: bool,
+    ort_fused: bool,
+    external_data: bool,
+) -> list[tuple[int, ...]]:
+    """TorchScript-export `module(*args)` to `traced` under our symbolics, lowering and patches; the
+    output shapes the trace saw (a forward hook), which the fused ops' graphs cannot infer."""
+    shapes: list[tuple[int, ...]] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: shapes.extend(
+        tuple(t.shape) for t in (out if isinstance(out, tuple) else (out,))
+    ))  # fmt: skip
+    from ltx_ascend.export.quantize import lowering
+
+    with (
+        # The Ascend W8A8 graph (opset 16) loses traced shapes after its matmuls: BSH attention there.
+        export_symbolics(opset, npu_ops, ort_fused, npu_bsh=npu_ops and opset < OPSET),
+        lowering("npu" if npu_ops else "ort"),
+        export_patches(),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            module.eval(),
+            tuple(args),
+            str(traced),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+            external_data=external_data,
+        )
+    hook.remove()
+    return shapes
+
+
+def _save_and_move(model: onnx.ModelProto, tmp_dir: Path, path: Path, external_data: bool) -> None:
+    """Save in `tmp_dir` and move into place, the .data file first so that no reader finds an .onnx
+    without its weights."""
+    final = tmp_dir / path.name
+    data_name = path.name + ".data"
+    # Decide on what the graph really holds: a block graph whose weights are inputs has none.
+    initializer_bytes = sum(
+        len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
+        for t in model.graph.initializer
+    )
+    if external_data and initializer_bytes > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(
+            model,
+            str(final),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        (tmp_dir / data_name).chmod(0o644)
+        os.replace(tmp_dir / data_name, path.parent / data_name)
+    else:
+        onnx.save_model(model, str(final))
+    os.replace(final, path)
 
 
 def _set_output_shapes(model: onnx.ModelProto, shapes: Sequence[tuple[int, ...]]) -> None:

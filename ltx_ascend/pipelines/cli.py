@@ -110,135 +110,164 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
     for name, module in pipeline_modules().items():
         p = sub.add_parser(name, help=(module.__doc__ or name).splitlines()[0])
-        add_checkpoint_args(p, required=False)
-        if module.SPEC.distilled:
-            p.add_argument("--distilled-checkpoint-path", type=Path, help="distilled LTX-2.3 checkpoint")
-        p.add_argument("--prompt", default=None, help="text prompt (default: a demo prompt)")
-        p.add_argument("--negative-prompt", default=P.DEFAULT_NEGATIVE_PROMPT)
-        p.add_argument("--seed", type=int)
-        p.add_argument("--height", type=int, help="output height (two-stage: stage 1 runs at half)")
-        p.add_argument("--width", type=int)
-        p.add_argument("--num-frames", type=int, help="8k+1")
-        p.add_argument("--frame-rate", type=float)
-        p.add_argument("--num-inference-steps", type=int)
-        p.add_argument(
-            "--image",
-            nargs="+",
-            action=_ImageAction,
-            dest="images",
-            default=[],
-            metavar="PATH IDX STRENGTH [CRF]",
-            help="condition frame IDX on an image (repeatable)",
-        )
-        p.add_argument("--enhance-prompt", action="store_true", help="not supported: the LLM runs eager only")
-        _add_guidance(p, "video", "a2v")
-        _add_guidance(p, "audio", "v2a")
-        out = p.add_argument_group("output")
-        out.add_argument("--output-path", type=Path, default=Path("output.mp4"))
-        out.add_argument("--raw-output", type=Path, help="also write frames + waveform as .safetensors")
-        out.add_argument("--timings-json", type=Path, help="write the per-stage timing table as JSON")
+        _add_request_args(p, module)
+        _add_output_args(p)
         run = p.add_argument_group("runtime")
-        run.add_argument(
-            "--artifacts", type=Path, default=Path("artifacts"), help="artifact store (default artifacts/)"
-        )
-        run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager "
-                         "(default: om on an Ascend host, eager where not prepared; else ort)")
-        run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
-        run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
-        run.add_argument(
-            "--quantization",
-            default="",
-            help="w8a8: int8 DiT linears on every backend; fp8-cast|fp8-scaled-mm: ltx-core's FP8 (CUDA eager)",
-        )
-        run.add_argument(
-            "--quantization-skip", action="append", default=[], metavar="PATTERN", help="w8a8: keep these linears float"
-        )
-        run.add_argument(
-            "--variant",
-            type=Variant.parse,
-            metavar="LABEL",
-            help="compiled graph variant to run: portable, npu-ops, ort-fused (+w8a8); default: the backend's "
-            "preference (om: npu-ops, then portable; ort: ort-fused, then portable)",
-        )
-        run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
+        _add_backend_args(run)
         if module.SPEC.add_arguments is not None:
             module.SPEC.add_arguments(p.add_argument_group(f"{name}"))
-        run.add_argument(
-            "--build-missing",
-            action="store_true",
-            help="export (and compile for ort) any artifact the run needs and lacks (implied for the tiny set)",
-        )
-        add_fallback_arg(run)
-        run.add_argument(
-            "--check",
-            action="store_true",
-            help="only prove the run would find every compiled artifact it looks up: loads no model, writes "
-            "nothing; exit 2 naming each miss and the ltx-prepare command that builds it",
-        )
-        dev.add_device_args(run)
-        run.add_argument(
-            "--parallel",
-            type=distributed.Layout.parse,
-            default=None,
-            metavar="cfg=C,ulysses=U",
-            help="under torchrun (C x U = --nproc-per-node): guidance passes over C ranks, tokens over U",
-        )
-        cache = p.add_argument_group("step cache (skip DiT blocks that repeat between steps)")
-        cache.add_argument(
-            "--step-cache",
-            default="off",
-            metavar="SPEC",
-            help="off (default) | block:start=S,end=E,interval=I,blocks=A-B | auto[:threshold=T,warmup=W] "
-            "(+ stages=1|2|1+2), or @FILE written by --step-cache-search",
-        )
-        cache.add_argument(
-            "--step-cache-search",
-            type=float,
-            metavar="TARGET_PSNR",
-            help="calibrate: run once uncached, then search the --step-cache policy's parameters (default auto) "
-            "for the most skipped DiT blocks whose frames stay >= TARGET_PSNR dB from it; writes the SPEC file",
-        )
-        cache.add_argument(
-            "--step-cache-out",
-            type=Path,
-            default=Path(DEFAULT_SPEC_FILE),
-            help=f"where --step-cache-search writes the chosen SPEC (default {DEFAULT_SPEC_FILE})",
-        )
-        run.add_argument(
-            "--dit-layout",
-            choices=("auto", "whole", "blocks"),
-            default="auto",
-            help="compiled DiT form: one graph, or input/block/output graphs with weights bound per block "
-            "(auto: ltx-export's choice; streaming needs blocks)",
-        )
-        run.add_argument(
-            "--offload",
-            choices=OFFLOAD_CHOICES,
-            default="none",
-            help="text-encoder: return Gemma's device memory right after the prompt stage; all: also keep the "
-            "VAE, upsampler and vocoder in host memory, each on the device only while it runs",
-        )
-        run.add_argument(
-            "--placement",
-            metavar="COMPONENT=PLACE,...",
-            help="where models live between uses: device, host (parked, moved in per use) or rebuild, per component "
-            "(e.g. text_encoder=host); default: the memory policy's choice from the device's memory",
-        )
-        memory = run.add_mutually_exclusive_group()
-        memory.add_argument(
-            "--streaming-prefetch-count",
-            type=int,
-            metavar="N",
-            help="stream the DiT's block weights from host memory, N blocks ahead of the running one "
-            "(at most N + 1 blocks on the device; default: every block resident)",
-        )
-        memory.add_argument(
-            "--max-device-memory",
-            type=float,
-            metavar="GB",
-            help="keep the DiT within GB of device memory: streams with the smallest prefetch count that fits",
-        )
+        _add_run_mode_args(run)
+        _add_step_cache_args(p)
+        _add_memory_args(run)
     return parser
+
+
+def _add_request_args(p: argparse.ArgumentParser, module: ModuleType) -> None:
+    """What is generated: checkpoints, prompt, size, steps, condition images and guidance."""
+    add_checkpoint_args(p, required=False)
+    if module.SPEC.distilled:
+        p.add_argument("--distilled-checkpoint-path", type=Path, help="distilled LTX-2.3 checkpoint")
+    p.add_argument("--prompt", default=None, help="text prompt (default: a demo prompt)")
+    p.add_argument("--negative-prompt", default=P.DEFAULT_NEGATIVE_PROMPT)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--height", type=int, help="output height (two-stage: stage 1 runs at half)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--num-frames", type=int, help="8k+1")
+    p.add_argument("--frame-rate", type=float)
+    p.add_argument("--num-inference-steps", type=int)
+    p.add_argument(
+        "--image",
+        nargs="+",
+        action=_ImageAction,
+        dest="images",
+        default=[],
+        metavar="PATH IDX STRENGTH [CRF]",
+        help="condition frame IDX on an image (repeatable)",
+    )
+    p.add_argument("--enhance-prompt", action="store_true", help="not supported: the LLM runs eager only")
+    _add_guidance(p, "video", "a2v")
+    _add_guidance(p, "audio", "v2a")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """Where the video, the raw frames and the timing table go."""
+    out = p.add_argument_group("output")
+    out.add_argument("--output-path", type=Path, default=Path("output.mp4"))
+    out.add_argument("--raw-output", type=Path, help="also write frames + waveform as .safetensors")
+    out.add_argument("--timings-json", type=Path, help="write the per-stage timing table as JSON")
+
+
+def _add_backend_args(run: argparse._ArgumentGroup) -> None:
+    """Which compiled artifacts run, and on what: store, backend, provider, SoC, quantization, variant."""
+    run.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifact store (default artifacts/)")
+    run.add_argument("--backend", default=None, help="om|ort|onnx|eager, or per component: dit=ort,vocoder=eager "
+                     "(default: om on an Ascend host, eager where not prepared; else ort)")  # fmt: skip
+    run.add_argument("--ep", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
+    run.add_argument("--soc", help="Ascend SoC of the om artifacts (default: any)")
+    run.add_argument(
+        "--quantization",
+        default="",
+        help="w8a8: int8 DiT linears on every backend; fp8-cast|fp8-scaled-mm: ltx-core's FP8 (CUDA eager)",
+    )
+    run.add_argument(
+        "--quantization-skip", action="append", default=[], metavar="PATTERN", help="w8a8: keep these linears float"
+    )
+    run.add_argument(
+        "--variant",
+        type=Variant.parse,
+        metavar="LABEL",
+        help="compiled graph variant to run: portable, npu-ops, ort-fused (+w8a8); default: the backend's "
+        "preference (om: npu-ops, then portable; ort: ort-fused, then portable)",
+    )
+    run.add_argument("--prompt-cache", type=Path, help="prompt-embedding cache (default ARTIFACTS/prompt-cache)")
+
+
+def _add_run_mode_args(run: argparse._ArgumentGroup) -> None:
+    """How the run goes: build what is missing, fall back, only check, which device, over how many ranks."""
+    run.add_argument(
+        "--build-missing",
+        action="store_true",
+        help="export (and compile for ort) any artifact the run needs and lacks (implied for the tiny set)",
+    )
+    add_fallback_arg(run)
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="only prove the run would find every compiled artifact it looks up: loads no model, writes "
+        "nothing; exit 2 naming each miss and the ltx-prepare command that builds it",
+    )
+    dev.add_device_args(run)
+    run.add_argument(
+        "--parallel",
+        type=distributed.Layout.parse,
+        default=None,
+        metavar="cfg=C,ulysses=U",
+        help="under torchrun (C x U = --nproc-per-node): guidance passes over C ranks, tokens over U",
+    )
+
+
+def _add_step_cache_args(p: argparse.ArgumentParser) -> None:
+    """The step cache's policy, and its calibration search."""
+    cache = p.add_argument_group("step cache (skip DiT blocks that repeat between steps)")
+    cache.add_argument(
+        "--step-cache",
+        default="off",
+        metavar="SPEC",
+        help="off (default) | block:start=S,end=E,interval=I,blocks=A-B | auto[:threshold=T,warmup=W] "
+        "(+ stages=1|2|1+2), or @FILE written by --step-cache-search",
+    )
+    cache.add_argument(
+        "--step-cache-search",
+        type=float,
+        metavar="TARGET_PSNR",
+        help="calibrate: run once uncached, then search the --step-cache policy's parameters (default auto) "
+        "for the most skipped DiT blocks whose frames stay >= TARGET_PSNR dB from it; writes the SPEC file",
+    )
+    cache.add_argument(
+        "--step-cache-out",
+        type=Path,
+        default=Path(DEFAULT_SPEC_FILE),
+        help=f"where --step-cache-search writes the chosen SPEC (default {DEFAULT_SPEC_FILE})",
+    )
+
+
+def _add_memory_args(run: argparse._ArgumentGroup) -> None:
+    """Where the models live: the DiT's layout, offload, placement, and block streaming or its memory cap.
+    Added after the step cache group so that the usage line keeps its order."""
+    run.add_argument(
+        "--dit-layout",
+        choices=("auto", "whole", "blocks"),
+        default="auto",
+        help="compiled DiT form: one graph, or input/block/output graphs with weights bound per block "
+        "(auto: ltx-export's choice; streaming needs blocks)",
+    )
+    run.add_argument(
+        "--offload",
+        choices=OFFLOAD_CHOICES,
+        default="none",
+        help="text-encoder: return Gemma's device memory right after the prompt stage; all: also keep the "
+        "VAE, upsampler and vocoder in host memory, each on the device only while it runs",
+    )
+    run.add_argument(
+        "--placement",
+        metavar="COMPONENT=PLACE,...",
+        help="where models live between uses: device, host (parked, moved in per use) or rebuild, per component "
+        "(e.g. text_encoder=host); default: the memory policy's choice from the device's memory",
+    )
+    memory = run.add_mutually_exclusive_group()
+    memory.add_argument(
+        "--streaming-prefetch-count",
+        type=int,
+        metavar="N",
+        help="stream the DiT's block weights from host memory, N blocks ahead of the running one "
+        "(at most N + 1 blocks on the device; default: every block resident)",
+    )
+    memory.add_argument(
+        "--max-device-memory",
+        type=float,
+        metavar="GB",
+        help="keep the DiT within GB of device memory: streams with the smallest prefetch count that fits",
+    )
 
 
 def generation_request(args: argparse.Namespace) -> GenerationRequest:

@@ -108,63 +108,12 @@ def res2s_loop(
     substep_noise = partial(inject, generator=torch.Generator(device=device).manual_seed(noise_seed_substep))
 
     n_full_steps = len(sigmas) - 1
-    if sigmas[-1] == 0:
-        sigmas = torch.cat([sigmas[:-1], torch.tensor([FINAL_SIGMA, 0.0], device=sigmas.device)], dim=0)
-    # Step sizes in log space, on the host in float64 (the coefficients are Python floats anyway).
-    hs = -torch.log(sigmas[1:].cpu().double() / sigmas[:-1].cpu().double())
-
-    def hp(x: torch.Tensor) -> torch.Tensor:
-        return x.to(high_precision)
-
+    sigmas, hs = _log_step_sizes(sigmas)
+    bong_iterations = bongmath_max_iter if bongmath else 0
     for step in tqdm(range(n_full_steps), desc=desc, leave=False):
         start = time.perf_counter()
-        sigma, sigma_next = hp(sigmas[step]), hp(sigmas[step + 1])
-        anchor_v, anchor_a = hp(video.latent.clone()), hp(audio.latent.clone())
-
-        # Stage 1: the denoiser at the current point.
-        d1_v, d1_a = denoise(video, audio, sigmas, step)
-        d1_v = post_process(d1_v, video.denoise_mask, video.clean_latent)
-        d1_a = post_process(d1_a, audio.denoise_mask, audio.clean_latent)
-
-        h = hs[step].item()
-        a21, b1, b2 = coefficients(h, C2)
-        sub_sigma = torch.sqrt(sigma * sigma_next)  # the c2 = 0.5 substep
-
-        # The midpoint from a21, with SDE noise.
-        eps1_v, eps1_a = hp(d1_v) - anchor_v, hp(d1_a) - anchor_a
-        mid_v = anchor_v + h * a21 * eps1_v
-        mid_a = anchor_a + h * a21 * eps1_a
-        mid_sigmas = torch.stack([sigma, sub_sigma])
-        mid_v = substep_noise(video, sample=anchor_v, denoised=mid_v, sigmas=mid_sigmas, step=0)
-        mid_a = substep_noise(audio, sample=anchor_a, denoised=mid_a, sigmas=mid_sigmas, step=0)
-
-        # Bong iteration: move the anchor so that the noised midpoint is consistent with it.
-        if bongmath and h < BONG_MAX_H and sigma > BONG_MIN_SIGMA:
-            for _ in range(bongmath_max_iter):
-                anchor_v = mid_v - h * a21 * eps1_v
-                eps1_v = hp(d1_v) - anchor_v
-                anchor_a = mid_a - h * a21 * eps1_a
-                eps1_a = hp(d1_a) - anchor_a
-
-        # Stage 2: the denoiser at the midpoint.
-        d2_v, d2_a = denoise(
-            replace(video, latent=mid_v.to(model_dtype)),
-            replace(audio, latent=mid_a.to(model_dtype)),
-            torch.stack([sub_sigma]).to(sigmas.device),
-            0,
-        )
-        d2_v = post_process(d2_v, video.denoise_mask, video.clean_latent)
-        d2_a = post_process(d2_a, audio.denoise_mask, audio.clean_latent)
-
-        # Final combination, then SDE noise at the step level.
-        eps2_v, eps2_a = hp(d2_v) - anchor_v, hp(d2_a) - anchor_a
-        next_v = anchor_v + h * (b1 * eps1_v + b2 * eps2_v)
-        next_a = anchor_a + h * (b1 * eps1_a + b2 * eps2_a)
-        next_v = step_noise(video, sample=anchor_v, denoised=next_v, sigmas=sigmas, step=step)
-        next_a = step_noise(audio, sample=anchor_a, denoised=next_a, sigmas=sigmas, step=step)
-
-        video = replace(video, latent=next_v.to(model_dtype))
-        audio = replace(audio, latent=next_a.to(model_dtype))
+        video, audio = _res2s_step(video, audio, denoise, sigmas, step, hs[step].item(), step_noise, substep_noise,
+                                   high_precision, model_dtype, bong_iterations)  # fmt: skip
         if on_step:
             on_step(time.perf_counter() - start)
 
@@ -174,3 +123,78 @@ def res2s_loop(
         video = replace(video, latent=post_process(d_v, video.denoise_mask, video.clean_latent).to(model_dtype))
         audio = replace(audio, latent=post_process(d_a, audio.denoise_mask, audio.clean_latent).to(model_dtype))
     return video, audio
+
+
+def _log_step_sizes(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule with a trailing 0 replaced by FINAL_SIGMA, 0 (so every log step stays finite), and the
+    step sizes h = log(sigma / sigma_next) on the host in float64 (the coefficients are Python floats anyway)."""
+    if sigmas[-1] == 0:
+        sigmas = torch.cat([sigmas[:-1], torch.tensor([FINAL_SIGMA, 0.0], device=sigmas.device)], dim=0)
+    hs = -torch.log(sigmas[1:].cpu().double() / sigmas[:-1].cpu().double())
+    return sigmas, hs
+
+
+def _res2s_step(
+    video: LatentState,
+    audio: LatentState,
+    denoise: DenoiseFn,
+    sigmas: torch.Tensor,
+    step: int,
+    h: float,
+    step_noise: Callable[..., torch.Tensor],
+    substep_noise: Callable[..., torch.Tensor],
+    high_precision: torch.dtype,
+    model_dtype: torch.dtype,
+    bong_iterations: int,
+) -> tuple[LatentState, LatentState]:
+    """One res_2s step: the denoiser at the current point and at the noised midpoint, combined with the
+    phi-function weights, then SDE noise at the step level. The noise draws keep the reference's order
+    (substep video, substep audio, step video, step audio)."""
+
+    def hp(x: torch.Tensor) -> torch.Tensor:
+        return x.to(high_precision)
+
+    sigma, sigma_next = hp(sigmas[step]), hp(sigmas[step + 1])
+    anchor_v, anchor_a = hp(video.latent.clone()), hp(audio.latent.clone())
+
+    # Stage 1: the denoiser at the current point.
+    d1_v, d1_a = denoise(video, audio, sigmas, step)
+    d1_v = post_process(d1_v, video.denoise_mask, video.clean_latent)
+    d1_a = post_process(d1_a, audio.denoise_mask, audio.clean_latent)
+
+    a21, b1, b2 = coefficients(h, C2)
+    sub_sigma = torch.sqrt(sigma * sigma_next)  # the c2 = 0.5 substep
+
+    # The midpoint from a21, with SDE noise.
+    eps1_v, eps1_a = hp(d1_v) - anchor_v, hp(d1_a) - anchor_a
+    mid_v = anchor_v + h * a21 * eps1_v
+    mid_a = anchor_a + h * a21 * eps1_a
+    mid_sigmas = torch.stack([sigma, sub_sigma])
+    mid_v = substep_noise(video, sample=anchor_v, denoised=mid_v, sigmas=mid_sigmas, step=0)
+    mid_a = substep_noise(audio, sample=anchor_a, denoised=mid_a, sigmas=mid_sigmas, step=0)
+
+    # Bong iteration: move the anchor so that the noised midpoint is consistent with it.
+    if bong_iterations and h < BONG_MAX_H and sigma > BONG_MIN_SIGMA:
+        for _ in range(bong_iterations):
+            anchor_v = mid_v - h * a21 * eps1_v
+            eps1_v = hp(d1_v) - anchor_v
+            anchor_a = mid_a - h * a21 * eps1_a
+            eps1_a = hp(d1_a) - anchor_a
+
+    # Stage 2: the denoiser at the midpoint.
+    d2_v, d2_a = denoise(
+        replace(video, latent=mid_v.to(model_dtype)),
+        replace(audio, latent=mid_a.to(model_dtype)),
+        torch.stack([sub_sigma]).to(sigmas.device),
+        0,
+    )
+    d2_v = post_process(d2_v, video.denoise_mask, video.clean_latent)
+    d2_a = post_process(d2_a, audio.denoise_mask, audio.clean_latent)
+
+    # Final combination, then SDE noise at the step level.
+    eps2_v, eps2_a = hp(d2_v) - anchor_v, hp(d2_a) - anchor_a
+    next_v = anchor_v + h * (b1 * eps1_v + b2 * eps2_v)
+    next_a = anchor_a + h * (b1 * eps1_a + b2 * eps2_a)
+    next_v = step_noise(video, sample=anchor_v, denoised=next_v, sigmas=sigmas, step=step)
+    next_a = step_noise(audio, sample=anchor_a, denoised=next_a, sigmas=sigmas, step=step)
+    return replace(video, latent=next_v.to(model_dtype)), replace(audio, latent=next_a.to(model_dtype))

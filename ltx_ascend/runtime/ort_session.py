@@ -79,6 +79,22 @@ def session_providers(provider: str, device: torch.device) -> list:
     return providers
 
 
+def _session_options(preoptimized: bool, threads: int | None) -> ort.SessionOptions:
+    """Optimisation level, threads and memory settings of every session."""
+    options = ort.SessionOptions()
+    # An ort-* graph was saved after ORT_ENABLE_ALL: optimising it again costs load time for nothing.
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if preoptimized else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.enable_mem_pattern = True
+    # No CPU arena: it grows in powers of two and keeps every chunk, which doubled the working set
+    # of one 22B block (measured: +6.9 GB with the arena, +3.4 GB without, same speed).
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3
+    return options
+
+
 class OrtSession(Session):
     """One ONNX graph on ONNX Runtime (`provider` "cpu" or "cuda"), inputs/outputs as torch tensors."""
 
@@ -99,6 +115,20 @@ class OrtSession(Session):
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.device = torch.device(device)
         provider = provider.lower()
+        self._check_request(provider, threads)
+        self.providers = providers = session_providers(provider, self.device)
+        self.preoptimized = is_preoptimized(path)
+        self._session = self._open(_session_options(self.preoptimized, threads), providers)
+        self._ort_device = _ORT_DEVICE[self.device.type]
+        self._device_id = self.device.index or 0
+        self._binding = self._session.io_binding()
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._bind_outputs()
+
+    def _check_request(self, provider: str, threads: int | None) -> None:
+        """Refuse, in one line each, what ONNX Runtime would fail on later or obscurely: an unknown or
+        missing provider, tensors on another device, bfloat16 on CPU, no file, no threads."""
+        path = self.path
         if provider not in PROVIDERS:
             raise UserError(f"unknown ONNX Runtime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
         if self.device.type != provider:
@@ -118,40 +148,28 @@ class OrtSession(Session):
         if threads is not None and threads < 1:
             raise UserError(f"threads must be at least 1, got {threads}")
 
-        self.providers = providers = session_providers(provider, self.device)
-        options = ort.SessionOptions()
-        self.preoptimized = is_preoptimized(path)
-        # An ort-* graph was saved after ORT_ENABLE_ALL: optimising it again costs load time for nothing.
-        options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            if self.preoptimized
-            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        )
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.enable_mem_pattern = True
-        # No CPU arena: it grows in powers of two and keeps every chunk, which doubled the working set
-        # of one 22B block (measured: +6.9 GB with the arena, +3.4 GB without, same speed).
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
+    def _open(self, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+        """Load the graph, and check its inputs, outputs and dtypes against the manifest's specs."""
+        path = self.path
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(
                 f"ONNX Runtime could not load {path} ({str(exc).splitlines()[0][:200]}): the graph file is damaged "
                 "or not ONNX; re-export it with `ltx-export --force` (and recompile with `ltx-compile --force`)"
             ) from None
-        graph_inputs = [i.name for i in self._session.get_inputs()]
-        graph_outputs = [o.name for o in self._session.get_outputs()]
+        graph_inputs = [i.name for i in session.get_inputs()]
+        graph_outputs = [o.name for o in session.get_outputs()]
         if sorted(graph_inputs) != sorted(self.input_names) or sorted(graph_outputs) != sorted(self.output_names):
             raise UserError(
                 f"{path}: graph inputs/outputs {graph_inputs}/{graph_outputs} differ from the manifest's "
                 f"{self.input_names}/{self.output_names}: re-export the artifact"
             )
-        _check_dtypes(path, [*self._session.get_inputs(), *self._session.get_outputs()], [*self.inputs, *self.outputs])
-        self._ort_device = _ORT_DEVICE[self.device.type]
-        self._device_id = self.device.index or 0
-        self._binding = self._session.io_binding()
-        self._buffers: dict[str, torch.Tensor] = {}
+        _check_dtypes(path, [*session.get_inputs(), *session.get_outputs()], [*self.inputs, *self.outputs])
+        return session
+
+    def _bind_outputs(self) -> None:
+        """Bind one preallocated buffer per output, so that each run writes into the same device memory."""
         for spec in self.outputs:
             if spec.shape is None:
                 raise UserError(f"{self.name}: output {spec.name} has no static shape in the manifest")

@@ -17,6 +17,7 @@ graph); the JSON row names it (`graph`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -586,8 +587,8 @@ def _report_parallel(row: dict[str, Any], line: str, json_path: Path | None) -> 
         atomic_write_text(json_path, json.dumps(row, indent=2) + "\n")
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+def _bench_parser() -> OneLineParser:
+    """ltx-bench's flags: the component bench's, and the --parallel, --resident and 22b-stream modes'."""
     parser = OneLineParser(prog="ltx-bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--preset",
@@ -635,11 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         "(default ort), --steps S (default 2)",
     )
     parser.add_argument("--steps", type=int, default=2, help="--resident: sampling steps per request (default 2)")
-    args = parser.parse_args(argv)
-    if args.resident is not None:
-        from ltx_ascend.tools.bench_resident import main_resident
+    return parser
 
-        return main_resident(args.resident, args.backends or "ort", args.artifacts, args.steps, args.json)
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Counts every mode shares, refused before anything is exported or timed."""
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
     for flag, value in (("--threads", args.threads), ("--layers", args.layers)):
@@ -647,72 +648,86 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{flag} {value}: must be >= 1")
     if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
         raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
-    if args.parallel and args.component == "video_decoder":
-        if args.preset != "tiny":
-            raise UserError("--parallel --component video_decoder times the tiny set's decoder: pass --preset tiny")
-        shape = args.shape or "81x512x768"
-        shape_profile(shape)
-        backend = args.backends or "eager"
-        row = bench_parallel_decode(args.parallel, shape, backend, args.artifacts, args.repeats, args.threads)
-        if row is not None:  # rank 0 reports
-            _report_parallel(
-                row,
-                f"video decode ({row['backend']}, {shape}, {row['tiles']} tiles) {row['layout']} on "
-                f"{row['decoding_ranks']} rank(s) x {row['threads_per_rank']} thread(s): median "
-                f"{row['median_s']:.2f} s, min {row['min_s']:.2f} s",
-                args.json,
-            )
-        return 0
-    if args.parallel:
-        if args.preset != "bench":
-            raise UserError(
-                "--parallel times the bench preset's DiT step (pass --preset bench) or the tiny set's video decode "
-                "(pass --preset tiny --component video_decoder)"
-            )
-        backends = [b.strip() for b in (args.backends or "eager").split(",") if b.strip()]
-        bad = [b for b in backends if b not in PARALLEL_BACKENDS]
-        if bad or not backends:
-            choices = ", ".join(PARALLEL_BACKENDS)
-            raise UserError(f"--backends {args.backends} with --parallel: a comma list of {choices}")
-        shape = args.shape or "41x1024x1536"
-        rows = []
-        for backend in backends:  # one run: the same inputs and ranks for each, so their ratio is the variants'
-            row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
-            if row is None:  # rank 0 reports
-                continue
-            rows.append(row)
-            chain = "eager block chain" if backend == "eager" else f"ORT {backend} block graphs split at attention"
-            print(
-                f"DiT step ({PASSES_PER_STEP} passes, {chain}, {row['video_tokens']} video + "
-                f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
-                f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
-            )
-        if rows:
-            print(cpu_isa.describe())
-            first = rows[0]
-            for row in rows[1:]:
-                print(f"{row['backend']} vs {first['backend']}: {first['median_s'] / row['median_s']:.2f}x")
-            if args.json:
-                body = rows[0] if len(rows) == 1 else {"rows": rows}
-                atomic_write_text(args.json, json.dumps(body, indent=2) + "\n")
-        return 0
-    if args.preset == "22b-stream":
-        if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
-            raise UserError("--layers must be >= 1 and --streaming-prefetch-count >= 0")
-        shape = args.shape or "9x512x768"
-        row = bench_streaming(shape, args.layers, args.streaming_prefetch_count, args.artifacts, args.repeats,
-                              args.threads)  # fmt: skip
-        mode = "resident" if row["prefetch"] is None else f"N={row['prefetch']}"
-        print(
-            f"22B-width block chain, {row['layers']} layers ({row['block_mb']:.0f} MB each, float32), "
-            f"{row['video_tokens']} video tokens, 1 pass per call, {row['threads']} threads: {mode}: "
-            f"{row['median_s_per_call']:.2f} s/call (first {row['first_call_s']:.2f} s), peak RSS "
-            f"{row['peak_rss_mb']:.0f} MB (+{row['peak_rss_growth_mb']:.0f} MB while running; live block "
-            f"tensors peak {row['peak_live_block_mb']:.0f} MB)"
+
+
+def _main_parallel_decode(args: argparse.Namespace) -> int:
+    """--parallel --component video_decoder: the tiny set's tiled decode split over torchrun's ranks."""
+    if args.preset != "tiny":
+        raise UserError("--parallel --component video_decoder times the tiny set's decoder: pass --preset tiny")
+    shape = args.shape or "81x512x768"
+    shape_profile(shape)
+    backend = args.backends or "eager"
+    row = bench_parallel_decode(args.parallel, shape, backend, args.artifacts, args.repeats, args.threads)
+    if row is not None:  # rank 0 reports
+        _report_parallel(
+            row,
+            f"video decode ({row['backend']}, {shape}, {row['tiles']} tiles) {row['layout']} on "
+            f"{row['decoding_ranks']} rank(s) x {row['threads_per_rank']} thread(s): median "
+            f"{row['median_s']:.2f} s, min {row['min_s']:.2f} s",
+            args.json,
         )
+    return 0
+
+
+def _main_parallel_step(args: argparse.Namespace) -> int:
+    """--parallel: the bench preset's DiT step split over torchrun's ranks, per backend, with their ratio."""
+    if args.preset != "bench":
+        raise UserError(
+            "--parallel times the bench preset's DiT step (pass --preset bench) or the tiny set's video decode "
+            "(pass --preset tiny --component video_decoder)"
+        )
+    backends = [b.strip() for b in (args.backends or "eager").split(",") if b.strip()]
+    bad = [b for b in backends if b not in PARALLEL_BACKENDS]
+    if bad or not backends:
+        choices = ", ".join(PARALLEL_BACKENDS)
+        raise UserError(f"--backends {args.backends} with --parallel: a comma list of {choices}")
+    shape = args.shape or "41x1024x1536"
+    rows = []
+    for backend in backends:  # one run: the same inputs and ranks for each, so their ratio is the variants'
+        row = bench_parallel(args.parallel, shape, args.repeats, args.threads, backend, args.artifacts)
+        if row is None:  # rank 0 reports
+            continue
+        rows.append(row)
+        chain = "eager block chain" if backend == "eager" else f"ORT {backend} block graphs split at attention"
+        print(
+            f"DiT step ({PASSES_PER_STEP} passes, {chain}, {row['video_tokens']} video + "
+            f"{row['audio_tokens']} audio tokens) {row['layout']} on {row['ranks']} rank(s) x "
+            f"{row['threads_per_rank']} thread(s): median {row['median_s']:.2f} s/step, min {row['min_s']:.2f} s"
+        )
+    if rows:
+        print(cpu_isa.describe())
+        first = rows[0]
+        for row in rows[1:]:
+            print(f"{row['backend']} vs {first['backend']}: {first['median_s'] / row['median_s']:.2f}x")
         if args.json:
-            atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
-        return 0
+            body = rows[0] if len(rows) == 1 else {"rows": rows}
+            atomic_write_text(args.json, json.dumps(body, indent=2) + "\n")
+    return 0
+
+
+def _main_stream(args: argparse.Namespace) -> int:
+    """--preset 22b-stream: a chain of 22B-width blocks, resident or streamed N ahead, with its memory peak."""
+    if args.layers < 1 or (args.streaming_prefetch_count or 0) < 0:
+        raise UserError("--layers must be >= 1 and --streaming-prefetch-count >= 0")
+    shape = args.shape or "9x512x768"
+    row = bench_streaming(shape, args.layers, args.streaming_prefetch_count, args.artifacts, args.repeats,
+                          args.threads)  # fmt: skip
+    mode = "resident" if row["prefetch"] is None else f"N={row['prefetch']}"
+    print(
+        f"22B-width block chain, {row['layers']} layers ({row['block_mb']:.0f} MB each, float32), "
+        f"{row['video_tokens']} video tokens, 1 pass per call, {row['threads']} threads: {mode}: "
+        f"{row['median_s_per_call']:.2f} s/call (first {row['first_call_s']:.2f} s), peak RSS "
+        f"{row['peak_rss_mb']:.0f} MB (+{row['peak_rss_growth_mb']:.0f} MB while running; live block "
+        f"tensors peak {row['peak_live_block_mb']:.0f} MB)"
+    )
+    if args.json:
+        atomic_write_text(args.json, json.dumps(row, indent=2) + "\n")
+    return 0
+
+
+def _component_backends(args: argparse.Namespace) -> tuple[list[str], str, tuple[str, ...]]:
+    """The component bench's backends, shape and components, all refused (and om's toolchain found) before
+    any export is written."""
     args.backends = args.backends or "eager,ort"
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BENCH_VARIANTS]
@@ -731,6 +746,35 @@ def main(argv: list[str] | None = None) -> int:
     components = EXPORTABLE if args.component == "all" else (args.component,)
     if args.component != "all" and args.component not in EXPORTABLE:
         raise UserError(f"--component {args.component}: choose one of {', '.join(EXPORTABLE)} or all")
+    return backends, shape, components
+
+
+def _dit_step_report(report: dict[str, Any], args: argparse.Namespace, shape: str, profile: dict[str, Any]) -> None:
+    """The DiT step's FLOPs from the preset's config, and each backend's GFLOP/s from its median."""
+    config = bench_config() if args.preset == "bench" else None
+    if args.preset == "tiny":
+        from ltx_ascend.checkpoints.loader import read_model_config
+
+        config = read_model_config(ensure_tiny_set(args.artifacts / "tiny").checkpoint)
+    elif args.preset == "22b-block":
+        config = {**config_22b(), "transformer": {**config_22b()["transformer"], "num_layers": 1}}
+    per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))["total"]
+    if args.preset == "22b-block":  # one block's share: drop the embedding/output part
+        per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))
+        per_pass = per_pass["linear"] + per_pass["attention"]
+    step_flops = per_pass * profile["batch"]
+    report["dit_passes"] = profile["batch"]
+    report["dit_step_tflop"] = step_flops / 1e12
+    step_key = "dit-block" if args.preset == "22b-block" else "dit"
+    report["dit_step"] = {
+        backend: {"median_s": s["median_s"], "gflops": step_flops / s["median_s"] / 1e9}
+        for backend, s in report["components"][step_key].items()
+    }
+
+
+def _main_components(args: argparse.Namespace) -> int:
+    """The default mode: each component on each backend, the matmul peak, and the DiT step's GFLOP/s."""
+    backends, shape, components = _component_backends(args)
     report: dict[str, Any] = {
         "preset": args.preset,
         "shape": shape,
@@ -756,26 +800,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["matmul_peak_gflops"] = max(report["matmul_gflops"].values())
     if dit_items is not None:
-        config = bench_config() if args.preset == "bench" else None
-        if args.preset == "tiny":
-            from ltx_ascend.checkpoints.loader import read_model_config
-
-            config = read_model_config(ensure_tiny_set(args.artifacts / "tiny").checkpoint)
-        elif args.preset == "22b-block":
-            config = {**config_22b(), "transformer": {**config_22b()["transformer"], "num_layers": 1}}
-        per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))["total"]
-        if args.preset == "22b-block":  # one block's share: drop the embedding/output part
-            per_pass = dit_flops_per_pass(meta_dit(config), shape_profile(shape, stage=args.stage))
-            per_pass = per_pass["linear"] + per_pass["attention"]
-        step_flops = per_pass * profile["batch"]
-        report["dit_passes"] = profile["batch"]
-        report["dit_step_tflop"] = step_flops / 1e12
-        step_key = "dit-block" if args.preset == "22b-block" else "dit"
-        report["dit_step"] = {
-            backend: {"median_s": s["median_s"], "gflops": step_flops / s["median_s"] / 1e9}
-            for backend, s in report["components"][step_key].items()
-        }
+        _dit_step_report(report, args, shape, profile)
     print(format_table(report))
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
     return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _bench_parser().parse_args(argv)
+    if args.resident is not None:
+        from ltx_ascend.tools.bench_resident import main_resident
+
+        return main_resident(args.resident, args.backends or "ort", args.artifacts, args.steps, args.json)
+    _check_counts(args)
+    if args.parallel and args.component == "video_decoder":
+        return _main_parallel_decode(args)
+    if args.parallel:
+        return _main_parallel_step(args)
+    if args.preset == "22b-stream":
+        return _main_stream(args)
+    return _main_components(args)

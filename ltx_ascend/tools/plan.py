@@ -10,12 +10,13 @@ over the host link (copy vs compute, overlapped).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,6 +42,9 @@ from ltx_ascend.runtime.dit_memory import (
 from ltx_ascend.shapes import ShapeProfile, parse_shape, shape_profile
 from ltx_ascend.tools import serve_plan
 from ltx_ascend.validation import check_finite, flag_values, positive
+
+if TYPE_CHECKING:
+    from ltx_ascend.runtime.distributed import Layout
 
 
 @dataclass(frozen=True)
@@ -275,14 +279,10 @@ def plan(
     """The plan. `streaming`: compare with the published streamed figures; `prefetch` (the streaming
     prefetch count) adds the streamed peak memory and time per stage."""
     stages = pipeline_stages(pipeline)
-    from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
-    from ltx_core.model.video_vae import VideoDecoderConfigurator
-
     bytes_per = dtypes.itemsize(dtype)
     peak_flops = soc.peak_tflops * 1e12
     frames, height, width = parse_shape(shape)
     two_stage = any(s.stage is not None for s in stages)
-    rows: list[Row] = []
     dit = meta_dit(config)
     dit_params = param_count(dit)
     at_reference_shape = (frames, height, width) == (41, 1024, 1536)
@@ -290,32 +290,79 @@ def plan(
     measured_streamed = PUBLISHED_910B.get((pipeline, True), {}) if at_reference_shape else {}
     streamed_rows: list[dict[str, Any]] = []
 
-    gemma_flops, gemma_weights = _gemma_flops(1024)
-    rows.append(Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
-                    gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops))  # fmt: skip
+    rows: list[Row] = [_prompt_row(bytes_per, peak_flops)]
     step_cache = step_cache or StepCacheSpec()
     step_cache.check(len(dit.transformer_blocks))
     for st in stages:
         profile = shape_profile((frames, height, width), stage=st.stage)
-        flops = dit_flops_per_pass(dit, profile)
-        per_pass = flops["total"]
-        calls = st.dit_passes
-        act = activation_bytes(dit.transformer_blocks[0], profile, bytes_per, st.passes)
-        step_s = per_pass * st.passes * st.evals_per_step / peak_flops
-        row = Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
-                  dit_params * bytes_per / 1e9, act / 1e9, step_s, measured.get(st.name))  # fmt: skip
-        if step_cache.active:
-            fraction = skipped_block_fraction(step_cache, st, len(dit.transformer_blocks), expected_skip)
-            saved = fraction * (flops["linear"] + flops["attention"]) * calls
-            row.skipped_block_fraction, row.saved_tflop = fraction, saved / 1e12
-            row.saved_roofline_s, row.stage_roofline_s = saved / peak_flops, step_s * st.steps
-            if row.measured_s_per_step:
-                row.saved_measured_s = row.measured_s_per_step * st.steps * saved / (per_pass * calls)
+        row = _dit_row(st, dit, profile, bytes_per, peak_flops, dit_params, measured.get(st.name), step_cache,
+                       expected_skip)  # fmt: skip
         rows.append(row)
         if prefetch is not None:
-            streamed_rows.append(_streamed_stage(config, profile, st, bytes_per, soc, prefetch, step_s, measured,
-                                             measured_streamed))  # fmt: skip
+            streamed_rows.append(_streamed_stage(config, profile, st, bytes_per, soc, prefetch, row.roofline_s,
+                                                 measured, measured_streamed))  # fmt: skip
     full = shape_profile((frames, height, width), stage=2 if two_stage else None)
+    rows += _decode_rows(config, full, bytes_per, peak_flops)
+    fit = _memory_fit(rows, dit, config, stages, (frames, height, width), bytes_per, soc)
+    return {
+        "pipeline": pipeline,
+        "shape": shape,
+        "dtype": dtype,
+        "soc": asdict(soc),
+        "dit_params_billion": dit_params / 1e9,
+        "rows": [asdict(r) for r in rows],
+        **fit,
+        "streaming": streamed_rows,
+        "total_tflop": sum(r.tflop_total for r in rows),
+        "step_cache": str(step_cache),
+        "saved_tflop": sum(r.saved_tflop for r in rows),
+    }
+
+
+def _prompt_row(bytes_per: int, peak_flops: float) -> Row:
+    """The prompt stage: Gemma run eagerly, two prompts (positive and negative) of 1024 tokens."""
+    gemma_flops, gemma_weights = _gemma_flops(1024)
+    return Row("prompt", "text_encoder (eager)", 2, gemma_flops / 1e9, 2 * gemma_flops / 1e12,
+               gemma_weights * bytes_per / 1e9, 0.0, 2 * gemma_flops / peak_flops)  # fmt: skip
+
+
+def _dit_row(
+    st: PlannedStage,
+    dit: torch.nn.Module,
+    profile: ShapeProfile,
+    bytes_per: int,
+    peak_flops: float,
+    dit_params: int,
+    measured_s: float | None,
+    step_cache: StepCacheSpec,
+    expected_skip: dict[str, float] | float | None,
+) -> Row:
+    """One denoising stage's DiT row: its passes' FLOPs, weights, activation peak and roofline step time,
+    with what an active step cache saves of the block FLOPs (and of the published time, where there is one)."""
+    flops = dit_flops_per_pass(dit, profile)
+    per_pass = flops["total"]
+    calls = st.dit_passes
+    act = activation_bytes(dit.transformer_blocks[0], profile, bytes_per, st.passes)
+    step_s = per_pass * st.passes * st.evals_per_step / peak_flops
+    row = Row(st.name, f"dit x{st.passes} passes", calls, per_pass / 1e9, per_pass * calls / 1e12,
+              dit_params * bytes_per / 1e9, act / 1e9, step_s, measured_s)  # fmt: skip
+    if step_cache.active:
+        fraction = skipped_block_fraction(step_cache, st, len(dit.transformer_blocks), expected_skip)
+        saved = fraction * (flops["linear"] + flops["attention"]) * calls
+        row.skipped_block_fraction, row.saved_tflop = fraction, saved / 1e12
+        row.saved_roofline_s, row.stage_roofline_s = saved / peak_flops, step_s * st.steps
+        if row.measured_s_per_step:
+            row.saved_measured_s = row.measured_s_per_step * st.steps * saved / (per_pass * calls)
+    return row
+
+
+def _decode_rows(config: dict[str, Any], full: ShapeProfile, bytes_per: int, peak_flops: float) -> list[Row]:
+    """The decode stage at the output size, traced on meta tensors: video and audio decoders, then the
+    vocoder (float32, at half the peak) on the audio decoder's mel."""
+    from ltx_core.model.audio_vae import AudioDecoderConfigurator, VocoderConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator
+
+    rows = []
     with torch.device("meta"):
         decoder = VideoDecoderConfigurator.from_config(config)
         audio_decoder = AudioDecoderConfigurator.from_config(config)
@@ -334,37 +381,39 @@ def plan(
     flops, act = traced_cost(vocoder, mel)
     rows.append(Row("decode", "vocoder (float32)", 1, flops / 1e9, flops / 1e12, param_count(vocoder) * 4 / 1e9,
                     act / 1e9, flops / (peak_flops / 2)))  # fmt: skip
+    return rows
 
+
+def _memory_fit(
+    rows: list[Row],
+    dit: torch.nn.Module,
+    config: dict[str, Any],
+    stages: list[PlannedStage],
+    dims: tuple[int, int, int],
+    bytes_per: int,
+    soc: Soc,
+) -> dict[str, Any]:
+    """Whether the biggest DiT stage fits the SoC's memory resident, how many blocks must stream if not,
+    and the smallest prefetch count that fits (-1: not even one block at a time)."""
     biggest_stage = max((r for r in rows if r.component.startswith("dit")), key=lambda r: r.activation_gb)
     need_gb = biggest_stage.params_gb + biggest_stage.activation_gb
     block_gb = param_count(dit.transformer_blocks[0]) * bytes_per / 1e9
     biggest = max(
-        (dit_memory(config, shape_profile((frames, height, width), stage=st.stage), bytes_per, st.passes)
-         for st in stages),
+        (dit_memory(config, shape_profile(dims, stage=st.stage), bytes_per, st.passes) for st in stages),
         key=lambda m: m.activation_bytes,
-    )  # fmt: skip
+    )
     fits = need_gb <= soc.hbm_gb * USABLE_FRACTION
     try:
         fitting_prefetch = choose_prefetch(biggest, soc.hbm_gb * 1e9)
     except UserError:
         fitting_prefetch = -1  # not even one block at a time
     return {
-        "pipeline": pipeline,
-        "shape": shape,
-        "dtype": dtype,
-        "soc": asdict(soc),
-        "dit_params_billion": dit_params / 1e9,
-        "rows": [asdict(r) for r in rows],
         "fits": fits,
         "peak_need_gb": need_gb,
         # blocks that cannot stay resident (0 when it fits); streaming keeps only prefetch + 1 on the device
         "stream_blocks": 0 if fits else math.ceil((need_gb - soc.hbm_gb * USABLE_FRACTION) / block_gb),
         "fitting_prefetch": fitting_prefetch,
         "block_gb": block_gb,
-        "streaming": streamed_rows,
-        "total_tflop": sum(r.tflop_total for r in rows),
-        "step_cache": str(step_cache),
-        "saved_tflop": sum(r.saved_tflop for r in rows),
     }
 
 
@@ -666,8 +715,9 @@ def format_streaming(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+def _plan_parser() -> OneLineParser:
+    """ltx-plan's flags: the run to plan, the SoC's figures, and the step cache, streaming, parallel,
+    quantization and serving what-ifs."""
     parser = OneLineParser(prog="ltx-plan", description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", choices=tuple(PIPELINES))
     parser.add_argument("--shape", required=True, help="FRAMESxHEIGHTxWIDTH of the output, e.g. 41x1024x1536")
@@ -705,10 +755,14 @@ def main(argv: list[str] | None = None) -> int:
         "--quantization", choices=("w8a8",), default="", help="predict the DiT's block linears at the int8 rate"
     )
     parser.add_argument("--int8-speedup", type=float, default=INT8_SPEEDUP, help="int8 / bf16 matmul rate")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_plan_args(args: argparse.Namespace) -> Layout:
+    """Refuse bad numbers and a layout that is not --devices before any model is built; the layout."""
     parse_shape(args.shape)
     serve_plan.check_arguments(args)
-    from ltx_ascend.runtime.distributed import Layout, check_heads
+    from ltx_ascend.runtime.distributed import Layout
 
     check_finite(flag_values(vars(args)))
     examples = {"devices": "8", "hbm_gb": "64", "peak_tflops": "280", "h2d_gb_s": "25", "link_gb_s": "56"}
@@ -725,17 +779,25 @@ def main(argv: list[str] | None = None) -> int:
         from ltx_ascend.atomic import check_writable_file
 
         check_writable_file(args.json, "--json")
+    return layout
+
+
+def _plan_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The model config: a checkpoint's metadata, a JSON file, or the released 22B's."""
     if args.checkpoint_path:
-        config = read_model_config(args.checkpoint_path)
-    elif args.config:
+        return read_model_config(args.checkpoint_path)
+    if args.config:
         try:
-            config = json.loads(args.config.read_text())
+            return json.loads(args.config.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"--config {args.config}: cannot read it as JSON ({exc})") from None
-    else:
-        config = config_22b()
+    return config_22b()
+
+
+def _plan_soc(args: argparse.Namespace) -> Soc:
+    """The SoC's figures with the flags' overrides (peak, memory, host link)."""
     soc = SOCS[args.soc]
-    soc = Soc(
+    return Soc(
         soc.name,
         args.peak_tflops or soc.peak_tflops,
         args.hbm_gb or soc.hbm_gb,
@@ -743,31 +805,23 @@ def main(argv: list[str] | None = None) -> int:
         soc.source,
         args.h2d_gb_s or soc.h2d_gb_s,
     )
-    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
-        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
+
+
+def _plan_step_cache(args: argparse.Namespace) -> tuple[StepCacheSpec, dict[str, float] | float | None]:
+    """The step cache to predict and its expected skip share: the flag's, else an @FILE's measured ratios."""
     step_cache = parse_spec(args.step_cache)
     expected: dict[str, float] | float | None = args.expected_skip
     if expected is not None and not 0 <= expected <= 1:
         raise UserError(f"--expected-skip {expected}: a share of block calls, between 0 and 1")
     if expected is None and args.step_cache.startswith("@"):
         expected = read_skip_ratios(Path(args.step_cache[1:]).read_text()) or None
-    where = f"--checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else f"--config {args.config}"
-    transformer = transformer_config(config, where)
-    heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
-    check_heads(layout, heads)
-    result = plan(
-        args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
-        prefetch=args.streaming_prefetch_count,
-    )  # fmt: skip
-    if args.serve:
-        result["serve"] = serve_plan.run(args, result, config)
-    else:
-        print(format_plan(result))
-        memory = memory_plan(args.pipeline, args.shape, config, soc, args.dtype, args.host_gb)
-        result["memory_policy"] = {name: {"place": p.place, "gb": p.weight_bytes * p.sets / 1e9}
-                                   for name, p in memory.placements.items()}  # fmt: skip
-        print()
-        print("resident engine (ltx_ascend.Engine): " + memory.describe())
+    return step_cache, expected
+
+
+def _plan_what_ifs(
+    args: argparse.Namespace, result: dict[str, Any], config: dict[str, Any], layout: Layout, step_cache: StepCacheSpec
+) -> None:
+    """The multi-device and composed (parallel x int8 x step cache) sections, printed and added to `result`."""
     if layout.size > 1:
         result["parallel"] = {
             "cfg": layout.cfg,
@@ -787,6 +841,37 @@ def main(argv: list[str] | None = None) -> int:
         result["composed"] = {"quantization": args.quantization, "int8_source": INT8_SOURCE, "stages": composed}
         print()
         print(format_composed(composed, layout.cfg, layout.ulysses, args.quantization, str(step_cache)))
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _plan_parser().parse_args(argv)
+    layout = _check_plan_args(args)
+    from ltx_ascend.runtime.distributed import check_heads
+
+    config = _plan_config(args)
+    soc = _plan_soc(args)
+    if args.streaming_prefetch_count is not None and args.streaming_prefetch_count < 0:
+        raise UserError(f"--streaming-prefetch-count {args.streaming_prefetch_count}: must be >= 0 (blocks ahead)")
+    step_cache, expected = _plan_step_cache(args)
+    where = f"--checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else f"--config {args.config}"
+    transformer = transformer_config(config, where)
+    heads = {"video": transformer["num_attention_heads"], "audio": transformer["audio_num_attention_heads"]}
+    check_heads(layout, heads)
+    result = plan(
+        args.pipeline, args.shape, config, soc, args.dtype, False, step_cache, expected,
+        prefetch=args.streaming_prefetch_count,
+    )  # fmt: skip
+    if args.serve:
+        result["serve"] = serve_plan.run(args, result, config)
+    else:
+        print(format_plan(result))
+        memory = memory_plan(args.pipeline, args.shape, config, soc, args.dtype, args.host_gb)
+        result["memory_policy"] = {name: {"place": p.place, "gb": p.weight_bytes * p.sets / 1e9}
+                                   for name, p in memory.placements.items()}  # fmt: skip
+        print()
+        print("resident engine (ltx_ascend.Engine): " + memory.describe())
+    _plan_what_ifs(args, result, config, layout, step_cache)
     if args.json:
         from ltx_ascend.atomic import atomic_write_text
 

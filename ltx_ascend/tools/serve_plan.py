@@ -185,14 +185,36 @@ def serve_plan(
         other_s = default_other
     else:
         other_basis = "given (--other-s)"
+    if dit_seconds is None:
+        dit_seconds = group_dit_seconds(result, config, host_devices, link_gb_s)
+    layouts = _group_layouts(result, dit_seconds, other_s, host_devices, hosts)
+    best_throughput = max(layouts, key=lambda r: r["videos_per_hour"])
+    fleet_vph = best_throughput["videos_per_hour"]
+    dims = (frames, height, width)
+    store = _store_load(result, other_s, best_throughput["latency_s"], fleet_vph, lease_s, poll_s, prompt_chars, dims)
+    return {
+        "hosts": hosts,
+        "host_devices": host_devices,
+        "link_gb_s": link_gb_s,
+        "other_basis": other_basis,
+        "layouts": layouts,
+        "best_throughput": best_throughput["layout"],
+        "best_latency": min(layouts, key=lambda r: r["latency_s"])["layout"],
+        "store": store,
+        "storage": _storage_load(mp4_mbit_s, frames, fps, fleet_vph),
+    }
+
+
+def _group_layouts(
+    result: dict[str, Any], dit_seconds: dict[int, list[dict]], other_s: float, host_devices: int, hosts: int
+) -> list[dict[str, Any]]:
+    """One row per group size: the host split into groups of g devices, each group's fastest cfg x ulysses,
+    its latency and videos per hour, and whether rank 0 (which holds every model) fits the device."""
     dit_rows = [r for r in result["rows"] if r["component"].startswith("dit")]
     weights_gb = dit_rows[0]["params_gb"]
     activation_gb = max(r["activation_gb"] for r in dit_rows)
     others_gb = sum(r["params_gb"] for r in result["rows"] if not r["component"].startswith("dit"))
     usable_gb = result["soc"]["hbm_gb"] * 0.9
-
-    if dit_seconds is None:
-        dit_seconds = group_dit_seconds(result, config, host_devices, link_gb_s)
     layouts = []
     for g, found in dit_seconds.items():
         options = [{**o, "latency_s": o["dit_s"] + other_s} for o in found]
@@ -223,37 +245,45 @@ def serve_plan(
                 ],
             }
         )
-    best_throughput = max(layouts, key=lambda r: r["videos_per_hour"])
+    return layouts
+
+
+def _store_load(
+    result: dict[str, Any],
+    other_s: float,
+    latency_s: float,
+    fleet_vph: float,
+    lease_s: float,
+    poll_s: float,
+    prompt_chars: int,
+    dims: tuple[int, int, int],
+) -> dict[str, Any]:
+    """The job store's load at the best-throughput layout: each job's calls, and the fleet's rates."""
+    frames, height, width = dims
     steps = sum(s["steps"] for s in _stages(result))
-    calls = job_transactions(steps, other_s, best_throughput["latency_s"], lease_s, poll_s)
+    calls = job_transactions(steps, other_s, latency_s, lease_s, poll_s)
     traffic = job_traffic(calls, _params_bytes(prompt_chars, frames, height, width))
-    mp4_bytes = mp4_mbit_s * 1e6 / 8 * frames / fps
-    fleet_vph = best_throughput["videos_per_hour"]
     return {
-        "hosts": hosts,
-        "host_devices": host_devices,
-        "link_gb_s": link_gb_s,
-        "other_basis": other_basis,
-        "layouts": layouts,
-        "best_throughput": best_throughput["layout"],
-        "best_latency": min(layouts, key=lambda r: r["latency_s"])["layout"],
-        "store": {
-            "calls": {k: list(v) for k, v in calls.items()},
-            **asdict(traffic),
-            "lease_s": lease_s,
-            "poll_s": poll_s,
-            "prompt_chars": prompt_chars,
-            "fleet_transactions_per_s": fleet_vph * traffic.transactions / 3600,
-            "fleet_durable_per_s": fleet_vph * traffic.durable_transactions / 3600,
-            "fleet_soft_writes_per_s": fleet_vph * (traffic.rows_written - traffic.durable_transactions) / 3600,
-            "fleet_bytes_per_s": fleet_vph * traffic.bytes_total / 3600,
-        },
-        "storage": {
-            "mp4_mbit_s": mp4_mbit_s,
-            "mp4_bytes": mp4_bytes,
-            "bytes_per_video": 2 * mp4_bytes,  # written once by the worker, read once by the API streaming it
-            "fleet_bytes_per_s": fleet_vph * 2 * mp4_bytes / 3600,
-        },
+        "calls": {k: list(v) for k, v in calls.items()},
+        **asdict(traffic),
+        "lease_s": lease_s,
+        "poll_s": poll_s,
+        "prompt_chars": prompt_chars,
+        "fleet_transactions_per_s": fleet_vph * traffic.transactions / 3600,
+        "fleet_durable_per_s": fleet_vph * traffic.durable_transactions / 3600,
+        "fleet_soft_writes_per_s": fleet_vph * (traffic.rows_written - traffic.durable_transactions) / 3600,
+        "fleet_bytes_per_s": fleet_vph * traffic.bytes_total / 3600,
+    }
+
+
+def _storage_load(mp4_mbit_s: float, frames: int, fps: float, fleet_vph: float) -> dict[str, Any]:
+    """The output store's load: each video written once by its worker and read once by the API."""
+    mp4_bytes = mp4_mbit_s * 1e6 / 8 * frames / fps
+    return {
+        "mp4_mbit_s": mp4_mbit_s,
+        "mp4_bytes": mp4_bytes,
+        "bytes_per_video": 2 * mp4_bytes,  # written once by the worker, read once by the API streaming it
+        "fleet_bytes_per_s": fleet_vph * 2 * mp4_bytes / 3600,
     }
 
 
