@@ -22,8 +22,8 @@ sys.modules["acl"] = fake.module  # before the runtime imports pyACL
 sys.modules["torch_npu"] = None  # type: ignore[assignment]  # no torch_npu: an om run on a CPU-side torch
 
 from ltx_ascend.checkpoints.loader import CheckpointSet  # noqa: E402
-from ltx_ascend.pipelines.parallel import Parallel  # noqa: E402
-from ltx_ascend.pipelines.stack import BackendChoice, ModelStack  # noqa: E402
+from ltx_ascend.engine.parallel import Parallel  # noqa: E402
+from ltx_ascend.engine.stack import BackendChoice, ModelStack  # noqa: E402
 from ltx_ascend.runtime import device as dev  # noqa: E402
 from ltx_ascend.runtime import distributed as D  # noqa: E402
 from ltx_ascend.shapes import shape_profile  # noqa: E402

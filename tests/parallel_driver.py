@@ -24,20 +24,20 @@ from ltx_core.model.transformer.modality import Modality
 from ltx_core.types import VIDEO_SCALE_FACTORS
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component, read_model_config
+from ltx_ascend.engine.context import RunContext
+from ltx_ascend.engine.dit_runner import Pass, eager_dit_runner
+from ltx_ascend.engine.graph_decoder import GraphTiledDecoder
+from ltx_ascend.engine.parallel import Parallel
+from ltx_ascend.engine.parallel_decode import RankTiles, decoding_ranks
+from ltx_ascend.engine.stack import BackendChoice, ModelStack
+from ltx_ascend.engine.timing import Timings
 from ltx_ascend.export.video_vae import DECODER_TILING
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.context import RunContext
+from ltx_ascend.media import collect_frames
 from ltx_ascend.pipelines.decode import decode as decode_stage
-from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
-from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
-from ltx_ascend.pipelines.media import collect_frames
-from ltx_ascend.pipelines.parallel import Parallel
-from ltx_ascend.pipelines.parallel_decode import RankTiles, decoding_ranks
-from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
-from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed as D
 from ltx_ascend.shapes import shape_profile
+from ltx_ascend.tools import run as cli
 from ltx_ascend.tools.plan import ulysses_bytes_per_pass
 
 DIT_MAX_ABS_ERROR = 1e-5  # float32 rounding of GEMMs over a different number of rows
@@ -78,9 +78,9 @@ def dit_step_split(checkpoint: str, artifacts: str) -> int:
     """ulysses=2 on the compiled split block graphs (ONNX Runtime), exported for 9 frames at stage 1
     with one conditioning token: 13 video and 9 audio tokens, so both shards are padded; three passes
     (one STG) in one call; against ltx-core's blocks eagerly in one process."""
-    from ltx_ascend.export.components import ExportOptions
+    from ltx_ascend.engine.dit_runner import DiTRunner
     from ltx_ascend.export.exporter import export_component
-    from ltx_ascend.pipelines.dit_runner import DiTRunner
+    from ltx_ascend.export.items import ExportOptions
     from ltx_ascend.runtime.artifacts import open_component
     from ltx_ascend.shapes import shape_profile
     from ltx_ascend.store import resolve_folder, weight_files

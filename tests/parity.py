@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.export.items import ExportItem
 from ltx_ascend.export.onnx_writer import export_onnx
 from ltx_ascend.graph_lint import format_violations, lint_onnx
 from ltx_ascend.metrics import TOLERANCES, compare

@@ -9,7 +9,7 @@ from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDO
 from safetensors.torch import load_file
 
 from ltx_ascend.checkpoints.tiny import TinySet
-from ltx_ascend.pipelines import cli
+from ltx_ascend.tools import run as cli
 from tests.reference import reference_shims
 
 # Small, fast settings every pipeline test shares (two-stage: stage 1 at 64x96).
@@ -106,7 +106,7 @@ def assert_prompt_embeddings_match(out: Path, backend: str = "ort", dtype: str =
 def guider_params():
     from ltx_core.components.guiders import MultiModalGuiderParams
 
-    from ltx_ascend.pipelines.params import LTX_2_3
+    from ltx_ascend.engine.params import LTX_2_3
 
     video = MultiModalGuiderParams(**{**LTX_2_3.video_guider.__dict__, "stg_blocks": STG_BLOCKS})
     audio = MultiModalGuiderParams(**{**LTX_2_3.audio_guider.__dict__, "stg_blocks": STG_BLOCKS})

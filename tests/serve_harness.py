@@ -135,7 +135,7 @@ def ltx_run_mp4(out: Path, *, seed: int, steps: int = STEPS, image: Path | None 
     The caller's thread count is restored by conftest's autouse fixture."""
     import torch
 
-    from ltx_ascend.pipelines import cli
+    from ltx_ascend.tools import run as cli
 
     torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ from PIL import Image
 import ltx_ascend
 from ltx_ascend import Cancelled, Engine, GenerationRequest, ImageInput, Progress, RunSettings, UserError
 from ltx_ascend.checkpoints.loader import LoraSpec
-from ltx_ascend.pipelines import cli
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 
 SMALL = dict(

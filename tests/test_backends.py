@@ -15,10 +15,10 @@ import torch
 from ltx_ascend import backends
 from ltx_ascend.backends import BACKENDS, Backend, CompileOptions, OpenOptions, Requirement
 from ltx_ascend.compile import cli as compile_cli
+from ltx_ascend.engine.artifact_finder import ArtifactFinder, BackendChoice
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
-from ltx_ascend.pipelines.artifact_finder import ArtifactFinder, BackendChoice
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.session import Session, TensorSpec
 from ltx_ascend.shapes import shape_profile

@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines.audio_input import decode_audio, duration_s
 from ltx_ascend.tools import bench
+from ltx_ascend.tools import run as cli
 from tests.conftest import run_cli
 from tests.test_run_inputs import guide_commands, media  # noqa: F401  (media: the shared fixture)
 

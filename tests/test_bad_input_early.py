@@ -16,12 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import ltx_ascend.pipelines.text as text
+import ltx_ascend.engine.text as text
+from ltx_ascend.engine.text import PromptEncoder
 from ltx_ascend.export import cli as export_cli
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.media import load_image
-from ltx_ascend.pipelines.text import PromptEncoder
+from ltx_ascend.media import load_image
 from ltx_ascend.tools import plan, verify
+from ltx_ascend.tools import run as cli
 from tests.conftest import run_cli
 from tests.test_run_inputs import guide_commands, media  # noqa: F401  (media: the shared fixture)
 
@@ -225,7 +225,7 @@ def test_truncated_prompt_cache_entry_is_discarded_and_rebuilt(tiny, tmp_path, c
     save_file({"video": torch.zeros(1, 4, 8), "audio": torch.zeros(1, 4, 8)}, str(entry))
     assert encoder._cached("0123abcd") is not None
     entry.write_bytes(entry.read_bytes()[:-20])  # truncated
-    with caplog.at_level(logging.WARNING, logger="ltx_ascend.pipelines.text"):
+    with caplog.at_level(logging.WARNING, logger="ltx_ascend.engine.text"):
         assert encoder._cached("0123abcd") is None  # a miss: the prompt is encoded and stored again
     assert not entry.exists()
     assert any("prompt-cache entry" in r.getMessage() and "discarded" in r.getMessage() for r in caplog.records)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ltx_ascend.pipelines.media as media_module
+import ltx_ascend.media as media_module
 from ltx_ascend.atomic import atomic_path
 from ltx_ascend.errors import cli_entry
 from ltx_ascend.export import cli as export_cli

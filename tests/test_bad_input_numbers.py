@@ -11,10 +11,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import ltx_ascend.pipelines.text as text
+import ltx_ascend.engine.text as text
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines.decode import decode
+from ltx_ascend.tools import run as cli
 from ltx_ascend.validation import NonFiniteError, check_finite, check_finite_tensor, finite_number
 from tests.conftest import run_cli
 from tests.test_run_inputs import guide_commands, media  # noqa: F401  (media: the shared fixture)
@@ -94,7 +94,7 @@ def test_check_finite_walks_lists_and_items():
     check_finite({"--a": 1.0, "--b": [1.0, 2.0], "--c": None, "--d": True, "--e": "text"})
     with pytest.raises(UserError, match=r"--b nan: must be a finite"):
         check_finite({"--b": [1.0, float("nan")]})
-    from ltx_ascend.pipelines.context import ImageInput
+    from ltx_ascend.engine.context import ImageInput
 
     with pytest.raises(UserError, match=r"--image x.png STRENGTH inf"):
         check_finite({"--image": [ImageInput("x.png", 0, float("inf"), 33)]})

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import ltx_ascend.pipelines.text as text
+import ltx_ascend.engine.text as text
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import cli
+from ltx_ascend.tools import run as cli
 from ltx_ascend.validation import check_distinct_outputs, same_file
 from tests.conftest import run_cli
 from tests.test_run_inputs import guide_commands, media  # noqa: F401  (media: the shared fixture)

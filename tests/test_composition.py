@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.test_parallel import FRAMES_PSNR_DB, _torchrun
 

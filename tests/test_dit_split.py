@@ -12,11 +12,11 @@ from ltx_core.model.transformer.modality import Modality
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, read_model_config
 from ltx_ascend.compile.compiler import compile_om
+from ltx_ascend.engine.dit_runner import DiTRunner, Pass
 from ltx_ascend.export import cli as export_cli
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.dit_split import MARKER_DOMAIN
 from ltx_ascend.export.exporter import export_component
-from ltx_ascend.pipelines.dit_runner import DiTRunner, Pass
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.store import resolve_folder
@@ -163,7 +163,7 @@ def test_split_export_refusals(tiny, tmp_path, capsys, extra, expected):
 
 def test_ulysses_refuses_the_whole_dit_graph(tiny, tmp_path, capsys, monkeypatch):
     """Before any load or process group: a whole-DiT graph cannot be sharded over the sequence."""
-    from ltx_ascend.pipelines import cli
+    from ltx_ascend.tools import run as cli
     from tests import pipeline_harness as H
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

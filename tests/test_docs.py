@@ -85,7 +85,7 @@ def test_every_docs_page_the_code_cites_exists():
 def test_the_guide_commands_page_names_only_pipelines_that_exist():
     """docs/design/pipelines.md lists the LTX-2.3 Ascend guide's commands (seven: the guide has none for
     ti2vid_one_stage) that tests/test_run_inputs.py runs; a renamed pipeline must be renamed there."""
-    from ltx_ascend.pipelines.stages import PIPELINES
+    from ltx_ascend.engine.stages import PIPELINES
 
     page = (ROOT / "docs" / "design" / "pipelines.md").read_text()
     block = page.split("## The LTX-2.3 Ascend guide's commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]

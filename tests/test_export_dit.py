@@ -6,7 +6,7 @@ import torch
 
 from ltx_ascend.checkpoints.loader import LoraSpec, load_component
 from ltx_ascend.export import dit, dit_layouts
-from ltx_ascend.export.components import ExportOptions
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.shapes import shape_profile
 from tests.parity import export_and_compare
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from ltx_ascend.checkpoints.loader import LoraSpec, load_component
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.export import dit, dit_blocks
-from ltx_ascend.export.components import ExportOptions, build_items
+from ltx_ascend.export.items import ExportOptions, build_items
 from ltx_ascend.export.onnx_writer import export_onnx
 from ltx_ascend.graph_lint import format_violations, lint_onnx
 from ltx_ascend.metrics import TOLERANCES, compare

@@ -12,8 +12,8 @@ import torch
 from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_layouts, quantize
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES, compare
 from ltx_ascend.shapes import shape_profile
@@ -183,8 +183,8 @@ def test_sample_adaln_block_graph_equals_per_token_and_runs_only_on_shared_times
     from ltx_core.model.transformer.modality import Modality
 
     from ltx_ascend.checkpoints.loader import read_model_config
+    from ltx_ascend.engine.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH, DiTRunner, Pass
     from ltx_ascend.export import dit, dit_blocks
-    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH, DiTRunner, Pass
     from ltx_ascend.runtime.artifacts import open_sessions
     from ltx_ascend.store import resolve_folder
     from ltx_ascend.tools.bench import _bench_block_item

@@ -141,9 +141,9 @@ def test_spatial_upsampler_on_ort_matches_eager(tiny, tmp_path):
 def test_compiled_decoder_tiles_and_blends_as_eager_does(tiny, tmp_path):
     """At a size where ltx-core's tiled decode engages (81 frames: two temporal tiles), the compiled
     decoder runs the same tiling and blending, each tile on its graph: frames match eager ltx-core."""
+    from ltx_ascend.engine.stack import BackendChoice, ModelStack
+    from ltx_ascend.media import collect_frames
     from ltx_ascend.metrics import compare
-    from ltx_ascend.pipelines.media import collect_frames
-    from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
     from ltx_ascend.runtime import device as dev
 
     profile = shape_profile("81x64x64")

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.test_pipeline_keyframe_interpolation import image_args, keyframes
@@ -267,8 +267,8 @@ def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypa
     does, and says so; rank 1 yields nothing (and sends nothing: no process group is open here)."""
     from types import SimpleNamespace
 
-    from ltx_ascend.pipelines import stack as stack_module
-    from ltx_ascend.pipelines.media import collect_frames
+    from ltx_ascend.engine import stack as stack_module
+    from ltx_ascend.media import collect_frames
     from ltx_ascend.runtime import device as dev
     from ltx_ascend.shapes import shape_profile
 

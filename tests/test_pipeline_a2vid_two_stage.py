@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines.audio_input import decode_audio
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from ltx_ascend.checkpoints.tiny import TinySet
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines import distilled as pipeline
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims
@@ -155,7 +155,7 @@ def test_module_attributes():
 def test_sigmas_equal_ltx_pipelines_constants():
     from ltx_pipelines.utils import constants as ref
 
-    from ltx_ascend.pipelines import params
+    from ltx_ascend.engine import params
 
     assert params.DISTILLED_SIGMA_VALUES == ref.DISTILLED_SIGMA_VALUES
     assert params.STAGE_2_DISTILLED_SIGMA_VALUES == ref.STAGE_2_DISTILLED_SIGMA_VALUES

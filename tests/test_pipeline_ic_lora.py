@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.engine import params as ours
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli, ic_lora
-from ltx_ascend.pipelines import params as ours
+from ltx_ascend.pipelines import ic_lora
 from ltx_ascend.shapes import shape_name, shape_profile
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims

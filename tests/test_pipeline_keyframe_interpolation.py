@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines import keyframe_interpolation as pipeline
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims
@@ -101,7 +101,7 @@ def test_conditioning_tokens_read_from_the_built_state():
     from ltx_core.conditioning import VideoConditionByKeyframeIndex
     from ltx_core.types import VideoPixelShape
 
-    from ltx_ascend.pipelines import sampling
+    from ltx_ascend.engine import sampling
 
     shape = VideoPixelShape(batch=1, frames=9, height=64, width=96, fps=24.0)
     tools = sampling.video_tools(shape)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from ltx_ascend.engine import params as ours
+from ltx_ascend.engine import sampling
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli, sampling
-from ltx_ascend.pipelines import params as ours
 from ltx_ascend.pipelines.video_input import load_video, probe_video
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from ltx_ascend.checkpoints.tiny import TinySet
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
 from ltx_ascend.pipelines import ti2vid_one_stage as pipeline
 from ltx_ascend.shapes import check_pixel_shape
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims

@@ -16,10 +16,11 @@ from PIL import Image
 
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.checkpoints.tiny import TinySet
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine import res2s
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli, res2s
-from ltx_ascend.pipelines import params as P
 from ltx_ascend.pipelines import ti2vid_two_stages_hq as pipeline
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.reference import reference_shims
@@ -284,9 +285,9 @@ def test_res2s_reads_high_precision_from_the_device_policy(monkeypatch):
 
 def _fake_context(policy):
     """A RunContext whose models are stubs: enough to reach the stage-1 sampler."""
-    from ltx_ascend.pipelines.context import Request, RunContext
-    from ltx_ascend.pipelines.text import PromptEmbeddings
-    from ltx_ascend.pipelines.timing import Timings
+    from ltx_ascend.engine.context import Request, RunContext
+    from ltx_ascend.engine.text import PromptEmbeddings
+    from ltx_ascend.engine.timing import Timings
 
     video, audio = hq_guider_params()
     req = Request(

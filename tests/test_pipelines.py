@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from ltx_ascend.engine import params as ours
 from ltx_ascend.metrics import compare
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines import params as ours
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 
@@ -130,7 +130,7 @@ def test_defaults_equal_ltx_pipelines_constants():
 
 def test_prompt_cache_hit_never_builds_the_text_encoder(tiny, tmp_path, monkeypatch):
     H.run_ours("ti2vid_two_stages", tiny, tmp_path)  # fills the cache
-    import ltx_ascend.pipelines.text as text
+    import ltx_ascend.engine.text as text
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the text encoder was built on a cache hit")

@@ -75,8 +75,8 @@ def test_plan_rows_are_the_pipelines_declared_stages(tiny):
     """Every pipeline's DiT rows are its module's STAGES at its defaults (tests/test_stages.py ties those
     to what the pipeline runs): ic_lora and distilled sample stage 1 on the distilled sigmas with one
     pass a step and stage 2 on the distilled tail."""
-    from ltx_ascend.pipelines import params as P
-    from ltx_ascend.pipelines.stages import PIPELINES, declared_stages
+    from ltx_ascend.engine import params as P
+    from ltx_ascend.engine.stages import PIPELINES, declared_stages
 
     config = read_model_config(tiny.checkpoint)
     for name in PIPELINES:
@@ -84,7 +84,7 @@ def test_plan_rows_are_the_pipelines_declared_stages(tiny):
         rows = [(r["stage"], r["calls"]) for r in result["rows"] if r["component"].startswith("dit")]
         assert rows == [(s.name, s.evaluations * s.passes) for s in declared_stages(name)], name
     # A calibration file names stages as the timing table does ("denoise" for a one-stage pipeline).
-    from ltx_ascend.pipelines.step_cache import parse_spec
+    from ltx_ascend.engine.step_cache import parse_spec
 
     cached = plan.plan("retake", "9x128x192", config, plan.SOCS["Ascend910B4"], "float32",
                        step_cache=parse_spec("auto:stages=1"), expected_skip={"denoise": 0.5})  # fmt: skip
@@ -119,7 +119,7 @@ def test_plan_composed_step(capsys, tmp_path):
     assert "published, not measured here" in out and "INT8 rate = 2 x FP16" in out and "measured here (CPU" in out
     stage1 = json.loads(report.read_text())["composed"]["stages"][0]
     flat = next(s for s in body["composed"]["stages"] if s["stage"] == "stage 1")
-    from ltx_ascend.pipelines.step_cache import parse_spec
+    from ltx_ascend.engine.step_cache import parse_spec
 
     planned = next(s for s in plan.pipeline_stages("ti2vid_two_stages") if s.name == "stage 1")
     skip = plan.skipped_block_fraction(parse_spec("block:start=2,interval=2"), planned, 48, None)

@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec
 from ltx_ascend.components import request_for
+from ltx_ascend.engine.stack import BackendChoice
 from ltx_ascend.export.dit_blocks import weights_material
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.stack import BackendChoice
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.store import WEIGHTS, ensure_weights, fingerprint_file, weight_files, weights_bytes, weights_key
 from ltx_ascend.tools import prepare
+from ltx_ascend.tools import run as cli
 from tests.conftest import run_cli
 
 SHAPES = ("9x128x192", "17x128x192")  # distilled is two-stage: sides multiples of 64
@@ -178,7 +178,7 @@ def test_fallback_none_refuses_a_missing_dit_before_gemma_loads(prepared, ckpt_r
     """The DiT's profile (4 passes, its conditioning tokens) is known from the stage declarations up
     front: a missing DiT is refused before the text encoder loads, naming the ltx-prepare command."""
     store, _, _, _ = prepared
-    from ltx_ascend.pipelines import text
+    from ltx_ascend.engine import text
 
     def no_gemma(*args, **kwargs):
         raise AssertionError("Gemma loaded before the DiT was checked")
@@ -294,7 +294,7 @@ def test_every_pipeline_lists_its_lookups_at_the_guide_shape_without_loading_a_m
     """The guide's command of each pipeline (121x1024x1536 where it sets a size) on the recording stack:
     its DiT at each stage's passes and conditioning tokens, its upsampler and decoders, in seconds."""
     from ltx_ascend.checkpoints import loader
-    from ltx_ascend.pipelines.lookups import lookups
+    from ltx_ascend.engine.lookups import lookups
     from tests.test_pipeline_a2vid_two_stage import sine, write_wav
     from tests.test_pipeline_ic_lora import write_video
     from tests.test_run_inputs import guide_commands
@@ -302,8 +302,8 @@ def test_every_pipeline_lists_its_lookups_at_the_guide_shape_without_loading_a_m
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    from ltx_ascend.pipelines import loading as stack_module
-    from ltx_ascend.pipelines import text as text_module
+    from ltx_ascend.engine import loading as stack_module
+    from ltx_ascend.engine import text as text_module
 
     for module in (loader, stack_module, text_module):
         monkeypatch.setattr(module, "load_component", no_model)

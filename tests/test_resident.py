@@ -16,10 +16,10 @@ from ltx_ascend import Engine, GenerationRequest, RunSettings
 from ltx_ascend.checkpoints import loader as loader_module
 from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.checkpoints.presets import config_22b
+from ltx_ascend.engine import loading, text
+from ltx_ascend.engine import stack as stack_module
+from ltx_ascend.engine.memory_policy import COMPONENTS, choose_policy, parse_placement
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import loading, text
-from ltx_ascend.pipelines import stack as stack_module
-from ltx_ascend.pipelines.memory_policy import COMPONENTS, choose_policy, parse_placement
 from ltx_ascend.shapes import shape_profile
 from tests import pipeline_harness as H
 
@@ -102,7 +102,7 @@ def test_resident_output_equals_a_fresh_ltx_run_process(tiny, tmp_path):
         "--output-path", str(tmp_path / "fresh.mp4"), "--raw-output", str(raw),
         *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()],
     ]  # fmt: skip
-    code = "import sys; from ltx_ascend.pipelines.cli import main; sys.exit(main())"
+    code = "import sys; from ltx_ascend.tools.run import main; sys.exit(main())"
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ltx_ascend.pipelines.text as text
+import ltx_ascend.engine.text as text
 from ltx_ascend import selfcheck
 from ltx_ascend.errors import cli_entry
-from ltx_ascend.pipelines import cli
 from ltx_ascend.tools import bench, plan
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 from tests.test_pipeline_a2vid_two_stage import sine, write_wav

@@ -12,8 +12,8 @@ from ltx_ascend.compile.compiler import compile_ort
 from ltx_ascend.components import request_for
 from ltx_ascend.errors import UserError
 from ltx_ascend.export import dit_layouts
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.metrics import TOLERANCES, compare
 from ltx_ascend.runtime import artifacts
 from ltx_ascend.runtime.artifacts import open_component, open_sessions

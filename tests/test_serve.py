@@ -215,7 +215,7 @@ def test_remix_runs_retake_over_a_finished_video_as_ltx_run_does(served, tmp_pat
     src.write_bytes(c.videos.download_content(source.id).read())
     import torch
 
-    from ltx_ascend.pipelines import cli
+    from ltx_ascend.tools import run as cli
 
     torch.set_num_threads(1)  # as the replicas (see serve_harness.ltx_run_mp4)
     out = tmp_path / "retake.mp4"

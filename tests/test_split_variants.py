@@ -11,11 +11,11 @@ import torch
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, read_model_config
 from ltx_ascend.compile.compiler import compile_om
-from ltx_ascend.export.components import ExportOptions
+from ltx_ascend.engine.dit_runner import DiTRunner
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.graph_lint import lint_onnx, op_histogram
 from ltx_ascend.metrics import TOLERANCES
-from ltx_ascend.pipelines.dit_runner import DiTRunner
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.store import Variant
@@ -121,8 +121,8 @@ def test_per_sample_adaln_graphs_in_every_variant(tiny, tmp_path, monkeypatch, l
     gives the per-token graphs' X0 within float32 rounding; per-token timesteps take the per-token ones."""
     import dataclasses
 
+    from ltx_ascend.engine.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH
     from ltx_ascend.export import dit_blocks
-    from ltx_ascend.pipelines.dit_runner import SAMPLE_ADALN_GRAPH, SAMPLE_INPUT_GRAPH
 
     variant = Variant.parse(label)
     if variant.npu_ops:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ltx_ascend.engine.stack import BackendChoice, ModelStack, check_quantization
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.export.quantize import QuantLinear
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.stack import BackendChoice, ModelStack, check_quantization
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.store import Variant
+from ltx_ascend.tools import run as cli
 from tests.conftest import run_cli
 
 PROFILE = shape_profile("9x64x96", text_tokens=64)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ltx_ascend.checkpoints.loader import read_model_config
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.stages import PIPELINES, StageSpec, declared_stages, pipeline_module
+from ltx_ascend.engine.stages import PIPELINES, StageSpec, declared_stages, pipeline_module
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests import test_pipeline_a2vid_two_stage as A2V
 from tests import test_pipeline_distilled as D
@@ -97,7 +97,7 @@ def test_library_warnings_print_as_the_clis_printed_them(capsys):
     stderr and info on stdout, to the streams of the moment."""
     import logging
 
-    logging.getLogger("ltx_ascend.pipelines.stack").warning("warning: dit: %s; falling back to eager", "why")
+    logging.getLogger("ltx_ascend.engine.stack").warning("warning: dit: %s; falling back to eager", "why")
     logging.getLogger("ltx_ascend.pipelines.retake").info("seed %d", 7)
     out, err = capsys.readouterr()
     assert (out, err) == ("seed 7\n", "warning: dit: why; falling back to eager\n")

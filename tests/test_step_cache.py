@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ltx_ascend.engine.step_cache import StepCacheSpec, parse_spec
+from ltx_ascend.engine.step_cache_search import read_skip_ratios, search_step_cache
 from ltx_ascend.errors import UserError
 from ltx_ascend.metrics import compare, ssim
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
-from ltx_ascend.pipelines.step_cache_search import read_skip_ratios, search_step_cache
 from ltx_ascend.tools import plan
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 

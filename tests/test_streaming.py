@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import save_file
 
 from ltx_ascend.checkpoints.presets import config_22b
+from ltx_ascend.engine import resident as engine_module
+from ltx_ascend.engine import stack as stack_module
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import cli
-from ltx_ascend.pipelines import engine as engine_module
-from ltx_ascend.pipelines import stack as stack_module
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory
 from ltx_ascend.runtime.weight_streaming import StreamedBlockWeights
 from ltx_ascend.shapes import shape_profile
 from ltx_ascend.tools import plan
+from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 from tests.conftest import run_cli
 

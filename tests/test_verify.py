@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
 from ltx_ascend.export import cli as export_cli
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.export.items import ExportItem
 from ltx_ascend.store import Manifest, file_hashes, file_sizes, store_root, weight_files
 from ltx_ascend.tools import verify
 from tests.conftest import run_cli

@@ -1,7 +1,7 @@
 """The DiT's graph contract: the tensor names, graph modules and segment names the exported DiT graphs
 are traced with and the runner feeds them by.
 
-Export traces these graphs; the runner (pipelines/dit_runner.py) feeds them on hosts that run artifacts
+Export traces these graphs; the runner (engine/dit_runner.py) feeds them on hosts that run artifacts
 without the tracing machinery. So neither side owns the contract: both import it from here, and it
 imports no stage (tests/test_layout.py).
 

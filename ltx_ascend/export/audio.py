@@ -56,7 +56,7 @@ from ltx_core.model.audio_vae import vocoder as ltx_vocoder
 from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.components import REGISTRY
-from ltx_ascend.export.components import ExportItem, seeded
+from ltx_ascend.export.items import ExportItem, seeded
 from ltx_ascend.shapes import ShapeProfile
 
 AUDIO_PEAK = 2.0  # the waveform is clamped to [-1, 1]

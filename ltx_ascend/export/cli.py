@@ -16,8 +16,8 @@ from ltx_ascend.checkpoints.tiny import ensure_tiny_set
 from ltx_ascend.components import EXPORTABLE, REGISTRY
 from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import ExportResult, export_component, passes_tolerance
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.shapes import TEXT_TOKENS, parse_shape
 from ltx_ascend.validation import check_finite, flag_values
 

@@ -37,7 +37,7 @@ from ltx_ascend.dit_graph.whole import (  # noqa: F401 (the contract's names, al
     rope_inputs,
     skip_masks_for,
 )
-from ltx_ascend.export.components import ExportItem, ExportOptions
+from ltx_ascend.export.items import ExportItem, ExportOptions
 from ltx_ascend.shapes import LATENT_CHANNELS, ShapeProfile
 
 

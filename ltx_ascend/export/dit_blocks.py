@@ -52,8 +52,8 @@ from ltx_ascend.dit_graph.blocks import (  # noqa: F401 (the contract's names, a
     shared_timesteps,
 )
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, ExportOptions
 from ltx_ascend.export.dit import sample_feeds, sample_passes
+from ltx_ascend.export.items import ExportItem, ExportOptions
 from ltx_ascend.shapes import ShapeProfile
 
 

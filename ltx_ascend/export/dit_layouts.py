@@ -11,9 +11,9 @@ import torch
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, read_model_config
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, ExportOptions
 from ltx_ascend.export.dit import WHOLE_DIT_MAX_BYTES, build_whole_items, dit_weight_bytes
 from ltx_ascend.export.dit_blocks import build_block_items
+from ltx_ascend.export.items import ExportItem, ExportOptions
 from ltx_ascend.shapes import ShapeProfile
 
 

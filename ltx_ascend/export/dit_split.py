@@ -1,6 +1,6 @@
 """The DiT block graph cut at its attention cores: the compiled form of Ulysses sequence parallel.
 
-Ulysses (pipelines/parallel.py) swaps the token split for a head split around four attention
+Ulysses (engine/parallel.py) swaps the token split for a head split around four attention
 cores of every block (video and audio self-attention, the two A-V cross-attentions) by
 all-to-alls, which no ONNX or .om graph can hold. So the block is traced once with those cores as
 marker nodes (`ltx_ulysses::AttentionCore`) and the ONNX graph is cut at them into segments:

@@ -21,7 +21,7 @@ from ltx_ascend.atomic import disk_full_names_folder, file_lock, replace_dir
 from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.components import request_for, source_paths
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
+from ltx_ascend.export.items import ExportItem, ExportOptions, build_items
 from ltx_ascend.export.npu_reference import ort_session
 from ltx_ascend.export.onnx_writer import export_onnx
 from ltx_ascend.graph_lint import lint_onnx, op_histogram

@@ -46,7 +46,7 @@ from ltx_core.text_encoders.gemma.embeddings_connector import Embeddings1DConnec
 from ltx_ascend.checkpoints.gemma import gemma_config_for_connectors, gemma_feature_dims
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem, seeded
+from ltx_ascend.export.items import ExportItem, seeded
 from ltx_ascend.shapes import ShapeProfile
 
 TEXT_CONNECTOR_INPUTS = ("hidden_states", "attention_mask")

@@ -19,7 +19,7 @@ from ltx_core.model.video_vae.ops import PerChannelStatistics
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.export.items import ExportItem
 from ltx_ascend.shapes import LATENT_CHANNELS, ShapeProfile, shape_profile
 
 STATS_PREFIX = "per_channel_statistics."

@@ -16,7 +16,7 @@ remainder. `decoder_tile_latent_shapes` lists what it feeds, computed by ltx-cor
 `VideoDecoder._prepare_tiles` over the shape alone, and `build_decoder_items` exports one graph
 per distinct tile shape (variant `tile` for the first tile's shape, `tile-FxHxW` in latent
 units for the others), and no untiled graph then: the runtime runs ltx-core's tiled decode with
-every tile on its graph (`pipelines/graph_decoder.py`), so compiled and eager decode alike.
+every tile on its graph (`engine/graph_decoder.py`), so compiled and eager decode alike.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ltx_core.model.video_vae import TilingConfig, VideoDecoder, VideoEncoder
 from ltx_core.types import VIDEO_SCALE_FACTORS
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
-from ltx_ascend.export.components import ExportItem
+from ltx_ascend.export.items import ExportItem
 from ltx_ascend.shapes import ShapeProfile, shape_profile
 
 VIDEO_PEAK = 2.0  # decoded video is in [-1, 1]

@@ -11,13 +11,13 @@ import torch
 from ltx_core.components.noisers import GaussianNoiser
 from ltx_core.types import Audio, AudioLatentShape, LatentState
 
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import image_conditionings
+from ltx_ascend.engine.context import Output, RunContext
+from ltx_ascend.engine.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.audio_input import decode_audio, duration_s
-from ltx_ascend.pipelines.conditioning import image_conditionings
-from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ltx_ascend.pipelines.context import Output, RunContext
-from ltx_ascend.pipelines.media import collect_frames
-from ltx_ascend.pipelines.parallel_decode import decoding_ranks
+from ltx_ascend.engine.context import Output, RunContext
+from ltx_ascend.engine.parallel_decode import decoding_ranks
+from ltx_ascend.media import collect_frames
 from ltx_ascend.shapes import ShapeProfile
 from ltx_ascend.validation import check_finite_tensor
 

@@ -8,12 +8,12 @@ import argparse
 
 from ltx_core.components.noisers import GaussianNoiser
 
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import image_conditionings
+from ltx_ascend.engine.context import Output, Request, RunContext
+from ltx_ascend.engine.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import sampling
-from ltx_ascend.pipelines.conditioning import image_conditionings
-from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 
 TWO_STAGE = True
 # Stage 1: half size, the 8-step distilled schedule, one conditional pass a step; stage 2: the tail.

@@ -29,13 +29,13 @@ from ltx_core.types import VideoLatentShape
 
 from ltx_ascend.checkpoints.loader import LoraSpec, read_safetensors_metadata
 from ltx_ascend.checkpoints.tiny import ensure_tiny_set
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import image_conditionings
+from ltx_ascend.engine.context import Output, Request, RunContext
+from ltx_ascend.engine.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines import sampling
-from ltx_ascend.pipelines.conditioning import image_conditionings
-from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_1_DISTILLED, STAGE_2_DISTILLED, PipelineSpec
 from ltx_ascend.pipelines.video_input import check_video_file, count_frames, load_video
 from ltx_ascend.shapes import shape_profile
 

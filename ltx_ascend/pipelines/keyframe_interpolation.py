@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from ltx_core.conditioning import ConditioningItem, VideoConditionByKeyframeIndex
 from ltx_core.types import VideoPixelShape
 
+from ltx_ascend.engine.context import ImageInput, Output, Request, RunContext
+from ltx_ascend.engine.stages import PipelineSpec
 from ltx_ascend.errors import UserError
+from ltx_ascend.media import load_image
 from ltx_ascend.pipelines import ti2vid_two_stages
-from ltx_ascend.pipelines.context import ImageInput, Output, Request, RunContext
 from ltx_ascend.pipelines.distilled import check_strengths
-from ltx_ascend.pipelines.media import load_image
-from ltx_ascend.pipelines.stages import PipelineSpec
 from ltx_ascend.shapes import shape_profile
 
 TWO_STAGE = True

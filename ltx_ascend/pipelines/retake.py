@@ -18,13 +18,13 @@ from ltx_core.tools import LatentTools
 from ltx_core.types import Audio, AudioLatentShape, LatentState, SpatioTemporalScaleFactors
 
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.context import Output, RunContext
+from ltx_ascend.engine.stages import PipelineSpec, StageSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines import sampling
 from ltx_ascend.pipelines.audio_input import decode_audio
-from ltx_ascend.pipelines.context import Output, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import PipelineSpec, StageSpec
 from ltx_ascend.pipelines.video_input import load_video, probe_video
 from ltx_ascend.shapes import check_pixel_shape
 

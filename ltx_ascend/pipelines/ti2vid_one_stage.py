@@ -10,13 +10,13 @@ from dataclasses import replace
 
 from ltx_core.components.noisers import GaussianNoiser
 
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import image_conditionings
+from ltx_ascend.engine.context import Output, Request, RunContext
+from ltx_ascend.engine.stages import PipelineSpec, StageSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines import sampling
-from ltx_ascend.pipelines.conditioning import image_conditionings
-from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import PipelineSpec, StageSpec
 
 TWO_STAGE = False
 STAGES = (StageSpec("denoise", None, "ltx2", guidance="guided"),)

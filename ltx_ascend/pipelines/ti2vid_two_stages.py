@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from ltx_core.components.noisers import GaussianNoiser
 
-from ltx_ascend.pipelines import sampling
-from ltx_ascend.pipelines.conditioning import ConditioningsFor, image_conditionings
-from ltx_ascend.pipelines.context import Output, RunContext
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import ConditioningsFor, image_conditionings
+from ltx_ascend.engine.context import Output, RunContext
+from ltx_ascend.engine.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 TWO_STAGE = True
 # Stage 1: half size, every guidance pass of a step in one transformer call; stage 2: the distilled

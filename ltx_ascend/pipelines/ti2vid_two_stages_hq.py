@@ -14,13 +14,13 @@ from dataclasses import replace
 from ltx_core.components.noisers import GaussianNoiser
 
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine import sampling
+from ltx_ascend.engine.conditioning import image_conditionings
+from ltx_ascend.engine.context import Output, Request, RunContext
+from ltx_ascend.engine.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines import sampling
-from ltx_ascend.pipelines.conditioning import image_conditionings
-from ltx_ascend.pipelines.context import Output, Request, RunContext
 from ltx_ascend.pipelines.decode import decode
-from ltx_ascend.pipelines.stages import STAGE_2_DISTILLED, PipelineSpec, StageSpec
 
 TWO_STAGE = True
 # Stage 1: half size, guided res_2s, the scheduler shifted for the stage-1 token count; stage 2:

@@ -16,7 +16,7 @@ import av
 import torch
 
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines.media import resize_and_center_crop
+from ltx_ascend.media import resize_and_center_crop
 
 _AV_ERRORS = (av.error.FFmpegError, UnicodeDecodeError, ValueError, StopIteration)
 

@@ -82,14 +82,14 @@ def _run_level_names() -> set[str]:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     """(ltx-serve's flags, ltx-run's run-level flags for the first served pipeline)."""
-    from ltx_ascend.pipelines.cli import build_parser as run_parser
+    from ltx_ascend.engine.argv import build_parser as run_parser
 
     ours, rest = build_parser().parse_known_args(argv)
     pipelines = tuple(p.strip() for p in ours.pipelines.split(",") if p.strip())
     if not pipelines:
         raise UserError("--pipelines: name at least one, e.g. ti2vid_two_stages")
     ours.pipelines = pipelines
-    from ltx_ascend.pipelines.stages import PIPELINES
+    from ltx_ascend.engine.stages import PIPELINES
 
     for name in pipelines:
         if name not in PIPELINES:

@@ -40,8 +40,8 @@ from ltx_ascend.compile.atc import detect_soc_with_source, find_atc, missing_atc
 from ltx_ascend.compile.compiler import compile_ort
 from ltx_ascend.components import EXPORTABLE
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportItem, ExportOptions, build_items
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.eager_session import EagerSession
@@ -350,9 +350,9 @@ def bench_streaming(
     """The eager block chain at the 22B width with `layers` random blocks, one pass per call: every
     block resident (mapped from its file) or streamed `prefetch` ahead. Run one setting per process:
     peak RSS is the process's, file-backed pages of the mapped block files included."""
+    from ltx_ascend.engine.dit_runner import eager_dit_runner
     from ltx_ascend.export import dit
     from ltx_ascend.export.dit_blocks import dit_shell
-    from ltx_ascend.pipelines.dit_runner import eager_dit_runner
     from ltx_ascend.runtime.block_weights import ResidentBlockWeights
     from ltx_ascend.runtime.weight_streaming import BlockFileSource, StreamedBlockWeights
 
@@ -411,10 +411,10 @@ def bench_parallel(
     (None on the others)."""
     from ltx_core.types import VideoPixelShape
 
+    from ltx_ascend.engine import sampling
+    from ltx_ascend.engine.dit_runner import Pass, eager_dit_runner
+    from ltx_ascend.engine.parallel import Parallel
     from ltx_ascend.export.dit import random_dit, sample_passes
-    from ltx_ascend.pipelines import sampling
-    from ltx_ascend.pipelines.dit_runner import Pass, eager_dit_runner
-    from ltx_ascend.pipelines.parallel import Parallel
     from ltx_ascend.runtime import distributed as D
     from ltx_ascend.shapes import parse_shape
 
@@ -470,7 +470,7 @@ def _ort_parallel_runner(
     """The bench DiT on ORT for one rank: the block graph split at its attention cores (U = 1 on one
     device: the same graphs and the same eager core as the ranks, so the ratio is the parallel
     scaling alone), at this rank's batch (passes / cfg); exported and compiled once per host."""
-    from ltx_ascend.pipelines.dit_runner import DiTRunner
+    from ltx_ascend.engine.dit_runner import DiTRunner
     from ltx_ascend.runtime import distributed as D
     from ltx_ascend.runtime.block_weights import ResidentBlockWeights
 
@@ -496,9 +496,9 @@ def bench_parallel_decode(
     """The tiny set's tiled video decode (ModelStack.video_decoder, as ltx-run's decode stage runs
     it), its tiles spread over torchrun's ranks (one process without torchrun: the base). Every rank
     times the same decodes between barriers; rank 0 reports (None on the others)."""
-    from ltx_ascend.pipelines.parallel import Parallel
-    from ltx_ascend.pipelines.parallel_decode import decoding_ranks
-    from ltx_ascend.pipelines.stack import BackendChoice, ModelStack
+    from ltx_ascend.engine.parallel import Parallel
+    from ltx_ascend.engine.parallel_decode import decoding_ranks
+    from ltx_ascend.engine.stack import BackendChoice, ModelStack
     from ltx_ascend.runtime import distributed as D
 
     if backend not in ("eager", "ort"):

@@ -35,7 +35,7 @@ def _rss_mb() -> float:
 
 def _fresh_process(argv: list[str], cwd: Path) -> float:
     """Seconds of one `ltx-run` in a new Python process (imports and model loads included)."""
-    code = "import sys; from ltx_ascend.pipelines.cli import main; sys.exit(main())"
+    code = "import sys; from ltx_ascend.tools.run import main; sys.exit(main())"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, env=env, capture_output=True, text=True)

@@ -25,12 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from ltx_ascend import dtypes
 from ltx_ascend.checkpoints.loader import read_model_config, transformer_config
 from ltx_ascend.checkpoints.presets import config_22b
+from ltx_ascend.engine.memory_policy import COMPONENTS as MEMORY_COMPONENTS
+from ltx_ascend.engine.memory_policy import SIGLIP_WEIGHTS, MemoryPolicy, choose_policy, gemma_weight_count
+from ltx_ascend.engine.stages import PIPELINES, PlannedStage, declared_stages, pipeline_spec
+from ltx_ascend.engine.step_cache import StepCacheSpec, parse_spec
+from ltx_ascend.engine.step_cache_search import read_skip_ratios
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.pipelines.memory_policy import COMPONENTS as MEMORY_COMPONENTS
-from ltx_ascend.pipelines.memory_policy import SIGLIP_WEIGHTS, MemoryPolicy, choose_policy, gemma_weight_count
-from ltx_ascend.pipelines.stages import PIPELINES, PlannedStage, declared_stages, pipeline_spec
-from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
-from ltx_ascend.pipelines.step_cache_search import read_skip_ratios
 from ltx_ascend.runtime.dit_memory import (
     USABLE_FRACTION,
     activation_bytes,
@@ -429,7 +429,7 @@ def ulysses_bytes_per_pass(config: dict[str, Any], tv: int, ta: int, ulysses: in
     per block the all-to-alls of q, k, v and the output of each self-attention, for each A-V
     cross-attention the same or the all-gather of its K/V (whichever the runner picks), and the
     final all-gather of the X0 tokens."""
-    from ltx_ascend.pipelines.parallel import gather_kv_is_cheaper
+    from ltx_ascend.engine.parallel import gather_kv_is_cheaper
 
     if ulysses == 1:
         return 0.0
@@ -457,7 +457,7 @@ def parallel_plan(
     Passes: each cfg group runs ceil(passes / C) of them, then all-gathers the X0 predictions.
     Ulysses: per pass and block, the all-to-alls of q, k, v and the attention output of every
     attention, or for an A-V cross-attention with few keys the all-gather of its K/V, whichever
-    is smaller (the choice `ltx_ascend.pipelines.parallel` makes). Compute divides by U; in a
+    is smaller (the choice `ltx_ascend.engine.parallel` makes). Compute divides by U; in a
     full mesh a rank's traffic spreads over its (group size - 1) links; no overlap with compute
     is assumed (an upper bound)."""
     bytes_per = dtypes.itemsize(result["dtype"])

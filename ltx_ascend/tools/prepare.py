@@ -37,15 +37,15 @@ from ltx_ascend.checkpoints.inspection import component_rows
 from ltx_ascend.checkpoints.loader import read_model_config
 from ltx_ascend.compile.atc import detect_soc
 from ltx_ascend.components import REGISTRY, request_for
+from ltx_ascend.engine import argv as run_cli
+from ltx_ascend.engine.lookups import Lookup, lookups, misses
+from ltx_ascend.engine.timing import Timings
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.dit import WHOLE_DIT_MAX_BYTES, dit_weight_bytes
 from ltx_ascend.export.dit_blocks import weights_material
 from ltx_ascend.export.exporter import export_component
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.export.video_vae import DECODER_TILING, decoder_tiles_latent_shapes
-from ltx_ascend.pipelines import cli as run_cli
-from ltx_ascend.pipelines.lookups import Lookup, lookups, misses
-from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import distributed
 from ltx_ascend.shapes import parse_shape
 from ltx_ascend.store import PORTABLE, WEIGHTS, artifact_dir, request_key, weights_bytes, weights_key

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.dit_blocks import build_block_items
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.metrics import compare
 from ltx_ascend.shapes import ShapeProfile
 

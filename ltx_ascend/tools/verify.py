@@ -25,7 +25,7 @@ from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_co
 from ltx_ascend.dtypes import GRAPH_DTYPES
 from ltx_ascend.errors import OneLineParser, UserError, cli_entry
 from ltx_ascend.export import dit_blocks, dit_split
-from ltx_ascend.export.components import ExportItem, ExportOptions, build_items
+from ltx_ascend.export.items import ExportItem, ExportOptions, build_items
 from ltx_ascend.metrics import TOLERANCES, Comparison, compare
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_component

@@ -18,7 +18,7 @@ from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.types import VideoLatentShape, VideoPixelShape
 
-from ltx_ascend.pipelines import params as P
+from ltx_ascend.engine import params as P
 
 # Pipeline name -> module. Each module declares itself in one `SPEC = PipelineSpec(...)`.
 PIPELINES = {

@@ -170,7 +170,7 @@ class BroadcastPrompts:
         return getattr(self.encoder, name)
 
     def encode(self, prompts: Sequence[str]) -> list:
-        from ltx_ascend.pipelines.text import PromptEmbeddings
+        from ltx_ascend.engine.text import PromptEmbeddings
 
         mine = None
         if self.world.is_main:

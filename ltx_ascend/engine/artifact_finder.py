@@ -23,10 +23,10 @@ from ltx_ascend import dtypes
 from ltx_ascend.backends import CompileOptions
 from ltx_ascend.checkpoints.loader import CheckpointSet
 from ltx_ascend.components import COMPONENTS, REGISTRY, request_for
+from ltx_ascend.engine.parallel import Parallel
 from ltx_ascend.errors import UserError
-from ltx_ascend.export.components import ExportOptions
 from ltx_ascend.export.exporter import export_component
-from ltx_ascend.pipelines.parallel import Parallel
+from ltx_ascend.export.items import ExportOptions
 from ltx_ascend.runtime import distributed
 from ltx_ascend.shapes import ShapeProfile
 from ltx_ascend.store import Manifest, Resolution, Variant, resolve, resolve_first

@@ -31,22 +31,22 @@ from ltx_core.model.video_vae import decode_video
 from ltx_core.types import VIDEO_SCALE_FACTORS, Audio
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config
+from ltx_ascend.engine.artifact_finder import FP8 as FP8
+from ltx_ascend.engine.artifact_finder import QUANTIZATIONS as QUANTIZATIONS
+from ltx_ascend.engine.artifact_finder import W8A8 as W8A8
+from ltx_ascend.engine.artifact_finder import ArtifactFinder, BackendChoice
+from ltx_ascend.engine.artifact_finder import check_quantization as check_quantization
+from ltx_ascend.engine.dit_runner import DiTRunner, eager_dit_runner
+from ltx_ascend.engine.graph_decoder import GraphTiledDecoder
+from ltx_ascend.engine.loading import HOST_RESIDENT as HOST_RESIDENT
+from ltx_ascend.engine.loading import ModelLoader, placement_for_offload
+from ltx_ascend.engine.parallel import Parallel
+from ltx_ascend.engine.parallel_decode import RankTiles
+from ltx_ascend.engine.step_cache import StepCacheSpec
+from ltx_ascend.engine.timing import Timings
 from ltx_ascend.errors import UserError
 from ltx_ascend.export.dit_blocks import dit_shell
 from ltx_ascend.export.video_vae import DECODER_TILING, noise_source
-from ltx_ascend.pipelines.artifact_finder import FP8 as FP8
-from ltx_ascend.pipelines.artifact_finder import QUANTIZATIONS as QUANTIZATIONS
-from ltx_ascend.pipelines.artifact_finder import W8A8 as W8A8
-from ltx_ascend.pipelines.artifact_finder import ArtifactFinder, BackendChoice
-from ltx_ascend.pipelines.artifact_finder import check_quantization as check_quantization
-from ltx_ascend.pipelines.dit_runner import DiTRunner, eager_dit_runner
-from ltx_ascend.pipelines.graph_decoder import GraphTiledDecoder
-from ltx_ascend.pipelines.loading import HOST_RESIDENT as HOST_RESIDENT
-from ltx_ascend.pipelines.loading import ModelLoader, placement_for_offload
-from ltx_ascend.pipelines.parallel import Parallel
-from ltx_ascend.pipelines.parallel_decode import RankTiles
-from ltx_ascend.pipelines.step_cache import StepCacheSpec
-from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.artifacts import open_component
 from ltx_ascend.runtime.dit_memory import choose_prefetch, dit_memory

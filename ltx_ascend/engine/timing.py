@@ -13,8 +13,8 @@ from pathlib import Path
 from statistics import median
 
 from ltx_ascend.atomic import atomic_write_text
-from ltx_ascend.pipelines.stages import PlannedStage
-from ltx_ascend.pipelines.step_cache import BlockCounts
+from ltx_ascend.engine.stages import PlannedStage
+from ltx_ascend.engine.step_cache import BlockCounts
 
 
 @dataclass

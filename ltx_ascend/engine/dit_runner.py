@@ -33,8 +33,8 @@ from ltx_ascend.dit_graph.blocks import (
 )
 from ltx_ascend.dit_graph.segments import run_segments, segment_names
 from ltx_ascend.dit_graph.whole import rope_inputs, skip_masks_for
-from ltx_ascend.pipelines.parallel import Parallel
-from ltx_ascend.pipelines.step_cache import BlockCounts, StepCache
+from ltx_ascend.engine.parallel import Parallel
+from ltx_ascend.engine.step_cache import BlockCounts, StepCache
 from ltx_ascend.runtime import device as device_layer
 from ltx_ascend.runtime.block_weights import BlockWeights, ResidentBlockWeights
 from ltx_ascend.runtime.eager_session import EagerSession

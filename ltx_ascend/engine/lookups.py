@@ -25,11 +25,11 @@ from ltx_core.types import Audio, AudioLatentShape
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec
 from ltx_ascend.components import REGISTRY
+from ltx_ascend.engine.context import Request, RunContext
+from ltx_ascend.engine.stack import ModelStack
+from ltx_ascend.engine.text import PromptEmbeddings
+from ltx_ascend.engine.timing import Timings
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines.context import Request, RunContext
-from ltx_ascend.pipelines.stack import ModelStack
-from ltx_ascend.pipelines.text import PromptEmbeddings
-from ltx_ascend.pipelines.timing import Timings
 from ltx_ascend.shapes import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, ShapeProfile, shape_name
 from ltx_ascend.store import PORTABLE, Resolution, Variant
 from ltx_ascend.store import read_only as store_read_only

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ltx_ascend.atomic import atomic_write_text
+from ltx_ascend.engine.step_cache import StepCacheSpec
 from ltx_ascend.errors import UserError
 from ltx_ascend.metrics import compare, ssim
-from ltx_ascend.pipelines.step_cache import StepCacheSpec
 
 DEFAULT_SPEC_FILE = "step-cache.spec"
 AUTO_THRESHOLDS = tuple(round(0.05 * 2**k, 4) for k in range(10))  # 0.05 .. 25.6

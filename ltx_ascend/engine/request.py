@@ -18,9 +18,9 @@ from typing import Any
 from ltx_core.components.guiders import MultiModalGuiderParams
 
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine.context import ImageInput, Request
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines.context import ImageInput, Request
 from ltx_ascend.shapes import check_pixel_shape
 from ltx_ascend.validation import check_finite, decode_image, utf8_text
 

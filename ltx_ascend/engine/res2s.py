@@ -24,7 +24,7 @@ from ltx_core.components.diffusion_steps import Res2sDiffusionStep
 from ltx_core.types import LatentState
 from tqdm import tqdm
 
-from ltx_ascend.pipelines.samplers import DenoiseFn, post_process
+from ltx_ascend.engine.samplers import DenoiseFn, post_process
 
 C2 = 0.5  # midpoint substep; the substep sigma sqrt(sigma * sigma_next) assumes it
 DEFAULT_NOISE_SEED = -1

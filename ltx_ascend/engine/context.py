@@ -11,10 +11,10 @@ from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.types import Audio, VideoPixelShape
 
 from ltx_ascend.checkpoints.loader import LoraSpec
-from ltx_ascend.pipelines.params import DEFAULT_IMAGE_CRF
-from ltx_ascend.pipelines.stack import ModelStack
-from ltx_ascend.pipelines.text import PromptEncoder
-from ltx_ascend.pipelines.timing import Timings
+from ltx_ascend.engine.params import DEFAULT_IMAGE_CRF
+from ltx_ascend.engine.stack import ModelStack
+from ltx_ascend.engine.text import PromptEncoder
+from ltx_ascend.engine.timing import Timings
 from ltx_ascend.shapes import ShapeProfile, shape_profile
 
 

@@ -23,13 +23,13 @@ from ltx_core.model.transformer.modality import Modality
 from ltx_core.tools import AudioLatentTools, LatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, LatentState, VideoLatentShape, VideoPixelShape
 
+from ltx_ascend.engine import res2s
+from ltx_ascend.engine.conditioning import ConditioningsFor
+from ltx_ascend.engine.dit_runner import DiTRunner, Pass
+from ltx_ascend.engine.samplers import DenoiseFn, euler_loop
+from ltx_ascend.engine.stages import FIXED_AUDIO_GUIDER, StageSpec
+from ltx_ascend.engine.text import PromptEmbeddings
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines import res2s
-from ltx_ascend.pipelines.conditioning import ConditioningsFor
-from ltx_ascend.pipelines.dit_runner import DiTRunner, Pass
-from ltx_ascend.pipelines.samplers import DenoiseFn, euler_loop
-from ltx_ascend.pipelines.stages import FIXED_AUDIO_GUIDER, StageSpec
-from ltx_ascend.pipelines.text import PromptEmbeddings
 from ltx_ascend.shapes import LATENT_CHANNELS
 from ltx_ascend.validation import check_finite_tensor
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ltx_ascend.checkpoints.loader import CheckpointSet, load_component
+from ltx_ascend.engine.artifact_finder import FP8, W8A8
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines.artifact_finder import FP8, W8A8
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime.session import Session
 from ltx_ascend.store import Resolution

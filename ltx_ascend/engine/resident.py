@@ -23,29 +23,29 @@ from ltx_core.types import Audio
 from ltx_ascend.checkpoints.gemma import read_gemma_config
 from ltx_ascend.checkpoints.loader import CheckpointSet, LoraSpec, read_model_config, validate_set
 from ltx_ascend.checkpoints.tiny import TinySet, ensure_tiny_set
-from ltx_ascend.errors import Cancelled, UserError
-from ltx_ascend.pipelines import params as P
-from ltx_ascend.pipelines.artifact_finder import ArtifactFinder
-from ltx_ascend.pipelines.context import Output, Request, RunContext
-from ltx_ascend.pipelines.loading import ModelLoader
-from ltx_ascend.pipelines.lookups import check_lookups
-from ltx_ascend.pipelines.media import write_mp4
-from ltx_ascend.pipelines.memory_policy import COMPONENTS as MEMORY_COMPONENTS
-from ltx_ascend.pipelines.memory_policy import MemoryPolicy, choose_policy, file_weight_bytes
-from ltx_ascend.pipelines.parallel import BroadcastPrompts, Parallel
-from ltx_ascend.pipelines.request import (
+from ltx_ascend.engine import params as P
+from ltx_ascend.engine.artifact_finder import ArtifactFinder
+from ltx_ascend.engine.context import Output, Request, RunContext
+from ltx_ascend.engine.loading import ModelLoader
+from ltx_ascend.engine.lookups import check_lookups
+from ltx_ascend.engine.memory_policy import COMPONENTS as MEMORY_COMPONENTS
+from ltx_ascend.engine.memory_policy import MemoryPolicy, choose_policy, file_weight_bytes
+from ltx_ascend.engine.parallel import BroadcastPrompts, Parallel
+from ltx_ascend.engine.request import (
     GenerationRequest,
     Progress,
     check_request,
     option_defaults,
     resolve_request,
 )
-from ltx_ascend.pipelines.settings import RunSettings
-from ltx_ascend.pipelines.stack import ModelStack
-from ltx_ascend.pipelines.stages import PipelineSpec, pipeline_spec
-from ltx_ascend.pipelines.step_cache import StepCacheSpec
-from ltx_ascend.pipelines.text import PromptEncoder
-from ltx_ascend.pipelines.timing import Timings
+from ltx_ascend.engine.settings import RunSettings
+from ltx_ascend.engine.stack import ModelStack
+from ltx_ascend.engine.stages import PipelineSpec, pipeline_spec
+from ltx_ascend.engine.step_cache import StepCacheSpec
+from ltx_ascend.engine.text import PromptEncoder
+from ltx_ascend.engine.timing import Timings
+from ltx_ascend.errors import Cancelled, UserError
+from ltx_ascend.media import write_mp4
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
 from ltx_ascend.shapes import shape_profile
@@ -460,7 +460,7 @@ class Engine:
 
 
 def _guidance_dict(params) -> dict:
-    from ltx_ascend.pipelines.request import GUIDANCE_KEYS
+    from ltx_ascend.engine.request import GUIDANCE_KEYS
 
     return {key: getattr(params, name) for key, (_, name) in GUIDANCE_KEYS.items()}
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from ltx_ascend import backends as registry
 from ltx_ascend.atomic import check_writable_dir
 from ltx_ascend.checkpoints.loader import LoraSpec
+from ltx_ascend.engine.loading import placement_for_offload
+from ltx_ascend.engine.memory_policy import parse_placement
+from ltx_ascend.engine.stack import OFFLOAD_CHOICES, WHOLE_CANNOT_STREAM, BackendChoice, check_quantization
+from ltx_ascend.engine.stages import PIPELINES
+from ltx_ascend.engine.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.errors import UserError
-from ltx_ascend.pipelines.loading import placement_for_offload
-from ltx_ascend.pipelines.memory_policy import parse_placement
-from ltx_ascend.pipelines.stack import OFFLOAD_CHOICES, WHOLE_CANNOT_STREAM, BackendChoice, check_quantization
-from ltx_ascend.pipelines.stages import PIPELINES
-from ltx_ascend.pipelines.step_cache import StepCacheSpec, parse_spec
 from ltx_ascend.runtime import device as dev
 from ltx_ascend.runtime import distributed
 from ltx_ascend.runtime.artifacts import FALLBACKS

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from ltx_core.conditioning import ConditioningItem, VideoConditionByKeyframeIndex, VideoConditionByLatentIndex
 from ltx_core.types import VideoPixelShape
 
-from ltx_ascend.pipelines.context import ImageInput, RunContext
-from ltx_ascend.pipelines.media import load_image
+from ltx_ascend.engine.context import ImageInput, RunContext
+from ltx_ascend.media import load_image
 from ltx_ascend.shapes import shape_profile
 
 # (ctx, images, pixel shape, stage) -> conditioning items: how a pipeline turns --image inputs into items.
