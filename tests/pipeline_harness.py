@@ -27,6 +27,19 @@ STG_BLOCKS = [1]  # the tiny DiT has 2 blocks; LTX-2.3 perturbs block 28 of 48
 DISTILLED_LORA_STRENGTH = 0.8
 
 
+# one small generation (9x128x192, 2 steps) the API and resident tests run through Engine and ltx-run alike
+SMALL_REQUEST = dict(
+    prompt="a red fox runs through fresh snow",
+    negative_prompt="blurry",
+    seed=42,
+    height=128,
+    width=192,
+    num_frames=9,
+    frame_rate=24.0,
+    num_inference_steps=2,
+)
+
+
 def checkpoint_args(tiny: TinySet, *, distilled: bool = True) -> list[str]:
     args = [
         "--checkpoint-path", str(tiny.checkpoint),

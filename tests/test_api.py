@@ -17,16 +17,7 @@ from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 
-SMALL = dict(
-    prompt="a red fox runs through fresh snow",
-    negative_prompt="blurry",
-    seed=42,
-    height=128,
-    width=192,
-    num_frames=9,
-    frame_rate=24.0,
-    num_inference_steps=2,
-)
+SMALL = H.SMALL_REQUEST
 
 
 def _settings(tiny, tmp, **overrides) -> RunSettings:

@@ -24,16 +24,7 @@ from ltx_ascend.shapes import shape_profile
 from tests import pipeline_harness as H
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(
-    prompt="a red fox runs through fresh snow",
-    negative_prompt="blurry",
-    seed=42,
-    height=128,
-    width=192,
-    num_frames=9,
-    frame_rate=24.0,
-    num_inference_steps=2,
-)
+SMALL = H.SMALL_REQUEST
 
 
 class _Counter:

@@ -417,28 +417,10 @@ def run_setup(checked: Checked, layout: distributed.Layout, *, connect: bool = T
 
 
 def make_stack(checked: Checked, ckset, policy, parallel, spec: StepCacheSpec, timings: Timings | None) -> ModelStack:
-    """A ModelStack set up as the run's (for --check and ltx-prepare's lookups)."""
-    s = checked.settings
-    return ModelStack(
-        ckset=ckset,
-        policy=policy,
-        backends=checked.backends,
-        artifacts=s.artifacts,
-        fallback=s.fallback,
-        build_missing=s.builds and not checked.args.check,
-        ep=s.ep,
-        soc=s.soc,
-        step_cache=spec,
-        timings=timings,
-        dit_layout=s.dit_layout,
-        streaming_prefetch=s.streaming_prefetch_count,
-        max_device_memory_gb=s.max_device_memory,
-        offload=s.offload,
-        parallel=parallel,
-        quantization=s.quantization,
-        quantization_skip=s.quantization_skip,
-        variant=s.variant_spec,
-        prepare_hint=prepare_command(checked),
+    """A ModelStack set up as the run's, for lookups (--check, ltx-prepare): nothing built under --check."""
+    build_missing = checked.settings.builds and not checked.args.check
+    return checked.engine._stack(
+        ckset, spec, timings, policy=policy, parallel=parallel, build_missing=build_missing, backends=checked.backends
     )
 
 

@@ -39,7 +39,7 @@ from ltx_ascend.engine.request import (
     resolve_request,
 )
 from ltx_ascend.engine.settings import RunSettings
-from ltx_ascend.engine.stack import ModelStack
+from ltx_ascend.engine.stack import BackendChoice, ModelStack
 from ltx_ascend.engine.stages import PipelineSpec, pipeline_spec
 from ltx_ascend.engine.step_cache import StepCacheSpec
 from ltx_ascend.engine.text import PromptEncoder
@@ -418,15 +418,29 @@ class Engine:
             backends=dict(stack.used),
         )
 
-    def _stack(self, ckset: CheckpointSet, step_cache: StepCacheSpec, timings: Timings) -> ModelStack:
+    def _stack(
+        self,
+        ckset: CheckpointSet,
+        step_cache: StepCacheSpec,
+        timings: Timings | None,
+        *,
+        policy: dev.DevicePolicy | None = None,
+        parallel: Parallel | None = None,
+        build_missing: bool | None = None,
+        backends: BackendChoice | None = None,
+    ) -> ModelStack:
+        """The stack a run drives. `policy`, `parallel`, `build_missing` or `backends` describe another layout or a
+        dry run (ltx-run --check and ltx-prepare look up without a process group and build nothing):
+        such a stack gets a finder and loader of its own, so the resident ones never see it."""
         s = self.settings
+        shared = policy is None and parallel is None and build_missing is None and backends is None
         return ModelStack(
             ckset=ckset,
-            policy=self._policy,
-            backends=s.backends,
+            policy=self._policy if policy is None else policy,
+            backends=s.backends if backends is None else backends,
             artifacts=s.artifacts,
             fallback=s.fallback,
-            build_missing=s.builds,
+            build_missing=s.builds if build_missing is None else build_missing,
             ep=s.ep,
             soc=s.soc,
             log=self.log,
@@ -436,12 +450,12 @@ class Engine:
             streaming_prefetch=s.streaming_prefetch_count,
             max_device_memory_gb=s.max_device_memory,
             offload=s.offload,
-            parallel=self._parallel,
+            parallel=self._parallel if parallel is None else parallel,
             quantization=s.quantization,
             quantization_skip=s.quantization_skip,
             variant=s.variant_spec,
-            finder=self._finder,
-            loader=self._loader,
+            finder=self._finder if shared else None,
+            loader=self._loader if shared else None,
             prepare_hint=self.prepare_hint,
         )
 
