@@ -94,8 +94,11 @@ def test_an_unwrapped_enospc_still_names_its_folder(tmp_path, capsys):
     _disk_full_line(code, err, tmp_path)
 
 
+# The writer takes SIGINT as an interactive shell starts a command: a job a non-interactive shell puts in the
+# background (`.ci/run &`) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt at all.
 WRITER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ltx_ascend.atomic import atomic_path
 from ltx_ascend.errors import cli_entry
 
