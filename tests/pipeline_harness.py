@@ -27,6 +27,24 @@ STG_BLOCKS = [1]  # the tiny DiT has 2 blocks; LTX-2.3 perturbs block 28 of 48
 DISTILLED_LORA_STRENGTH = 0.8
 
 
+def tiny_settings(tiny: TinySet, tmp: Path, **overrides):
+    """RunSettings over the tiny set's files, float32 eager, stores under `tmp` (the API and resident tests)."""
+    from ltx_ascend import RunSettings
+    from ltx_ascend.checkpoints.loader import LoraSpec
+
+    base = dict(
+        checkpoint_path=tiny.checkpoint,
+        gemma_root=tiny.gemma_root,
+        spatial_upsampler_path=tiny.spatial_upsampler,
+        distilled_lora=(LoraSpec(tiny.distilled_lora, DISTILLED_LORA_STRENGTH),),
+        artifacts=tmp / "artifacts",
+        prompt_cache=tmp / "prompt-cache",
+        backend="eager",
+        dtype="float32",
+    )
+    return RunSettings(**{**base, **overrides})
+
+
 # one small generation (9x128x192, 2 steps) the API and resident tests run through Engine and ltx-run alike
 SMALL_REQUEST = dict(
     prompt="a red fox runs through fresh snow",

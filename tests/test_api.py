@@ -13,7 +13,6 @@ from PIL import Image
 
 import ltx_ascend
 from ltx_ascend import Cancelled, Engine, GenerationRequest, ImageInput, Progress, RunSettings, UserError
-from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.tools import run as cli
 from tests import pipeline_harness as H
 
@@ -21,17 +20,7 @@ SMALL = H.SMALL_REQUEST
 
 
 def _settings(tiny, tmp, **overrides) -> RunSettings:
-    base = dict(
-        checkpoint_path=tiny.checkpoint,
-        gemma_root=tiny.gemma_root,
-        spatial_upsampler_path=tiny.spatial_upsampler,
-        distilled_lora=(LoraSpec(tiny.distilled_lora, H.DISTILLED_LORA_STRENGTH),),
-        artifacts=tmp / "artifacts",
-        prompt_cache=tmp / "prompt-cache",
-        backend="eager",
-        dtype="float32",
-    )
-    return RunSettings(**{**base, **overrides})
+    return H.tiny_settings(tiny, tmp, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ def test_bench_tiny_dit_json_schema(tmp_path, capsys):
     assert "GFLOP/s" in out
 
 
+@pytest.mark.slow  # the command's run and schema: test_bench_tiny_dit_json_schema; this adds every variant
 def test_bench_variants_side_by_side(tmp_path, capsys):
     """Variants are backend keys (ort-w8a8 here: ort-fused + W8A8); each backend ran in its own process."""
     js = tmp_path / "bench.json"

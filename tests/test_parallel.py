@@ -230,35 +230,43 @@ def test_npu_rank_binds_hccl():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_ulysses_on_ort_runs_the_split_block_graphs(tiny, tmp_path):
+@pytest.mark.parametrize(
+    "pipelines",
+    [
+        ("keyframe_interpolation",),
+        pytest.param(("ti2vid_two_stages", "keyframe_interpolation"), marks=pytest.mark.slow),
+    ],
+)
+def test_ulysses_on_ort_runs_the_split_block_graphs(tiny, tmp_path, pipelines):
     """ulysses=2 --backend ort: each rank runs the DiT compiled, as the block graph split at its
     attention cores (export/dit_split.py) on its half of the tokens, with the all-to-alls between
     the segment graphs; `--fallback none` makes any eager fallback an error. One ORT process is the
     reference. First, one DiT step on split graphs whose shards are padded (13 video, 9 audio
     tokens) against ltx-core eagerly (the driver fails the launch above 1e-5)."""
-    two, kfi = "ti2vid_two_stages", "keyframe_interpolation"
-    kf = image_args(keyframes(tmp_path)[:1])  # keyframe tokens appended to the video sequence
-    argv = _argv(two, tiny, tmp_path, "two-uly-ort", "ort", "--parallel", "ulysses=2", "--fallback", "none")
-    kf_argv = _argv(kfi, tiny, tmp_path, "kf-uly-ort", "ort", *kf, "--parallel", "ulysses=2", "--fallback", "none")
+    kf = image_args(keyframes(tmp_path)[:1])  # keyframe tokens appended to the video sequence (CI's pipeline)
+    names = {"ti2vid_two_stages": ("two", []), "keyframe_interpolation": ("kf", kf)}
+    runs = [(p, *names[p]) for p in pipelines]
     split_step = {"dit-step-split": [str(tiny.checkpoint), str(tmp_path / "step-artifacts")]}  # padded shards
-    jobs = json.dumps([split_step, {"ltx-run": argv}, {"ltx-run": kf_argv}])
+    uly = ["--parallel", "ulysses=2", "--fallback", "none"]
+    ltx_runs = [{"ltx-run": _argv(p, tiny, tmp_path, f"{n}-uly-ort", "ort", *a, *uly)} for p, n, a in runs]
+    jobs = json.dumps([split_step, *ltx_runs])
     (out0, err0), (out1, err1) = _torchrun(tmp_path / "logs", "tests/parallel_driver.py", jobs)
     print(out0)
     assert "dit step split graphs (ort) ulysses=2, 13+9 tokens: max abs error" in out0, out0
     assert "split at attention, 1/2 of the tokens)" in out0 and "warning" not in err0, (out0, err0[-2000:])
     assert out1 == "" and "warning" not in err1, (out1, err1[-2000:])
     segments = sorted(p.name for p in (tmp_path / "artifacts" / "dit").rglob("ort-cpu/dit-segment*.onnx"))
-    assert len(segments) == 2 * 2 * 3, segments  # two pipelines' stage 1 and stage 2, three segments each
+    assert len(segments) == len(runs) * 2 * 3, segments  # each pipeline's stage 1 and stage 2, three segments each
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank
     try:
-        assert cli.main(_argv(two, tiny, tmp_path, "two-ort", "ort")) == 0
-        assert cli.main(_argv(kfi, tiny, tmp_path, "kf-ort", "ort", *kf)) == 0
+        for p, n, a in runs:
+            assert cli.main(_argv(p, tiny, tmp_path, f"{n}-ort", "ort", *a)) == 0
     finally:
         torch.set_num_threads(threads)
     load = lambda name: load_file(str(tmp_path / f"{name}.safetensors"))  # noqa: E731
-    _assert_same("two-uly-ort", load("two-ort"), load("two-uly-ort"))
-    _assert_same("kf-uly-ort", load("kf-ort"), load("kf-uly-ort"))
+    for _, n, _ in runs:
+        _assert_same(f"{n}-uly-ort", load(f"{n}-ort"), load(f"{n}-uly-ort"))
 
 
 def test_decoder_that_draws_noise_is_not_spread(tiny, tmp_path, capsys, monkeypatch):

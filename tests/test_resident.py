@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from ltx_ascend import Engine, GenerationRequest, RunSettings
 from ltx_ascend.checkpoints import loader as loader_module
-from ltx_ascend.checkpoints.loader import LoraSpec
 from ltx_ascend.checkpoints.presets import config_22b
 from ltx_ascend.engine import loading, text
 from ltx_ascend.engine import stack as stack_module
@@ -48,18 +47,7 @@ def counted(monkeypatch):
 
 
 def _settings(tiny, tmp: Path, backend: str, **overrides) -> RunSettings:
-    base = dict(
-        checkpoint_path=tiny.checkpoint,
-        gemma_root=tiny.gemma_root,
-        spatial_upsampler_path=tiny.spatial_upsampler,
-        distilled_lora=(LoraSpec(tiny.distilled_lora, H.DISTILLED_LORA_STRENGTH),),
-        artifacts=tmp / "artifacts",
-        prompt_cache=tmp / "prompt-cache",
-        backend=backend,
-        dtype="float32",
-        build_missing=True,
-    )
-    return RunSettings(**{**base, **overrides})
+    return H.tiny_settings(tiny, tmp, backend=backend, build_missing=True, **overrides)
 
 
 @pytest.mark.parametrize("backend", ["eager", "ort"])

@@ -51,7 +51,13 @@ def _runner(tiny, out, variant: Variant, layout: str) -> tuple[DiTRunner, list]:
     return runner, [(g, result.folder / g.file) for g in result.graphs]
 
 
-@pytest.mark.parametrize("label", list(VARIANT_OPS))
+# CI runs the two combined variants (each holds its single variants' ops); `-m slow` runs every one.
+COMBINED = ("ort-fused+w8a8", "npu-ops+w8a8")
+
+
+@pytest.mark.parametrize(
+    "label", [v if v in COMBINED else pytest.param(v, marks=pytest.mark.slow) for v in VARIANT_OPS]
+)
 def test_split_variant_equals_its_unsplit_variant(tiny, tmp_path, monkeypatch, label):
     variant = Variant.parse(label)
     if variant.npu_ops:
